@@ -1,0 +1,1 @@
+"""lm: LSTM language models on PTB, and their compression with ttlayers."""

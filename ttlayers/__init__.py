@@ -1,0 +1,1 @@
+"""ttlayers: Tensor-Train and low-rank layers as first-class PyTorch modules."""

@@ -1,0 +1,211 @@
+"""A multi-layer LSTM whose input and recurrent maps are pluggable modules.
+
+Each layer computes, with torch's gate order (i, f, g, o),
+
+    gates_t = input_map(x_t) + recurrent_map(h_{t-1})          (batch, 4 * hidden)
+    i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of the four chunks
+    c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
+
+``input_map`` and ``recurrent_map`` may be any module mapping the last dimension
+to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). When
+every map of the stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel
+runs the whole stack; otherwise the input maps of all time steps run in one
+batched call and only the recurrent map runs per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor]
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer: ``gates = input_map(x_t) + recurrent_map(h_{t-1})``.
+
+    The biases live in the maps (``input_map.bias`` is torch's ``bias_ih``,
+    ``recurrent_map.bias`` its ``bias_hh``), so a layer built from
+    ``nn.Linear`` maps holds exactly the parameters of one ``nn.LSTM`` layer.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        input_map: nn.Module | None = None,
+        recurrent_map: nn.Module | None = None,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size} and {hidden_size}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.input_map = input_map if input_map is not None else nn.Linear(input_size, 4 * hidden_size, bias=bias, **factory)
+        self.recurrent_map = (
+            recurrent_map if recurrent_map is not None else nn.Linear(hidden_size, 4 * hidden_size, bias=bias, **factory)
+        )
+        if input_map is None and recurrent_map is None:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.LSTM``'s init: every dense weight and bias uniform in ±1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for m in (self.input_map, self.recurrent_map):
+            if type(m) is nn.Linear:
+                for p in m.parameters():
+                    nn.init.uniform_(p, -bound, bound)
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    @property
+    def is_dense(self) -> bool:
+        """True when both maps are plain ``nn.Linear`` (the fused kernel applies)."""
+        return type(self.input_map) is nn.Linear and type(self.recurrent_map) is nn.Linear
+
+    def flat_weights(self) -> list[Tensor]:
+        """``[w_ih, w_hh(, b_ih, b_hh)]`` in ``torch.lstm``'s order (dense layers only)."""
+        weights = [self.input_map.weight, self.recurrent_map.weight]
+        if self.input_map.bias is not None:
+            weights += [self.input_map.bias, self.recurrent_map.bias]
+        return weights
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x: (seq_len, batch, input_size); state: h, c each (batch, hidden_size).
+
+        Returns the outputs (seq_len, batch, hidden_size) and the final state.
+        """
+        h, c = state
+        input_gates = self.input_map(x)  # all time steps in one call
+        outputs = []
+        for gates_x in input_gates:
+            gates = gates_x + self.recurrent_map(h)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs), (h, c)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class LSTM(nn.Module):
+    """Multi-layer LSTM with the calling convention of ``torch.nn.LSTM``.
+
+    Args:
+        input_size: features of the input x.
+        hidden_size: features of the hidden state h.
+        num_layers: stacked layers.
+        dropout: dropout on the outputs of every layer but the last (training only).
+        batch_first: inputs and outputs are (batch, seq, feature) instead of (seq, batch, feature).
+        layers: optional prebuilt ``LSTMLayer`` list (e.g. with low-rank or TT maps).
+
+    ``forward(input, hx=None)`` takes input (seq_len, batch, input_size) (or an
+    unbatched (seq_len, input_size)) and ``hx = (h_0, c_0)``, each
+    (num_layers, batch, hidden_size), and returns ``output, (h_n, c_n)`` as
+    ``nn.LSTM`` does.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+        bias: bool = True,
+        *,
+        layers: list[LSTMLayer] | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.bias = bias
+        if layers is None:
+            sizes = [input_size] + [hidden_size] * (num_layers - 1)
+            layers = [LSTMLayer(n, hidden_size, bias=bias, device=device, dtype=dtype) for n in sizes]
+        if len(layers) != num_layers:
+            raise ValueError(f"got {len(layers)} layers for num_layers={num_layers}")
+        self.layers = nn.ModuleList(layers)
+
+    @classmethod
+    def from_torch(cls, lstm: nn.LSTM) -> "LSTM":
+        """An exact copy of a (unidirectional, projection-free) ``torch.nn.LSTM``."""
+        if lstm.bidirectional or lstm.proj_size:
+            raise ValueError("from_torch supports unidirectional LSTMs without proj_size")
+        p = next(lstm.parameters())
+        out = cls(
+            lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout, lstm.batch_first, lstm.bias,
+            device=p.device, dtype=p.dtype,
+        )
+        with torch.no_grad():
+            for k, layer in enumerate(out.layers):
+                layer.input_map.weight.copy_(getattr(lstm, f"weight_ih_l{k}"))
+                layer.recurrent_map.weight.copy_(getattr(lstm, f"weight_hh_l{k}"))
+                if lstm.bias:
+                    layer.input_map.bias.copy_(getattr(lstm, f"bias_ih_l{k}"))
+                    layer.recurrent_map.bias.copy_(getattr(lstm, f"bias_hh_l{k}"))
+        return out
+
+    def forward(self, input: Tensor, hx: State | None = None) -> tuple[Tensor, State]:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM expects a 2-D or 3-D input, got shape {tuple(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"LSTM expects input features {self.input_size}, got {input.shape[-1]}")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            hx = (zeros, zeros)
+        elif unbatched:
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        h0, c0 = hx
+        expected = (self.num_layers, x.shape[1], self.hidden_size)
+        if tuple(h0.shape) != expected or tuple(c0.shape) != expected:
+            raise ValueError(f"hx must be two tensors of shape {expected}, got {tuple(h0.shape)} and {tuple(c0.shape)}")
+
+        if all(layer.is_dense for layer in self.layers):
+            weights = [w for layer in self.layers for w in layer.flat_weights()]
+            out, h_n, c_n = torch.lstm(
+                x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False
+            )
+        else:
+            h_n, c_n = [], []
+            out = x
+            for k, layer in enumerate(self.layers):
+                if k > 0 and self.dropout > 0:
+                    out = nn.functional.dropout(out, self.dropout, self.training)
+                out, (h, c) = layer(out, (h0[k], c0[k]))
+                h_n.append(h)
+                c_n.append(c)
+            h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+
+        if unbatched:
+            return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, (h_n, c_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
