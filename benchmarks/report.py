@@ -1,0 +1,68 @@
+"""Results files for the benchmarks: JSON stamped with config, seed and commit, and the
+markdown tables in docs/ regenerated from them (between ``<!-- BEGIN name -->`` and
+``<!-- END name -->`` markers), so that no number in the docs is typed in by hand."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def git_commit() -> str:
+    """The current commit, with ``-dirty`` appended when the tree has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stamp(config: dict, seed: int | None) -> dict:
+    """Provenance of a run: config, seed, commit, time, machine."""
+    return {
+        "config": config,
+        "seed": seed,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+
+
+def write_results(name: str, rows: list[dict], config: dict, seed: int | None) -> Path:
+    """Write ``results/<name>.json`` holding the rows and their provenance."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**stamp(config, seed), "rows": rows}, indent=1) + "\n")
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str], fmt: dict[str, str] | None = None) -> str:
+    """Rows as a markdown table; ``fmt`` maps a column to a format spec such as ``'.2f'``."""
+    fmt = fmt or {}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [format(row[c], fmt[c]) if c in fmt and isinstance(row[c], (int, float)) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_doc(doc: str | Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in a docs page."""
+    path = ROOT / doc
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    page = path.read_text()
+    if begin not in page or end not in page:
+        raise ValueError(f"{path} has no {begin} ... {end} markers")
+    head, rest = page.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
