@@ -4,46 +4,16 @@ markdown tables in docs/ regenerated from them (between ``<!-- BEGIN name -->`` 
 
 from __future__ import annotations
 
-import json
-import platform
-import subprocess
-import time
 from pathlib import Path
 
-import torch
+from lm.results import ROOT, stamp, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-
-
-def git_commit() -> str:
-    """The current commit, with ``-dirty`` appended when the tree has uncommitted changes."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def stamp(config: dict, seed: int | None) -> dict:
-    """Provenance of a run: config, seed, commit, time, machine."""
-    return {
-        "config": config,
-        "seed": seed,
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-    }
 
 
 def write_results(name: str, rows: list[dict], config: dict, seed: int | None) -> Path:
     """Write ``results/<name>.json`` holding the rows and their provenance."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({**stamp(config, seed), "rows": rows}, indent=1) + "\n")
-    return path
+    return write_json(RESULTS / f"{name}.json", {**stamp(config, seed), "rows": rows})
 
 
 def markdown_table(rows: list[dict], columns: list[str], fmt: dict[str, str] | None = None) -> str:

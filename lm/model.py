@@ -1,0 +1,84 @@
+"""The LSTM language model of Zaremba et al. (2014): embedding -> ttlayers.LSTM -> decoder.
+
+Dropout acts on the non-recurrent connections only: the embedding output, between
+LSTM layers, and the last LSTM output. Each of the three parts is built from a layer
+spec (see ``lm.config``), so that dense, low-rank and TT variants share one class.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ttlayers.lstm import LSTM
+
+from .config import ModelConfig
+
+State = tuple[Tensor, Tensor]
+
+# spec type -> builder(config) -> module. Compression methods register their variants here.
+EMBEDDINGS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "dense": lambda c: nn.Embedding(c.vocab_size, c.hidden_size),
+}
+LSTMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "dense": lambda c: LSTM(c.hidden_size, c.hidden_size, c.num_layers, dropout=c.dropout),
+}
+DECODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "dense": lambda c, in_features: nn.Linear(in_features, c.vocab_size),
+}
+
+
+def _build(registry: dict, spec: dict, *args) -> nn.Module:
+    kind = spec.get("type", "dense")
+    if kind not in registry:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(registry)}")
+    return registry[kind](*args)
+
+
+class LanguageModel(nn.Module):
+    """Word-level LSTM language model.
+
+    ``forward(tokens, state=None)``: tokens (seq_len, batch) of ids -> logits
+    (seq_len, batch, vocab_size) and the LSTM state ``(h, c)``, each
+    (num_layers, batch, hidden). ``vocab`` is the list of words indexed by id.
+    """
+
+    def __init__(self, config: ModelConfig, vocab: list[str] | None = None) -> None:
+        super().__init__()
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} words but vocab_size is {config.vocab_size}")
+        self.config = config
+        self.vocab = vocab
+        self.embedding = _build(EMBEDDINGS, config.embedding, config)
+        self.lstm = _build(LSTMS, config.lstm, config)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = _build(DECODERS, config.decoder, config, getattr(self.lstm, "output_size", config.hidden_size))
+        if config.tie_weights:
+            if not (isinstance(self.embedding, nn.Embedding) and isinstance(self.decoder, nn.Linear)):
+                raise ValueError("tie_weights needs a dense embedding and decoder")
+            if self.decoder.in_features != config.hidden_size:
+                raise ValueError("tie_weights needs the decoder input size to equal hidden_size")
+            self.decoder.weight = self.embedding.weight
+
+    def init_uniform(self, scale: float) -> None:
+        """Zaremba's init: every parameter uniform in [-scale, scale]."""
+        for p in self.parameters():
+            nn.init.uniform_(p, -scale, scale)
+
+    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (seq_len, batch), got shape {tuple(tokens.shape)}")
+        x = self.drop(self.embedding(tokens))
+        out, state = self.lstm(x, state)
+        return self.decoder(self.drop(out)), state
+
+
+def detach(state: State) -> State:
+    """Cut the graph between bptt windows, keeping the values."""
+    return tuple(s.detach() for s in state)  # type: ignore[return-value]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,154 @@
+"""Training with Zaremba et al.'s recipe: SGD, truncated BPTT over contiguous streams,
+gradient clipping, per-epoch learning-rate decay, a checkpoint every epoch.
+
+Runs data-parallel under ``torchrun`` (DDP over NCCL on CUDA, gloo on CPU): the
+batch's contiguous streams are split between the processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import load_train_state, save_model, save_train_state
+from .config import TrainConfig
+from .data import Corpus, batchify, bptt_windows
+from .evaluate import perplexity
+from .model import LanguageModel, count_parameters, detach
+from .results import stamp, write_json
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stops rather than train through it."""
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _default_device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def build_model(cfg: TrainConfig, vocab: list[str]) -> LanguageModel:
+    """A freshly initialised model (seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    model = LanguageModel(cfg.model, vocab)
+    model.init_uniform(cfg.init_scale)
+    return model
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    results_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    model: LanguageModel | None = None,
+) -> dict:
+    """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
+
+    Writes ``out_dir/model.pt`` (the artifact) and ``out_dir/train_state.pt`` after
+    every epoch; ``resume=True`` continues from the last finished epoch.
+    """
+    rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    device = torch.device(device) if device is not None else _default_device(rank)
+    out_dir = Path(out_dir)
+    state_path, model_path = out_dir / "train_state.pt", out_dir / "model.pt"
+
+    corpus = Corpus.load(data_dir)
+    train_stream = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
+    per_rank = cfg.batch_size // world
+    train_data = batchify(train_stream, cfg.batch_size)[:, rank * per_rank : (rank + 1) * per_rank].to(device)
+
+    if model is None:
+        model = build_model(cfg, corpus.vocab)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    start_epoch, history, elapsed = 0, [], 0.0
+    if resume and state_path.is_file():
+        saved = load_train_state(state_path)
+        if saved["config"] != cfg.to_dict():
+            raise ValueError(f"{state_path} was trained with another config; use a fresh --out directory")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = cfg.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        net.train()
+        state, total, count, tic = None, 0.0, 0, time.time()
+        bar = tqdm(bptt_windows(train_data, cfg.bptt), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   mininterval=2.0, disable=not progress or rank != 0)
+        for step, (inputs, targets) in enumerate(bar):
+            logits, state = net(inputs, state)
+            state = detach(state)
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}, lr {lr}: "
+                    f"lower --lr or --clip, or check the data; the last good checkpoint is {model_path}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            (loss * inputs.shape[0]).backward()  # summed over time, averaged over the batch (Zaremba)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            total += value * targets.numel()
+            count += targets.numel()
+            if step % 10 == 0:
+                rate = count * world / max(time.time() - tic, 1e-9)
+                bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}", tok_s=f"{rate:.0f}")
+        seconds = time.time() - tic
+        elapsed += seconds
+        valid_ppl = perplexity(model, corpus.valid)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_ppl": math.exp(total / count), "valid_ppl": valid_ppl,
+                        "tokens_per_s": count * world / seconds})
+        if rank == 0:
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: lr {lr:.4g}  train ppl {math.exp(total / count):.2f}  "
+                           f"valid ppl {valid_ppl:.2f}  {count * world / seconds:.0f} tok/s")
+            save_model(model, model_path)
+            save_train_state({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed},
+                             state_path)
+        if world > 1:
+            dist.barrier()
+
+    test_ppl = perplexity(model, corpus.test)
+    results = {
+        **stamp(cfg.to_dict(), cfg.seed),
+        "valid_ppl": history[-1]["valid_ppl"] if history else perplexity(model, corpus.valid),
+        "test_ppl": test_ppl,
+        "parameters": count_parameters(model),
+        "checkpoint_bytes": model_path.stat().st_size if model_path.is_file() else None,
+        "wall_time_s": elapsed,
+        "tokens_per_s": sum(h["tokens_per_s"] for h in history) / max(len(history), 1),
+        "device": str(device) + (f" x{world}" if world > 1 else ""),
+        "history": history,
+    }
+    if rank == 0:
+        write_json(results_path or out_dir / "results.json", results)
+    return results
