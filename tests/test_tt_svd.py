@@ -1,0 +1,170 @@
+"""tt_svd: exactness, the rel_eps bound, rank caps and limits, minimal ranks, parity with tensorly."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensorly.decomposition import tensor_train
+from tensorly.tt_tensor import TTTensor
+
+from ttlayers import tt_svd
+from ttlayers.truncated_svd import truncated_split
+
+SETTINGS = settings(max_examples=30, deadline=None)
+shapes = st.lists(st.integers(1, 5), min_size=2, max_size=5).filter(lambda s: math.prod(s) <= 800)
+seeds = st.integers(0, 2 ** 31 - 1)
+
+
+def random_tensor(shape, seed, dtype=torch.float64):
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape)).to(dtype)
+
+
+def full(tt):
+    with tl.backend_context("pytorch" if torch.is_tensor(tt.factors[0]) else "numpy"):
+        return tt.to_tensor()
+
+
+def rel_error(tt, tensor):
+    return float(torch.linalg.norm(torch.as_tensor(full(tt)) - tensor) / torch.linalg.norm(tensor))
+
+
+def unfolding_sizes(shape):
+    return [min(math.prod(shape[:k + 1]), math.prod(shape[k + 1:])) for k in range(len(shape) - 1)]
+
+
+def feasible_ranks(shape, ranks):
+    """Clamp TT ranks so that random cores with them have exactly these unfolding ranks."""
+    ranks = [1, *ranks, 1]
+    for k in range(1, len(shape)):
+        ranks[k] = min(ranks[k], ranks[k - 1] * shape[k - 1])
+    for k in range(len(shape) - 1, 0, -1):
+        ranks[k] = min(ranks[k], ranks[k + 1] * shape[k])
+    return ranks
+
+
+def random_tt(shape, ranks, seed):
+    rng = np.random.default_rng(seed)
+    return TTTensor([torch.from_numpy(rng.standard_normal((ranks[k], n, ranks[k + 1]))) for k, n in enumerate(shape)])
+
+
+@SETTINGS
+@given(shapes, seeds, st.sampled_from([torch.float64, torch.float32]))
+def test_exact_at_full_rank(shape, seed, dtype):
+    tensor = random_tensor(shape, seed, dtype)
+    tt = tt_svd(tensor)
+    assert rel_error(tt, tensor) < (1e-12 if dtype == torch.float64 else 1e-5)
+    assert all(r <= limit for r, limit in zip(tt.rank[1:-1], unfolding_sizes(shape)))
+
+
+@SETTINGS
+@given(shapes, st.lists(st.integers(1, 4), min_size=4, max_size=4), seeds)
+def test_exact_recovery_with_minimal_ranks(shape, ranks, seed):
+    ranks = feasible_ranks(shape, ranks[:len(shape) - 1])
+    tensor = full(random_tt(shape, ranks, seed))
+    for kwargs in ({}, {"rel_eps": 1e-8}):
+        tt = tt_svd(tensor, **kwargs)
+        assert list(tt.rank) == ranks
+        assert rel_error(tt, tensor) < 1e-10
+    # and the ranks are those of the unfoldings
+    assert ranks[1:-1] == [np.linalg.matrix_rank(tensor.reshape(math.prod(shape[:k + 1]), -1).numpy())
+                           for k in range(len(shape) - 1)]
+
+
+@SETTINGS
+@given(shapes, seeds, st.floats(0.01, 0.9), st.sampled_from([torch.float64, torch.float32]))
+def test_rel_eps_bound_and_first_rank_is_oseledets(shape, seed, rel_eps, dtype):
+    tensor = random_tensor(shape, seed, dtype)
+    tt = tt_svd(tensor, rel_eps=rel_eps)
+    assert rel_error(tt, tensor) <= rel_eps * (1 + 1e-9) + (1e-5 if dtype == torch.float32 else 1e-12)
+    # bond 1 truncates the first unfolding of the tensor itself: the rank is the smallest whose
+    # discarded energy is at most delta^2 = rel_eps^2 / (d - 1) * ||A||^2
+    s = np.linalg.svd(tensor.double().reshape(shape[0], -1).numpy(), compute_uv=False)
+    delta_sq = rel_eps ** 2 / (len(shape) - 1) * np.sum(s ** 2)
+    tails = [np.sum(s[r:] ** 2) for r in range(len(s) + 1)]
+    assert tt.rank[1] == max(1, min(r for r in range(len(s) + 1) if tails[r] <= delta_sq))
+
+
+@SETTINGS
+@given(shapes, seeds, st.integers(1, 6))
+def test_rank_cap_matches_tensorly_and_is_no_worse(shape, seed, cap):
+    tensor = random_tensor(shape, seed)
+    tt = tt_svd(tensor, max_rank=cap)
+    with tl.backend_context("pytorch"):
+        reference = tensor_train(tensor, rank=cap)
+    assert tt.rank == reference.rank  # min(cap, unfolding sizes) on a generic tensor
+    assert all(r <= min(cap, limit) for r, limit in zip(tt.rank[1:-1], unfolding_sizes(shape)))
+    assert rel_error(tt, tensor) <= rel_error(reference, tensor) * (1 + 1e-7) + 1e-12
+
+
+@SETTINGS
+@given(shapes, seeds, st.lists(st.integers(1, 6), min_size=4, max_size=4), st.floats(0.05, 0.5))
+def test_per_bond_cap_wins_over_rel_eps(shape, seed, caps, rel_eps):
+    tensor = random_tensor(shape, seed)
+    caps = caps[:len(shape) - 1]
+    capped = tt_svd(tensor, max_rank=caps, rel_eps=rel_eps)
+    bounded = tt_svd(tensor, rel_eps=rel_eps)
+    assert all(r <= c for r, c in zip(capped.rank[1:-1], caps))
+    if all(r <= c for r, c in zip(bounded.rank[1:-1], caps)):  # the cap never binds
+        assert capped.rank == bounded.rank
+    # boundary-ranks form is accepted
+    assert tt_svd(tensor, max_rank=[1, *caps, 1]).rank == tt_svd(tensor, max_rank=caps).rank
+
+
+@SETTINGS
+@given(st.integers(2, 60), st.integers(2, 60), st.integers(1, 70), seeds,
+       st.sampled_from([None, 1e-3, 0.1, 0.5, 1e-12]))
+def test_truncated_split_is_the_best_approximation(m, n, cap, seed, rel):
+    """Eckart-Young: the discarded energy is the tail of the singular values, by either path."""
+    rng = np.random.default_rng(seed)
+    matrix = torch.from_numpy(rng.standard_normal((m, n)) * rng.uniform(0.01, 1, n) ** 3)
+    s = np.linalg.svd(matrix.numpy(), compute_uv=False)
+    budget = None if rel is None else rel ** 2 * np.sum(s ** 2)
+    left, right, discarded = truncated_split(matrix, cap, budget)
+    r = left.shape[1]
+    assert r <= min(cap, m, n)
+    torch.testing.assert_close(left.T @ left, torch.eye(r, dtype=left.dtype), atol=1e-10, rtol=0)
+    error_sq = float(torch.linalg.norm(matrix - left @ right) ** 2)
+    assert error_sq == pytest.approx(np.sum(s[r:] ** 2), rel=1e-6, abs=1e-10 * np.sum(s ** 2))
+    assert discarded == pytest.approx(error_sq, rel=1e-6, abs=1e-10 * np.sum(s ** 2))
+    if budget is not None:
+        assert error_sq <= budget * (1 + 1e-9) + 1e-12 or r == min(cap, m, n)
+
+
+def test_input_kinds_are_preserved():
+    backend = tl.get_backend()
+    array = np.random.default_rng(0).standard_normal((3, 4, 5))
+    for tensor in (array, array.astype(np.float32), torch.from_numpy(array), torch.from_numpy(array).float()):
+        tt = tt_svd(tensor, max_rank=2)
+        for core in tt.factors:
+            assert type(core) is type(tensor) and core.dtype == tensor.dtype
+    assert tl.get_backend() == backend
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda():
+    tensor = random_tensor((4, 5, 6), 0, torch.float32).cuda()
+    tt = tt_svd(tensor, rel_eps=0.1)
+    assert all(core.is_cuda and core.dtype == torch.float32 for core in tt.factors)
+    assert rel_error(tt, tensor) <= 0.1 + 1e-5
+
+
+@pytest.mark.parametrize("tensor, kwargs, message", [
+    (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {}, "non-finite"),
+    (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), {}, "non-finite"),
+    (torch.ones(2, 3, 4), {"max_rank": 0}, ">= 1"),
+    (torch.ones(2, 3, 4), {"max_rank": [2, -1]}, ">= 1"),
+    (torch.ones(2, 3, 4), {"max_rank": [2, 2, 2]}, "list of 2"),
+    (torch.ones(2, 3, 4), {"max_rank": 2.5}, "int"),
+    (torch.ones(2, 3, 4), {"rel_eps": -0.1}, ">= 0"),
+    (torch.ones(2, 3, 4), {"rel_eps": float("nan")}, ">= 0"),
+    (torch.ones(2, 3, dtype=torch.int64), {}, "float32 or float64"),
+    ([[1.0, 2.0]], {}, "torch.Tensor or a numpy.ndarray"),
+    (torch.ones(2, 0, 3), {}, "empty"),
+])
+def test_bad_input(tensor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tt_svd(tensor, **kwargs)

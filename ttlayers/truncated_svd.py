@@ -1,0 +1,94 @@
+"""One truncation step of TT-SVD and TT rounding: ``matrix (m, n) ~= left (m, r) @ right (r, n)``
+with orthonormal columns in ``left`` and ``right = left.T @ matrix``, i.e. the orthogonal
+projection of ``matrix`` on its top-``r`` left singular subspace (the best rank-``r``
+approximation, Eckart-Young), so ``||matrix - left @ right||_F^2`` is the discarded energy
+``sum_{i > r} sigma_i^2``.
+
+Two ways to get the subspace:
+
+* **Gram** (fast, used whenever truncation is requested): the eigendecomposition, in float64
+  whatever the input dtype, of the smaller Gram matrix ``M M^T`` or ``M^T M`` (``k x k``,
+  ``k = min(m, n)``): one matrix product and one small symmetric eigensolve instead of a full SVD.
+  Squaring the matrix limits what it can resolve to about ``k (m + n) eps64 ||M||_F^2`` of discarded
+  energy, so an error budget is only trusted to it when the budget is well above that level, and
+  the energy actually discarded is checked afterwards; otherwise, or if the check fails, the SVD
+  is used.
+* **SVD** (``torch.linalg.svd``), used for exact decompositions: its singular values resolve the
+  numerical rank (``sigma <= max(m, n) * eps * sigma_1`` counts as zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+GUARD = 100.0  # an error budget must exceed GUARD times the Gram noise level to use the Gram path
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def truncated_split(matrix: torch.Tensor, max_rank: int | None = None,
+                    max_sq_err: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Split ``matrix`` (m, n) into ``left`` (m, r) with orthonormal columns and ``right`` (r, n).
+
+    * neither bound: exact, ``r`` = numerical rank of ``matrix``;
+    * ``max_rank`` only: ``r = min(max_rank, m, n)``, less any direction whose part of ``matrix``
+      is numerically zero;
+    * ``max_sq_err``: the smallest ``r`` with ``||matrix - left @ right||_F^2 <= max_sq_err``,
+      then capped at ``max_rank``.
+
+    Always ``r >= 1``. Returns ``(left, right, discarded)`` where ``discarded`` estimates the
+    squared Frobenius error.
+    """
+    m, n = matrix.shape
+    cap = min(m, n) if max_rank is None else min(max_rank, m, n)
+    if max_rank is None and max_sq_err is None:
+        return _svd_split(matrix, cap, None)
+    split = _gram_split(matrix, cap, max_sq_err)
+    return split if split is not None else _svd_split(matrix, cap, max_sq_err)
+
+
+def _svd_split(matrix, cap, max_sq_err):
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    energy = s.double() ** 2
+    tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r] = sum_{i>=r}
+    tol = max(matrix.shape) * torch.finfo(matrix.dtype).eps * s[0]
+    rank = min(cap, int((s > tol).sum()))
+    if max_sq_err is not None:
+        rank = min(rank, int((tails > max_sq_err).sum()))
+    rank = max(rank, 1)
+    return u[:, :rank], s[:rank, None] * vh[:rank], float(tails[rank])
+
+
+def _gram_split(matrix, cap, max_sq_err):
+    """The Gram path; ``None`` when it cannot guarantee ``max_sq_err``."""
+    m, n = matrix.shape
+    k = min(m, n)
+    work = matrix.to(torch.float64)
+    wide = m <= n
+    gram = work @ work.T if wide else work.T @ work
+    sq_norm = float(gram.diagonal().sum())
+    noise = k * (m + n) * EPS64 * sq_norm
+    if max_sq_err is not None and max_sq_err < GUARD * noise:
+        return None
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    rank = cap
+    if max_sq_err is not None:
+        tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r] = sum_{i>r}
+        rank = min(cap, max(1, int((tails > max_sq_err - noise).sum())))
+    basis = evecs[:, :rank].to(matrix.dtype)
+    if wide:
+        left, right = basis, basis.T @ matrix
+        row_norms = right.norm(dim=1)
+    else:
+        left, triangle = torch.linalg.qr(matrix @ basis)
+        right, row_norms = triangle @ basis.T, triangle.norm(dim=1)
+    if max_sq_err is None:
+        tol = max(m, n) * torch.finfo(matrix.dtype).eps * evals[0].sqrt()
+        keep = row_norms > tol
+        if not bool(keep.all()):
+            keep[0] = True  # at least one
+            left, right = left[:, keep], right[keep]
+    discarded = max(sq_norm - float(right.double().square().sum()), 0.0)
+    if max_sq_err is not None and discarded > max_sq_err + k * torch.finfo(matrix.dtype).eps * sq_norm:
+        return None
+    return left, right, discarded
