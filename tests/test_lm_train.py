@@ -46,7 +46,7 @@ def test_tiny_trains_end_to_end_and_evaluates(tmp_path, corpus):
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, corpus):
-    args = [*SHORT, "--epochs", "3"]
+    args = [*SHORT, "--epochs", "2"]
     reference = run_lm("train", *args, "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
 
