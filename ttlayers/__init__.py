@@ -4,3 +4,9 @@ from .factorize import factorize
 from .tt_matrix import tt_matrix_svd
 from .tt_round import tt_round
 from .tt_svd import tt_svd
+from .low_rank import LowRankLinear
+from .lstm import LSTM
+from .tt_embedding import TTEmbedding
+from .tt_linear import TTLinear
+from .compress import CompressionReport, compress
+from .lstm_compression import lr_decoder, lr_lstm, tt_lstm

@@ -7,10 +7,13 @@ Each layer computes, with torch's gate order (i, f, g, o),
     c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
 
 ``input_map`` and ``recurrent_map`` may be any module mapping the last dimension
-to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). When
-every map of the stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel
-runs the whole stack; otherwise the input maps of all time steps run in one
-batched call and only the recurrent map runs per step.
+to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). With
+``proj_size > 0`` (``torch.nn.LSTM``'s projections, Sak et al. 2014) the state is
+projected, ``h_t = projection(o * tanh(c_t))`` of size ``proj_size``, and that
+projection feeds both the recurrence and the next layer. When every map of the
+stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
+stack; otherwise the input maps of all time steps run in one batched call and
+only the recurrent map runs per step.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ class LSTMLayer(nn.Module):
 
     The biases live in the maps (``input_map.bias`` is torch's ``bias_ih``,
     ``recurrent_map.bias`` its ``bias_hh``), so a layer built from
-    ``nn.Linear`` maps holds exactly the parameters of one ``nn.LSTM`` layer.
+    ``nn.Linear`` maps holds exactly the parameters of one ``nn.LSTM`` layer;
+    with ``proj_size > 0``, ``projection.weight`` is torch's ``weight_hr`` and
+    ``recurrent_map`` reads the projected state (proj_size features).
     """
 
     def __init__(
@@ -40,24 +45,44 @@ class LSTMLayer(nn.Module):
         bias: bool = True,
         device=None,
         dtype=None,
+        *,
+        proj_size: int = 0,
+        projection: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size} and {hidden_size}")
+        if not 0 <= proj_size < hidden_size:
+            raise ValueError(f"proj_size must be in [0, hidden_size) = [0, {hidden_size}), got {proj_size}")
         self.input_size = input_size
         self.hidden_size = hidden_size
+        self.proj_size = proj_size
         factory = {"device": device, "dtype": dtype}
         self.input_map = input_map if input_map is not None else nn.Linear(input_size, 4 * hidden_size, bias=bias, **factory)
         self.recurrent_map = (
-            recurrent_map if recurrent_map is not None else nn.Linear(hidden_size, 4 * hidden_size, bias=bias, **factory)
+            recurrent_map if recurrent_map is not None
+            else nn.Linear(self.output_size, 4 * hidden_size, bias=bias, **factory)
         )
+        if proj_size:
+            self.projection = projection if projection is not None else nn.Linear(hidden_size, proj_size, bias=False, **factory)
+        elif projection is not None:
+            raise ValueError("a projection module needs proj_size > 0")
         if input_map is None and recurrent_map is None:
             self.reset_parameters()
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output and of h: ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def maps(self) -> list[nn.Module]:
+        """The input and recurrent maps, and the projection if any."""
+        return [self.input_map, self.recurrent_map] + ([self.projection] if self.proj_size else [])
 
     def reset_parameters(self) -> None:
         """``nn.LSTM``'s init: every dense weight and bias uniform in ±1/sqrt(hidden_size)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for m in (self.input_map, self.recurrent_map):
+        for m in self.maps():
             if type(m) is nn.Linear:
                 for p in m.parameters():
                     nn.init.uniform_(p, -bound, bound)
@@ -66,20 +91,22 @@ class LSTMLayer(nn.Module):
 
     @property
     def is_dense(self) -> bool:
-        """True when both maps are plain ``nn.Linear`` (the fused kernel applies)."""
-        return type(self.input_map) is nn.Linear and type(self.recurrent_map) is nn.Linear
+        """True when every map is a plain ``nn.Linear`` (the fused kernel applies)."""
+        return all(type(m) is nn.Linear for m in self.maps()) and (not self.proj_size or self.projection.bias is None)
 
     def flat_weights(self) -> list[Tensor]:
-        """``[w_ih, w_hh(, b_ih, b_hh)]`` in ``torch.lstm``'s order (dense layers only)."""
+        """``[w_ih, w_hh(, b_ih, b_hh)(, w_hr)]`` in ``torch.lstm``'s order (dense layers only)."""
         weights = [self.input_map.weight, self.recurrent_map.weight]
         if self.input_map.bias is not None:
             weights += [self.input_map.bias, self.recurrent_map.bias]
+        if self.proj_size:
+            weights.append(self.projection.weight)
         return weights
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x: (seq_len, batch, input_size); state: h, c each (batch, hidden_size).
+        """x: (seq_len, batch, input_size); state: h (batch, output_size), c (batch, hidden_size).
 
-        Returns the outputs (seq_len, batch, hidden_size) and the final state.
+        Returns the outputs (seq_len, batch, output_size) and the final state.
         """
         h, c = state
         input_gates = self.input_map(x)  # all time steps in one call
@@ -89,11 +116,13 @@ class LSTMLayer(nn.Module):
             i, f, g, o = gates.chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
+            if self.proj_size:
+                h = self.projection(h)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}"
+        return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
 class LSTM(nn.Module):
@@ -105,12 +134,15 @@ class LSTM(nn.Module):
         num_layers: stacked layers.
         dropout: dropout on the outputs of every layer but the last (training only).
         batch_first: inputs and outputs are (batch, seq, feature) instead of (seq, batch, feature).
+        proj_size: if > 0, every layer's state is projected to ``proj_size`` features
+            (as ``torch.nn.LSTM(proj_size=...)``); the output then has ``proj_size`` features.
         layers: optional prebuilt ``LSTMLayer`` list (e.g. with low-rank or TT maps).
 
     ``forward(input, hx=None)`` takes input (seq_len, batch, input_size) (or an
-    unbatched (seq_len, input_size)) and ``hx = (h_0, c_0)``, each
-    (num_layers, batch, hidden_size), and returns ``output, (h_n, c_n)`` as
-    ``nn.LSTM`` does.
+    unbatched (seq_len, input_size)) and ``hx = (h_0, c_0)``, h_0 of shape
+    (num_layers, batch, output_size) and c_0 (num_layers, batch, hidden_size), and
+    returns ``output, (h_n, c_n)`` as ``nn.LSTM`` does; ``output`` has
+    ``output_size`` features (``proj_size`` or ``hidden_size``).
     """
 
     def __init__(
@@ -123,6 +155,7 @@ class LSTM(nn.Module):
         bias: bool = True,
         *,
         layers: list[LSTMLayer] | None = None,
+        proj_size: int = 0,
         device=None,
         dtype=None,
     ) -> None:
@@ -138,21 +171,32 @@ class LSTM(nn.Module):
         self.batch_first = batch_first
         self.bias = bias
         if layers is None:
-            sizes = [input_size] + [hidden_size] * (num_layers - 1)
-            layers = [LSTMLayer(n, hidden_size, bias=bias, device=device, dtype=dtype) for n in sizes]
+            sizes = [input_size] + [proj_size or hidden_size] * (num_layers - 1)
+            layers = [LSTMLayer(n, hidden_size, bias=bias, device=device, dtype=dtype, proj_size=proj_size) for n in sizes]
+        elif layers and not proj_size:
+            proj_size = layers[0].proj_size
         if len(layers) != num_layers:
             raise ValueError(f"got {len(layers)} layers for num_layers={num_layers}")
+        if any((layer.hidden_size, layer.proj_size) != (hidden_size, proj_size) for layer in layers):
+            raise ValueError(f"every layer must have hidden_size={hidden_size} and proj_size={proj_size}, got "
+                             f"{[(layer.hidden_size, layer.proj_size) for layer in layers]}")
+        self.proj_size = proj_size
         self.layers = nn.ModuleList(layers)
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output and of h: ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
 
     @classmethod
     def from_torch(cls, lstm: nn.LSTM) -> "LSTM":
-        """An exact copy of a (unidirectional, projection-free) ``torch.nn.LSTM``."""
-        if lstm.bidirectional or lstm.proj_size:
-            raise ValueError("from_torch supports unidirectional LSTMs without proj_size")
+        """An exact copy of a unidirectional ``torch.nn.LSTM`` (with or without ``proj_size``)."""
+        if lstm.bidirectional:
+            raise ValueError("from_torch supports unidirectional LSTMs only")
         p = next(lstm.parameters())
         out = cls(
             lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout, lstm.batch_first, lstm.bias,
-            device=p.device, dtype=p.dtype,
+            proj_size=lstm.proj_size, device=p.device, dtype=p.dtype,
         )
         with torch.no_grad():
             for k, layer in enumerate(out.layers):
@@ -161,6 +205,8 @@ class LSTM(nn.Module):
                 if lstm.bias:
                     layer.input_map.bias.copy_(getattr(lstm, f"bias_ih_l{k}"))
                     layer.recurrent_map.bias.copy_(getattr(lstm, f"bias_hh_l{k}"))
+                if lstm.proj_size:
+                    layer.projection.weight.copy_(getattr(lstm, f"weight_hr_l{k}"))
         return out
 
     def forward(self, input: Tensor, hx: State | None = None) -> tuple[Tensor, State]:
@@ -171,14 +217,16 @@ class LSTM(nn.Module):
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
         if hx is None:
-            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
-            hx = (zeros, zeros)
+            c0 = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            hx = (x.new_zeros(self.num_layers, x.shape[1], self.output_size), c0)
         elif unbatched:
             hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         h0, c0 = hx
-        expected = (self.num_layers, x.shape[1], self.hidden_size)
-        if tuple(h0.shape) != expected or tuple(c0.shape) != expected:
-            raise ValueError(f"hx must be two tensors of shape {expected}, got {tuple(h0.shape)} and {tuple(c0.shape)}")
+        expected_h = (self.num_layers, x.shape[1], self.output_size)
+        expected_c = (self.num_layers, x.shape[1], self.hidden_size)
+        if tuple(h0.shape) != expected_h or tuple(c0.shape) != expected_c:
+            raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
+                             f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
 
         if all(layer.is_dense for layer in self.layers):
             weights = [w for layer in self.layers for w in layer.flat_weights()]
@@ -204,6 +252,8 @@ class LSTM(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.dropout:
             s += f", dropout={self.dropout}"
         if self.batch_first:

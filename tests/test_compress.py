@@ -1,0 +1,106 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from ttlayers import LSTM, LowRankLinear, TTEmbedding, TTLinear, compress
+from ttlayers.compress import count_parameters
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 50, hidden: int = 16, tie: bool = False) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, 2)
+        self.decoder = nn.Linear(hidden, vocab)
+        if tie:
+            self.decoder.weight = self.embedding.weight
+
+    def forward(self, tokens):
+        out, _ = self.lstm(self.embedding(tokens))
+        return self.decoder(out)
+
+
+def make(**kwargs) -> TinyLM:
+    torch.manual_seed(0)
+    return TinyLM(**kwargs).double()
+
+
+def test_full_rank_tt_is_exact_and_replaces_every_layer():
+    model = make()
+    tokens = torch.randint(0, 50, (7, 3))
+    expected = model(tokens)
+    before = count_parameters(model)
+    report = compress(model, "tt")
+    assert isinstance(model.embedding, TTEmbedding) and isinstance(model.decoder, TTLinear)
+    assert isinstance(model.lstm, LSTM)
+    assert all(isinstance(m, TTLinear) for layer in model.lstm.layers for m in (layer.input_map, layer.recurrent_map))
+    torch.testing.assert_close(model(tokens), expected, atol=1e-9, rtol=1e-7)
+    assert report.params_before == before and report.params_after == count_parameters(model)
+    assert {r.name for r in report.layers} == {"embedding", "decoder"} | {
+        f"lstm.layers.{k}.{m}" for k in range(2) for m in ("input_map", "recurrent_map")}
+    assert all(r.rel_error < 1e-9 for r in report.layers)
+    assert "total parameters" in str(report)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 8.0])
+def test_ratio_target_per_layer(ratio):
+    model = make(vocab=256, hidden=64)
+    report = compress(model, "tt", ratio=ratio)
+    for row in report.layers:
+        layer = model.get_submodule(row.name)
+        dense = layer.dense_weight().numel()
+        weights = sum(c.numel() for c in layer.cores)
+        assert dense / weights >= ratio
+    assert report.params_after < report.params_before
+
+
+def test_low_rank_method_with_per_layer_ranks_and_skip():
+    model = make()
+    report = compress(model, "low_rank", rank=4, ranks={"decoder": 2, "lstm.layers.1": 3}, skip=["lstm.layers.0.input_map"])
+    assert isinstance(model.embedding, nn.Embedding)  # low_rank leaves embeddings alone
+    assert model.decoder.rank == 2 and isinstance(model.decoder, LowRankLinear)
+    assert model.lstm.layers[1].input_map.rank == 3 and model.lstm.layers[1].recurrent_map.rank == 3
+    assert model.lstm.layers[0].recurrent_map.rank == 4
+    assert type(model.lstm.layers[0].input_map) is nn.Linear
+    assert {r.name for r in report.layers} == {"decoder", "lstm.layers.0.recurrent_map", "lstm.layers.1.input_map",
+                                               "lstm.layers.1.recurrent_map"}
+
+
+def test_rel_eps_bounds_every_layer():
+    model = make()
+    report = compress(model, "tt", rel_eps=0.3)
+    assert all(r.rel_error <= 0.3 + 1e-9 for r in report.layers)
+
+
+def test_compressed_model_state_dict_round_trip():
+    model = make()
+    compress(model, "tt", rank=3)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    other = make()
+    compress(other, "tt", rank=3)
+    other.load_state_dict(torch.load(buffer))
+    tokens = torch.randint(0, 50, (4, 2))
+    torch.testing.assert_close(other(tokens), model(tokens))
+
+
+def test_tied_weights_warn():
+    model = make(tie=True)
+    with pytest.warns(UserWarning, match="share a weight"):
+        compress(model, "tt", rank=4)
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="method"):
+        compress(make(), "cp")
+    with pytest.raises(ValueError, match="either ratio or rank"):
+        compress(make(), "tt", rank=2, ratio=4.0)
+    with pytest.raises(ValueError, match="rel_eps applies"):
+        compress(make(), "low_rank", rel_eps=0.1)
+    with pytest.raises(ValueError, match="needs a rank or a ratio"):
+        compress(make(), "low_rank")
+    with pytest.raises(ValueError, match="submodules"):
+        compress(nn.Linear(4, 4))

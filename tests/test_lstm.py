@@ -1,0 +1,143 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from ttlayers import LSTM, LowRankLinear, TTLinear, lr_decoder, lr_lstm, tt_lstm
+from ttlayers.lstm import LSTMLayer
+
+
+def run_both(ref: nn.LSTM, ours: LSTM, batch_first: bool, with_state: bool, dtype):
+    seq, batch = 5, 3
+    x = torch.randn((batch, seq, ref.input_size) if batch_first else (seq, batch, ref.input_size), dtype=dtype)
+    hx = None
+    if with_state:
+        h_size = ref.proj_size or ref.hidden_size
+        hx = (torch.randn(ref.num_layers, batch, h_size, dtype=dtype), torch.randn(ref.num_layers, batch, ref.hidden_size, dtype=dtype))
+    return ref(x, hx), ours(x, hx)
+
+
+def assert_same(a, b, **tol):
+    (out_a, (h_a, c_a)), (out_b, (h_b, c_b)) = a, b
+    for p, q in ((out_a, out_b), (h_a, h_b), (c_a, c_b)):
+        torch.testing.assert_close(p, q, **tol)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_from_torch_reproduces_nn_lstm(batch_first, with_state, proj_size, dtype):
+    torch.manual_seed(0)
+    ref = nn.LSTM(4, 6, num_layers=2, batch_first=batch_first, proj_size=proj_size, dtype=dtype)
+    ours = LSTM.from_torch(ref)
+    assert ours.output_size == (proj_size or 6)
+    assert_same(*run_both(ref, ours, batch_first, with_state, dtype))
+
+
+def test_unbatched_input():
+    torch.manual_seed(1)
+    ref = nn.LSTM(4, 6, num_layers=2)
+    ours = LSTM.from_torch(ref)
+    x = torch.randn(5, 4)
+    hx = (torch.randn(2, 6), torch.randn(2, 6))
+    assert_same(ref(x, hx), ours(x, hx))
+
+
+def test_per_step_path_matches_dense_reconstruction():
+    """Factored maps run the per-step loop; it must equal nn.LSTM with the reconstructed weights."""
+    torch.manual_seed(2)
+    layers = [
+        LSTMLayer(8, 6, TTLinear(8, 24, 2, dtype=torch.float64), LowRankLinear(6, 24, 3, dtype=torch.float64)),
+        LSTMLayer(6, 6, nn.Linear(6, 24, dtype=torch.float64), TTLinear(6, 24, 3, dtype=torch.float64)),
+    ]
+    ours = LSTM(8, 6, 2, layers=layers)
+    ref = nn.LSTM(8, 6, 2, dtype=torch.float64)
+    with torch.no_grad():
+        for k, layer in enumerate(layers):
+            for name, m in (("ih", layer.input_map), ("hh", layer.recurrent_map)):
+                getattr(ref, f"weight_{name}_l{k}").copy_(m.weight if isinstance(m, nn.Linear) else m.dense_weight())
+                getattr(ref, f"bias_{name}_l{k}").copy_(m.bias)
+    a, b = run_both(ref, ours, False, True, torch.float64)
+    assert_same(a, b)
+    (b[0].sum() + b[1][1].sum()).backward()  # gradients flow through the loop
+    assert all(p.grad is not None for p in ours.parameters())
+
+
+def test_dense_state_dict_keys_are_unchanged_and_round_trip():
+    ours = LSTM(4, 6, 2)
+    keys = [f"layers.{k}.{m}.{p}" for k in range(2) for m in ("input_map", "recurrent_map") for p in ("weight", "bias")]
+    assert sorted(ours.state_dict()) == sorted(keys)
+    buffer = io.BytesIO()
+    torch.save(ours.state_dict(), buffer)
+    buffer.seek(0)
+    copy = LSTM(4, 6, 2)
+    copy.load_state_dict(torch.load(buffer))
+    x = torch.randn(3, 2, 4)
+    assert_same(ours(x), copy(x))
+
+
+def _low_rank_lstm(hidden: int, rank: int, layers: int, vocab: int):
+    """An nn.LSTM whose [W_{l+1}; V_l] (and [D; V_L]) have rank <= ``rank``, and its decoder."""
+    ref = nn.LSTM(5, hidden, layers, dtype=torch.float64)
+    decoder = nn.Linear(hidden, vocab, dtype=torch.float64)
+    with torch.no_grad():
+        for k in range(layers):
+            basis = torch.randn(rank, hidden, dtype=torch.float64) / hidden**0.5
+            getattr(ref, f"weight_hh_l{k}").copy_(torch.randn(4 * hidden, rank, dtype=torch.float64) @ basis)
+            reader = getattr(ref, f"weight_ih_l{k + 1}") if k + 1 < layers else decoder.weight
+            reader.copy_(torch.randn(reader.shape[0], rank, dtype=torch.float64) @ basis)
+    return ref, decoder
+
+
+def test_lr_lstm_is_exact_when_the_stacked_weights_have_that_rank():
+    torch.manual_seed(3)
+    ref, decoder = _low_rank_lstm(hidden=8, rank=3, layers=2, vocab=11)
+    lr = lr_lstm(ref, 3, decoder=decoder)
+    new_decoder = lr_decoder(decoder, lr)
+    assert lr.proj_size == 3 and lr.output_size == 3 and new_decoder.in_features == 3
+    assert all(layer.is_dense for layer in lr.layers)  # runs on the fused kernel
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    out_ref, _ = ref(x)
+    out_lr, _ = lr(x)
+    torch.testing.assert_close(new_decoder(out_lr), decoder(out_ref))
+    assert sum(p.numel() for p in lr.parameters()) < sum(p.numel() for p in ref.parameters())
+
+
+def test_lr_lstm_matches_torch_projection_lstm_and_has_orthonormal_projections():
+    torch.manual_seed(4)
+    ref = nn.LSTM(5, 8, 2)
+    lr = lr_lstm(ref, 4)
+    for layer in lr.layers:
+        u = layer.projection.weight
+        torch.testing.assert_close(u @ u.T, torch.eye(4), atol=1e-5, rtol=0)
+    torch_proj = nn.LSTM(5, 8, 2, proj_size=4)
+    torch_proj.load_state_dict({f"{kind}_l{k}": t for k in range(2) for kind, t in zip(
+        ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), lr.layers[k].flat_weights())})
+    x = torch.randn(4, 3, 5)
+    assert_same(torch_proj(x), lr(x))
+
+
+def test_tt_lstm_full_rank_is_exact_and_low_rank_is_smaller():
+    torch.manual_seed(5)
+    ref = nn.LSTM(6, 4, 2, dtype=torch.float64)
+    exact = tt_lstm(ref)
+    assert all(isinstance(m, TTLinear) for layer in exact.layers for m in (layer.input_map, layer.recurrent_map))
+    assert_same(*run_both(ref, exact, False, True, torch.float64), atol=1e-10, rtol=1e-8)
+    small = tt_lstm(nn.LSTM(64, 64, 1), rank=2)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in nn.LSTM(64, 64, 1).parameters()) / 10
+
+
+def test_bad_input_names_the_problem():
+    ours = LSTM(4, 6, 2)
+    with pytest.raises(ValueError, match="input features 4"):
+        ours(torch.randn(3, 2, 5))
+    with pytest.raises(ValueError, match="hx must be"):
+        ours(torch.randn(3, 2, 4), (torch.zeros(1, 2, 6), torch.zeros(1, 2, 6)))
+    with pytest.raises(ValueError, match="rank"):
+        lr_lstm(nn.LSTM(4, 6, 2), 6)
+    with pytest.raises(ValueError, match="proj_size"):
+        LSTM(4, 6, 1, proj_size=6)
+    with pytest.raises(ValueError, match="without projections"):
+        tt_lstm(nn.LSTM(4, 6, 1, proj_size=2))

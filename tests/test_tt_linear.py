@@ -1,0 +1,170 @@
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ttlayers import TTLinear, factorize
+from ttlayers.tt_contract import linear_plan
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def grads(layer: TTLinear, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    params = [x, *layer.cores] + ([layer.bias] if layer.bias is not None else [])
+    return torch.autograd.grad(y, params, g)
+
+
+def check_matches_dense(layer: TTLinear, x: torch.Tensor, atol: float = 1e-10) -> None:
+    """Forward and all gradients equal those of F.linear with the dense reconstruction."""
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    y_ref = F.linear(x, layer.dense_weight(), layer.bias)
+    assert y.shape == (*x.shape[:-1], layer.out_features)
+    torch.testing.assert_close(y, y_ref, atol=atol, rtol=1e-6)
+    g = torch.randn_like(y)
+    for a, b in zip(grads(layer, x, y, g), grads(layer, x, y_ref, g)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-6)
+
+
+@st.composite
+def layers(draw):
+    d = draw(st.integers(1, 3))
+    in_features, out_features = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    return TTLinear(in_features, out_features, draw(st.integers(1, 5)), in_shape=factorize(in_features, d),
+                    bias=draw(st.booleans()), dtype=torch.float64)
+
+
+@SETTINGS
+@given(layer=layers(), lead=st.lists(st.integers(0, 4), min_size=0, max_size=2))
+def test_forward_and_gradients_match_dense_reconstruction(layer, lead):
+    check_matches_dense(layer, torch.randn(*lead, layer.in_features, dtype=torch.float64))
+
+
+def test_routes():
+    """Single rows take the TT route; with the weight already built (eval cache), big batches take the matmul."""
+    layer = TTLinear(60, 80, 3, in_shape=(3, 4, 5), out_shape=(4, 4, 5), dtype=torch.float64)
+    assert not linear_plan(1, layer.out_shape, layer.in_shape, layer.ranks, False).dense
+    assert linear_plan(2000, layer.out_shape, layer.in_shape, layer.ranks, True).dense
+    check_matches_dense(layer, torch.randn(1, 60, dtype=torch.float64))
+
+
+def test_padding_is_invisible():
+    torch.manual_seed(1)
+    layer = TTLinear(7, 11, 2, in_shape=(2, 2, 2), out_shape=(3, 2, 2), dtype=torch.float64)
+    assert layer.dense_weight().shape == (11, 7)
+    check_matches_dense(layer, torch.randn(5, 7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes(dtype):
+    torch.manual_seed(2)
+    layer = TTLinear(24, 36, 4, dtype=dtype)
+    x = torch.randn(2, 5, 24, dtype=dtype)
+    y = layer(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, F.linear(x, layer.dense_weight(), layer.bias))
+
+
+def test_unbatched_input():
+    layer = TTLinear(12, 6, 2)
+    assert layer(torch.randn(12)).shape == (6,)
+
+
+@SETTINGS
+@given(rows=st.integers(1, 30), cols=st.integers(1, 30), d=st.integers(1, 3), bias=st.booleans(), seed=st.integers(0, 999))
+def test_from_linear_full_rank_is_exact(rows, cols, d, bias, seed):
+    torch.manual_seed(seed)
+    linear = nn.Linear(cols, rows, bias=bias).double()
+    layer = TTLinear.from_linear(linear, in_shape=factorize(cols, d), out_shape=factorize(rows, d))
+    torch.testing.assert_close(layer.dense_weight(), linear.weight, atol=1e-10, rtol=0)
+    x = torch.randn(3, cols, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), linear(x), atol=1e-10, rtol=0)
+
+
+@SETTINGS
+@given(rows=st.integers(4, 40), cols=st.integers(4, 40), eps=st.floats(0.01, 0.9), seed=st.integers(0, 999))
+def test_from_linear_rel_eps_bound(rows, cols, eps, seed):
+    torch.manual_seed(seed)
+    linear = nn.Linear(cols, rows).double()
+    layer = TTLinear.from_linear(linear, rel_eps=eps)
+    error = torch.linalg.norm(layer.dense_weight() - linear.weight)
+    assert error <= eps * torch.linalg.norm(linear.weight) * (1 + 1e-9)
+
+
+def test_from_linear_rank_caps_ranks():
+    linear = nn.Linear(64, 64)
+    layer = TTLinear.from_linear(linear, rank=3)
+    assert max(layer.ranks) <= 3 and layer.ranks[0] == layer.ranks[-1] == 1
+
+
+@pytest.mark.parametrize("rank", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("shapes", [((16, 16), (16, 32)), ((8, 4, 8), (8, 8, 8)), ((4, 4, 4, 4), (4, 4, 4, 8))])
+def test_init_variance_matches_nn_linear(rank, shapes):
+    torch.manual_seed(rank)
+    in_shape, out_shape = shapes
+    layer = TTLinear(math.prod(in_shape), math.prod(out_shape), rank, in_shape=in_shape, out_shape=out_shape)
+    target = nn.Linear(layer.in_features, layer.out_features).weight.var().item()  # 1 / (3 in_features)
+    ratio = layer.dense_weight().var().item() / target
+    assert 0.5 < ratio < 2.0, ratio
+
+
+def test_eval_cache_follows_parameter_changes():
+    torch.manual_seed(3)
+    layer = TTLinear(60, 80, 3, in_shape=(3, 4, 5), out_shape=(4, 4, 5), dtype=torch.float64).eval()
+    x = torch.randn(4000, 60, dtype=torch.float64)  # big batch: the dense route with the cached weight
+    with torch.no_grad():
+        assert linear_plan(4000, layer.out_shape, layer.in_shape, layer.ranks, True).dense
+        y0 = layer(x)
+        assert layer._weight_cache is not None
+        layer.cores[1].mul_(2.0)
+        torch.testing.assert_close(layer(x), 2 * (y0 - layer.bias) + layer.bias)
+        other = TTLinear(60, 80, 3, in_shape=(3, 4, 5), out_shape=(4, 4, 5), dtype=torch.float64)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), F.linear(x, other.dense_weight(), other.bias))
+    y = layer(x)  # grad enabled: no cache, differentiable
+    assert y.requires_grad
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(4)
+    layer = TTLinear(30, 20, [3, 2])
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    copy = TTLinear(30, 20, [3, 2])
+    copy.load_state_dict(torch.load(buffer))
+    x = torch.randn(5, 30)
+    torch.testing.assert_close(copy(x), layer(x))
+    assert set(layer.state_dict()) == {"cores.0", "cores.1", "cores.2", "bias"}
+
+
+def test_extra_repr_shows_shapes_ranks_and_compression():
+    text = repr(TTLinear(650, 2600, 16))
+    assert "in_shape=(13, 10, 5)" in text and "out_shape=(20, 13, 10)" in text
+    assert "ranks=(1, 16, 16, 1)" in text and "compression=" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"in_features": 10, "out_features": 10, "rank": 0}, "rank"),
+        ({"in_features": 0, "out_features": 10, "rank": 2}, "in_features"),
+        ({"in_features": 10, "out_features": 10, "rank": 2, "in_shape": (2, 3)}, "in_shape"),
+        ({"in_features": 10, "out_features": 10, "rank": 2, "in_shape": (2, 5), "out_shape": (2, 5, 1)}, "same number of modes"),
+        ({"in_features": 10, "out_features": 10, "rank": [2, 2, 2]}, "rank"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TTLinear(**kwargs)
+
+
+def test_wrong_feature_size_names_the_problem():
+    with pytest.raises(ValueError, match="expects input"):
+        TTLinear(10, 4, 2)(torch.randn(3, 11))

@@ -1,0 +1,127 @@
+"""TTEmbedding: an embedding table held as a TT-matrix, looked up row by row without building it
+(Khrulkov et al. 2019, "Tensorized Embedding Layers")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._tt_layout import capped_ranks, check_features, core_std, mode_shapes, tt_size
+from .tt_contract import tt_matrix_to_dense
+from .tt_matrix import tt_matrix_svd
+
+
+class TTEmbedding(nn.Module):
+    """A (num_embeddings, embedding_dim) lookup table E held as a TT-matrix of d cores.
+
+    ``cores[k]`` has shape (r_{k-1}, num_shape[k], dim_shape[k], r_k), r_0 = r_d = 1, and
+    row i of E, with i the C-order multi-index (i_1..i_d) over ``num_shape``, is
+    ``G_1[:, i_1] ... G_d[:, i_d]`` (a (dim_shape[0], ..., dim_shape[-1]) tensor, flattened).
+
+    Args:
+        num_embeddings, embedding_dim: size of the table.
+        rank: TT rank, one int or d - 1 ints, each capped at the largest useful rank.
+        num_shape, dim_shape: factorisations of num_embeddings and embedding_dim into d
+            modes; by default ``ttlayers.factorize`` with 3 modes. Sizes that factor badly
+            are padded (extra rows never looked up, extra columns sliced off).
+
+    Input: integer indices of any shape (*) -> output (*, embedding_dim). A lookup never
+    builds the table: the distinct indices of the batch are split into digits, the matching
+    core slices gathered, and the slices contracted by batched matmuls.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        rank: int | Sequence[int],
+        *,
+        num_shape: Sequence[int] | None = None,
+        dim_shape: Sequence[int] | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_embeddings = check_features(num_embeddings, "num_embeddings")
+        self.embedding_dim = check_features(embedding_dim, "embedding_dim")
+        self.num_shape, self.dim_shape = mode_shapes(num_embeddings, embedding_dim, num_shape, dim_shape,
+                                                       "num_shape", "dim_shape")
+        ranks = capped_ranks(rank, self.num_shape, self.dim_shape)
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], **factory))
+            for k, (m, n) in enumerate(zip(self.num_shape, self.dim_shape))
+        )
+        self.reset_parameters()
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *(c.shape[-1] for c in self.cores))
+
+    def reset_parameters(self) -> None:
+        """Gaussian cores whose table has unit variance, as ``nn.Embedding``'s N(0, 1) init."""
+        std = core_std(1.0, self.ranks)
+        for core in self.cores:
+            nn.init.normal_(core, 0.0, std)
+
+    @classmethod
+    def from_embedding(
+        cls,
+        embedding: nn.Embedding,
+        rank: int | Sequence[int] | None = None,
+        rel_eps: float | None = None,
+        num_shape: Sequence[int] | None = None,
+        dim_shape: Sequence[int] | None = None,
+    ) -> "TTEmbedding":
+        """TT-SVD of ``embedding.weight`` (``ttlayers.tt_matrix_svd``): ranks capped at ``rank``,
+        error ``||E - E_tt||_F <= rel_eps ||E||_F``; neither gives an exact copy."""
+        weight = embedding.weight.detach()
+        out = cls(embedding.num_embeddings, embedding.embedding_dim, 1, num_shape=num_shape, dim_shape=dim_shape,
+                  device=weight.device, dtype=weight.dtype)
+        padded = F.pad(weight, (0, math.prod(out.dim_shape) - out.embedding_dim,
+                                0, math.prod(out.num_shape) - out.num_embeddings))
+        tt = tt_matrix_svd(padded, out.num_shape, out.dim_shape, max_rank=rank, rel_eps=rel_eps)
+        out.cores = nn.ParameterList(nn.Parameter(c.to(weight.dtype).contiguous()) for c in tt.factors)
+        return out
+
+    def dense_weight(self) -> Tensor:
+        """The table E: (num_embeddings, embedding_dim), differentiable in the cores."""
+        return tt_matrix_to_dense(list(self.cores))[: self.num_embeddings, : self.embedding_dim]
+
+    def rows(self, indices: Tensor) -> Tensor:
+        """Rows of E for 1-D in-range ``indices`` (n,): (n, embedding_dim), built from core slices."""
+        digits = []
+        rest = indices
+        for size in reversed(self.num_shape):
+            digits.append(rest % size)
+            rest = rest // size
+        digits.reverse()
+        n = indices.shape[0]
+        out = None
+        for core, digit in zip(self.cores, digits):
+            piece = core.transpose(0, 1)[digit]  # (n, r_{k-1}, dim_k, r_k)
+            rank_in, dim, rank_out = piece.shape[1:]
+            if out is None:
+                out = piece.reshape(n, dim, rank_out)
+            else:
+                out = torch.bmm(out, piece.reshape(n, rank_in, dim * rank_out)).reshape(n, out.shape[1] * dim, rank_out)
+        return out.reshape(n, out.shape[1])[:, : self.embedding_dim]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
+        unique, inverse = torch.unique(input.reshape(-1).long(), return_inverse=True)
+        if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
+            raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
+                             f"got values from {int(unique[0])} to {int(unique[-1])}")
+        return self.rows(unique)[inverse].reshape(*input.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        ratio = self.num_embeddings * self.embedding_dim / tt_size(self.num_shape, self.dim_shape, self.ranks)
+        return (f"{self.num_embeddings}, {self.embedding_dim}, num_shape={self.num_shape}, "
+                f"dim_shape={self.dim_shape}, ranks={self.ranks}, compression={ratio:.1f}x")
