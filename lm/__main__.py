@@ -1,4 +1,4 @@
-"""Command line: ``python -m lm {train,eval,info} ...`` (also installed as ``lm``)."""
+"""Command line: ``python -m lm {train,eval,info,study,compress} ...`` (also installed as ``lm``)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,31 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=1))
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from .study import StudyConfig, run_study
+
+    config = StudyConfig(preset=args.preset, run_dir=args.run_dir or f"runs/study_{args.preset}", checkpoint=args.checkpoint,
+                         overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
+                         scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
+                         latency_tokens=args.latency_tokens,
+                         finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
+                                   if v is not None} or None,
+                         **({"report_dir": args.report_dir} if args.report_dir else {}))
+    payload = run_study(config)
+    for t in payload["targets"]:
+        print(f"{t['target']}: {t['met']} ({t['measured']}{', gap ' + t['gap'] if t['gap'] else ''})")
+    print(f"report: {Path(config.report_dir) / f'study_{args.preset}.md'}")
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
+    from .budget import compress_to_budget
+
+    result = compress_to_budget(args.checkpoint, args.budget_mb, out_dir=args.out, data_dir=args.data_dir,
+                                finetune_epochs=args.finetune_epochs, search_tokens=args.search_tokens,
+                                progress=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k != "candidates"}, indent=1))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lm", description="LSTM language models on PTB, and their compression.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +119,31 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters, file size and config of a checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("study", parents=[common], help="the compression study: every method, cached, with a report")
+    s.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    s.add_argument("--checkpoint", help="trained dense model (default: train the preset in <run-dir>/dense)")
+    s.add_argument("--run-dir", help="where the methods' runs are cached (default runs/study_<preset>)")
+    s.add_argument("--report-dir", help="where study_<preset>.{json,md,png} go (default: the repository's results/)")
+    s.add_argument("--methods", nargs="+", help="run only these methods (default: all)")
+    s.add_argument("--finetune-epochs", type=int)
+    s.add_argument("--finetune-lr", type=float)
+    s.add_argument("--scratch-epochs", type=int, help="epochs of the from-scratch runs (default: the preset's)")
+    s.add_argument("--latency-tokens", type=int, default=100, help="tokens timed per model and pass")
+    s.add_argument("--eval-tokens", type=int, help="score only a prefix of valid/test (smoke runs; default: exact)")
+    s.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set hidden_size=32 --set max_train_tokens=20000")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_study, device="cpu")
+
+    c = sub.add_parser("compress", parents=[common], help="compress a checkpoint to a size budget, then fine-tune")
+    c.add_argument("checkpoint")
+    c.add_argument("--budget-mb", type=float, required=True, help="artifact size budget in MB (10^6 bytes)")
+    c.add_argument("--out", help="output directory (default: compressed_<budget>MB beside the checkpoint)")
+    c.add_argument("--finetune-epochs", type=int, default=None, help="default: the study's recipe for the preset size")
+    c.add_argument("--search-tokens", type=int, default=20_000, help="validation tokens scored per candidate")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_compress, device="cpu")
     return p
 
 

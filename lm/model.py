@@ -82,3 +82,22 @@ def detach(state: State) -> State:
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _compressed(builder: str) -> Callable[..., nn.Module]:
+    """A registry entry for a compressed layer type of ``lm.compression.layers`` (imported
+    lazily: that package imports this module)."""
+
+    def build(*args) -> nn.Module:
+        from .compression import layers
+
+        return getattr(layers, builder)(*args)
+
+    return build
+
+
+for _kind in ("low_rank", "groupreduce", "tt"):
+    EMBEDDINGS[_kind] = _compressed("build_embedding")
+    DECODERS[_kind] = _compressed("build_decoder")
+for _kind in ("lr_lstm", "tt_lstm"):
+    LSTMS[_kind] = _compressed("build_lstm")

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.compression.prune import finalize, gradual_amounts, prune_model, sparsity
+from lm.compression.prune import finalize, finalized_copy, gradual_amounts, prune_model, sparsity
 from lm.config import ModelConfig
 from lm.model import LanguageModel
 
@@ -57,3 +57,12 @@ def test_gradual_amounts_reach_final_sparsity(final, steps):
         assert 0.0 <= a < 1.0
         alive *= 1 - a
     assert 1 - alive == pytest.approx(final)
+
+
+def test_finalized_copy_leaves_the_masks():
+    m = model()
+    prune_model(m, 0.5, ("decoder", "lstm"))
+    m(torch.randint(0, 40, (3, 2)))[0].sum().backward()  # weights now carry autograd history
+    c = finalized_copy(m)
+    assert "decoder.weight_mask" in m.state_dict() and "decoder.weight_mask" not in c.state_dict()
+    assert sparsity(c, ("decoder",)) == pytest.approx(0.5, abs=0.02)

@@ -15,8 +15,10 @@ before every forward.
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
@@ -76,6 +78,13 @@ def finalize(model: nn.Module) -> nn.Module:
         if handle is not None:
             handle.remove()
     return model
+
+
+def finalized_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its pruning made permanent; ``model`` keeps its masks."""
+    with torch.no_grad():
+        _refresh_masks(model, None)  # masked weights without autograd history, so deepcopy can copy them
+    return finalize(copy.deepcopy(model))
 
 
 def sparsity(model: nn.Module, layers: Iterable[str] = PARTS) -> float:

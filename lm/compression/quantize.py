@@ -64,7 +64,7 @@ def fake_quantize_(model: nn.Module, per_channel: bool = False) -> nn.Module:
 def _torch_lstm(lstm: nn.Module) -> nn.LSTM:
     """``torch.nn.LSTM`` copy of a dense ``ttlayers.LSTM`` (its maps are all ``nn.Linear``)."""
     out = nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers, bias=lstm.bias, dropout=lstm.dropout,
-                  batch_first=lstm.batch_first)
+                  batch_first=lstm.batch_first, proj_size=getattr(lstm, "proj_size", 0))
     with torch.no_grad():
         for k, layer in enumerate(lstm.layers):
             getattr(out, f"weight_ih_l{k}").copy_(layer.input_map.weight)
@@ -72,18 +72,22 @@ def _torch_lstm(lstm: nn.Module) -> nn.LSTM:
             if lstm.bias:
                 getattr(out, f"bias_ih_l{k}").copy_(layer.input_map.bias)
                 getattr(out, f"bias_hh_l{k}").copy_(layer.recurrent_map.bias)
+            if out.proj_size:
+                getattr(out, f"weight_hr_l{k}").copy_(layer.projection.weight)
     return out
 
 
 def int8_dynamic(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with int8 dynamically quantized ``nn.Linear`` and ``nn.LSTM`` modules.
 
-    A dense ``ttlayers.LSTM`` is first swapped for ``torch.nn.LSTM`` (same calling
-    convention) so that torch's quantized LSTM kernel runs it.
+    A dense ``ttlayers.LSTM`` without projections is first swapped for ``torch.nn.LSTM``
+    (same calling convention) so that torch's quantized LSTM kernel runs it; other LSTMs
+    keep their per-step loop with int8 ``nn.Linear`` maps.
     """
     model = copy.deepcopy(model).eval()
     lstm = getattr(model, "lstm", None)
-    if lstm is not None and all(getattr(layer, "is_dense", False) for layer in getattr(lstm, "layers", [])):
+    if (lstm is not None and not getattr(lstm, "proj_size", 0)  # torch's quantized LSTM has no projections
+            and all(getattr(layer, "is_dense", False) for layer in getattr(lstm, "layers", []))):
         model.lstm = _torch_lstm(lstm)
     with warnings.catch_warnings():
         # torch.ao warns that it will move to torchao; it is the quantize_dynamic of the pinned torch

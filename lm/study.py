@@ -1,0 +1,296 @@
+"""The compression study: every method on one preset, cached per method and resumable.
+
+``python -m lm study --preset small --checkpoint runs/small/model.pt`` takes a trained
+dense model (or trains the preset first), then for every method: compresses it,
+fine-tunes or trains it from scratch where the method says so, exports the compact
+artifact, decodes that artifact and measures its exact perplexities. Each finished
+method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
+its recipe is unchanged; fine-tuning resumes after a kill, losing at most one epoch.
+A final pass times every artifact side by side (one token, batch 1, one thread,
+eager and int8) and writes the results JSON, the markdown report and the Pareto plot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load
+from .compression import prune as pruning
+from .compression import report
+from .compression.export import export, load_artifact
+from .compression.latency import compare
+from .compression.surgery import compress_model, set_dropout
+from .config import TrainConfig, preset
+from .data import Corpus
+from .evaluate import perplexity
+from .model import LanguageModel, count_parameters
+from .results import ROOT, stamp, write_json
+from .train import train
+
+
+@dataclass
+class Method:
+    """One row of the study.
+
+    ``compress``: layer specs for ``compress_model`` (``embedding``/``lstm``/``decoder``);
+    ``prune``: ``{"amount", "layers", "gradual"}``; ``train``: ``"none"``, ``"finetune"``
+    (from the compressed trained model) or ``"scratch"`` (the compressed architecture
+    trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
+    start from another method's finished model instead of the dense one.
+    """
+
+    name: str
+    family: str
+    description: str
+    compress: dict = field(default_factory=dict)
+    prune: dict | None = None
+    train: str = "none"
+    quant: str | None = None
+    base: str | None = None
+
+
+def methods_for(cfg: TrainConfig) -> list[Method]:
+    """The study's methods, ranks scaled with the hidden size (r = H/5 gives the paper's r=128 at 650)."""
+    h = cfg.model.hidden_size
+    r_lstm = max(4, round(h / 5))
+    r_emb = max(4, round(h / 4))
+    gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
+    tt = {"type": "tt", "rank": 16}
+    return [
+        Method("dense", "dense", "the trained dense model, float32"),
+        Method("q8", "quantized", "8-bit, 256 equal intervals per tensor, one byte per number (paper)", quant="q8"),
+        Method("q8c", "quantized", "8-bit per output channel", quant="q8c"),
+        Method("dense_ft", "dense", "the dense model fine-tuned with the compressed models' recipe (the control)",
+               train="finetune"),
+        Method("dense_ft_q8", "quantized", "dense_ft stored in 8 bits per tensor", quant="q8", base="dense_ft"),
+        Method("prune_dec90", "pruned", "output layer pruned 90% by magnitude, no retraining (paper)",
+               prune={"amount": 0.9, "layers": ["decoder"]}),
+        Method("prune_dec90_ft", "pruned", "output layer pruned 90%, retrained (paper)",
+               prune={"amount": 0.9, "layers": ["decoder"]}, train="finetune"),
+        Method("prune_embdec90", "pruned", "embedding and output layer pruned 90%, no retraining",
+               prune={"amount": 0.9, "layers": ["embedding", "decoder"]}),
+        Method("prune_embdec90_ft", "pruned", "embedding and output layer pruned 90%, retrained",
+               prune={"amount": 0.9, "layers": ["embedding", "decoder"]}, train="finetune"),
+        Method("prune_embdec90_ft_q8", "pruned+quantized", "prune_embdec90_ft stored in 8 bits", quant="q8",
+               base="prune_embdec90_ft"),
+        Method("prune_all90_gradual_ft", "pruned", "every weight matrix pruned to 90%, gradually during retraining",
+               prune={"amount": 0.9, "layers": ["embedding", "lstm", "decoder"], "gradual": True}, train="finetune"),
+        Method("groupreduce_ft", "GroupReduce", "embedding and softmax block low-rank by frequency (8x), fine-tuned",
+               compress={"embedding": gr, "decoder": gr}, train="finetune"),
+        Method("groupreduce_ft_q8", "GroupReduce+quantized", "groupreduce_ft stored in 8 bits", quant="q8",
+               base="groupreduce_ft"),
+        Method("lr_lstm_ft", "LR-LSTM", f"LR-LSTM with shared projection r={r_lstm}, from the dense model by SVD, fine-tuned",
+               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="finetune"),
+        Method("tt_lstm_ft", "TT-LSTM", "TT-LSTM (TT rank 16), from the dense model by TT-SVD, fine-tuned",
+               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="finetune"),
+        Method("lowrank_embdec_ft", "low-rank emb/softmax", f"embedding and softmax low-rank r={r_emb} by SVD, fine-tuned",
+               compress={"embedding": {"type": "low_rank", "rank": r_emb},
+                         "decoder": {"type": "low_rank", "rank": r_emb}}, train="finetune"),
+        Method("tt_embdec_ft", "TT emb/softmax", "TTEmbedding and TT softmax (TT rank 16) by TT-SVD, fine-tuned",
+               compress={"embedding": tt, "decoder": tt}, train="finetune"),
+        Method("lr_all_ft", "LR-LSTM+GroupReduce", f"LR-LSTM r={r_lstm} with GroupReduce embedding and softmax, fine-tuned",
+               compress={"embedding": gr, "lstm": {"type": "lr_lstm", "rank": r_lstm}, "decoder": gr}, train="finetune"),
+        Method("lr_all_ft_q8", "LR-LSTM+GroupReduce+quantized", "lr_all_ft stored in 8 bits", quant="q8", base="lr_all_ft"),
+        Method("lr_lstm_scratch", "LR-LSTM", f"LR-LSTM r={r_lstm} trained from scratch with the preset's recipe",
+               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="scratch"),
+        Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
+               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
+    ]
+
+
+# Fine-tuning recipes: SGD from ``lr``, halved every epoch; dropout on the non-recurrent
+# connections regularises the fine-tuned small models, which the dense small recipe does not.
+FINETUNE = {
+    "tiny": {"epochs": 1, "lr": 0.5, "dropout": 0.0},
+    "small": {"epochs": 3, "lr": 0.5, "dropout": 0.25},
+    "medium": {"epochs": 6, "lr": 0.5, "dropout": 0.5},
+    "large": {"epochs": 6, "lr": 0.5, "dropout": 0.65},
+}
+
+
+@dataclass
+class StudyConfig:
+    preset: str = "small"
+    run_dir: str = "runs/study_small"
+    checkpoint: str | None = None  # the trained dense model; None trains the preset in run_dir/dense
+    overrides: dict = field(default_factory=dict)  # preset overrides (tests shrink the model and the data)
+    finetune: dict | None = None  # None: FINETUNE[preset]
+    scratch_epochs: int | None = None  # None: the preset's
+    eval_tokens: int | None = None  # score a prefix of valid/test (tests only); None: the whole splits, exactly
+    latency_tokens: int = 100
+    methods: list[str] | None = None  # None: all
+    report_dir: str = str(ROOT / "results")
+    data_dir: str | None = None
+    progress: bool = True
+
+
+class Study:
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.cfg = preset(config.preset, **config.overrides)
+        self.finetune = {**FINETUNE.get(config.preset, FINETUNE["small"]), **(config.finetune or {})}
+        self.run_dir = Path(config.run_dir)
+        self.corpus = Corpus.load(config.data_dir)
+        known = {m.name: m for m in methods_for(self.cfg)}
+        names = config.methods or list(known)
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
+        # dependencies first: dense always, and every base
+        order = ["dense"] + [n for n in names if n != "dense"]
+        for n in list(order):
+            if known[n].base and known[n].base not in order:
+                order.insert(order.index(n), known[n].base)
+        self.methods = [known[n] for n in order]
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        if self.config.progress:
+            tqdm.write(text)
+
+    def stream(self, split: str) -> torch.Tensor:
+        s = getattr(self.corpus, split)
+        return s[: self.config.eval_tokens] if self.config.eval_tokens else s
+
+    def counts(self) -> torch.Tensor:
+        train = self.corpus.train[: self.cfg.max_train_tokens] if self.cfg.max_train_tokens else self.corpus.train
+        return torch.bincount(train, minlength=self.cfg.model.vocab_size)
+
+    def dense_model(self) -> LanguageModel:
+        if self.config.checkpoint:
+            model = load(self.config.checkpoint)
+            if model.vocab is not None and model.vocab != self.corpus.vocab:
+                raise ValueError(f"{self.config.checkpoint} was trained on another vocabulary")
+            return model
+        out = self.run_dir / "dense" / "train"
+        if not (out / "results.json").is_file():
+            self.log(f"training the dense {self.config.preset} model in {out}")
+            train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
+        return load(out / "model.pt")
+
+    def recipe(self, m: Method) -> dict:
+        """Everything a method's result depends on; a cached result is reused only if it matches."""
+        r = {"method": asdict(m), "preset": self.config.preset, "overrides": self.config.overrides,
+             "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
+        if m.train == "finetune":
+            r["finetune"] = self.finetune
+        if m.train == "scratch":
+            r["scratch_epochs"] = self.config.scratch_epochs
+        return r
+
+    def finetune_config(self, model: LanguageModel, epochs: int | None = None) -> TrainConfig:
+        ft = self.finetune
+        return replace(self.cfg, model=model.config, epochs=epochs or ft["epochs"], lr=ft["lr"], lr_decay=0.5,
+                       decay_start=1)
+
+    def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
+        """The method's model before export: compressed, pruned and trained as its recipe says."""
+        out = self.run_dir / m.name / "train"
+        if m.base:
+            return load_artifact(self.run_dir / m.base / "model.lmz")
+        if m.train == "scratch":
+            shape = compress_model(dense, counts=self.counts(), **m.compress)
+            cfg = replace(self.cfg, model=shape.config, epochs=self.config.scratch_epochs or self.cfg.epochs)
+            train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
+            return load(out / "model.pt")
+        model = compress_model(dense, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(dense)
+        if m.train == "finetune":
+            set_dropout(model, self.finetune["dropout"])
+        gradual = m.prune and m.prune.get("gradual")
+        if m.prune and not gradual:
+            pruning.prune_model(model, m.prune["amount"], m.prune["layers"], m.prune.get("scope", "layer"))
+        if m.train == "finetune" and gradual:
+            # one pruning step before each epoch, every epoch its own fine-tuning run at the scheduled lr
+            epochs = self.finetune["epochs"]
+            for epoch, amount in enumerate(pruning.gradual_amounts(m.prune["amount"], epochs)):
+                pruning.prune_model(model, amount, m.prune["layers"], m.prune.get("scope", "layer"))
+                cfg = replace(self.finetune_config(model, 1), lr=self.finetune["lr"] * 0.5 ** epoch)
+                train(cfg, out / f"epoch{epoch + 1}", data_dir=self.config.data_dir, progress=self.config.progress,
+                      model=model)
+        elif m.train == "finetune":
+            train(self.finetune_config(model), out, data_dir=self.config.data_dir, resume=True,
+                  progress=self.config.progress, model=model)
+        if m.prune:
+            pruning.finalize(model)
+        if m.train == "finetune":
+            set_dropout(model, 0.0 if dense.config.dropout == 0 else dense.config.dropout)
+        return model.eval()
+
+    def run_method(self, m: Method, dense: LanguageModel) -> dict:
+        path = self.run_dir / m.name / "result.json"
+        recipe = self.recipe(m)
+        cached = self.cached(m)
+        if cached is not None:
+            self.log(f"{m.name}: cached")
+            return cached
+        self.log(f"{m.name}: {m.description}")
+        tic = time.time()
+        model = self.build(m, dense)
+        info = export(model, self.run_dir / m.name / "model.lmz", m.quant)
+        decoded = load_artifact(info.path)  # every number below is the shipped artifact's
+        result = {
+            "name": m.name, "family": m.family, "label": m.name, "description": m.description, "recipe": recipe,
+            "size_bytes": info.bytes, "size_mb": info.bytes / report.MB,
+            "parameters": count_parameters(decoded),
+            "nonzero": sum(int((p != 0).sum()) for p in decoded.parameters()),
+            "valid_ppl": perplexity(decoded, self.stream("valid")),
+            "test_ppl": perplexity(decoded, self.stream("test")),
+            "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
+            "config": asdict(decoded.config), "wall_time_s": time.time() - tic,
+        }
+        write_json(path, result)
+        self.log(f"{m.name}: {result['size_mb']:.3f} MB, valid {result['valid_ppl']:.2f}, test {result['test_ppl']:.2f}")
+        return result
+
+    # -- the whole study --------------------------------------------------------------------------
+    def cached(self, m: Method) -> dict | None:
+        """The method's finished result, if it was run with its current recipe."""
+        path = self.run_dir / m.name / "result.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            if result.get("recipe") == self.recipe(m):
+                return result
+        return None
+
+    def run(self) -> dict:
+        """Run the selected methods, then report on them and on every other finished one."""
+        torch.manual_seed(self.cfg.seed)
+        dense = self.dense_model()
+        done = {m.name: self.run_method(m, dense) for m in self.methods}
+        rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
+        rows = [r for r in rows if r is not None]
+        self.log("timing every artifact side by side (1 thread, batch 1)")
+        models = {r["name"]: load_artifact(self.run_dir / r["name"] / "model.lmz") for r in rows}
+        for name, t in compare(models, tokens=self.config.latency_tokens).items():
+            next(r for r in rows if r["name"] == name).update(t)
+        return self.write_report(rows)
+
+    def write_report(self, rows: list[dict]) -> dict:
+        out = Path(self.config.report_dir)
+        name = f"study_{self.config.preset}"
+        plot = report.plot(rows, out / f"{name}.png", f"PTB, preset {self.config.preset}: size vs test perplexity")
+        payload = {
+            **stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune}, self.cfg.seed),
+            "preset": self.config.preset,
+            "eval": f"first {self.config.eval_tokens} tokens of valid/test" if self.config.eval_tokens
+            else "whole valid/test streams, lm.evaluate.perplexity",
+            "plot": plot.name,
+            "rows": [{k: v for k, v in r.items() if k not in ("recipe", "tensor_bytes")} for r in rows],
+            "paper": report.PAPER,
+        }
+        payload["targets"] = report.targets(payload["rows"], self.config.preset)
+        write_json(out / f"{name}.json", payload)
+        (out / f"{name}.md").write_text(report.markdown(payload))
+        return payload
+
+
+def run_study(config: StudyConfig) -> dict:
+    """Run (or resume) the study and write ``<report_dir>/study_<preset>.{json,md,png}``; returns the payload."""
+    return Study(config).run()

@@ -1,0 +1,88 @@
+"""The compression study and the budget pipeline, end to end on a shrunken tiny preset.
+
+PTB's valid and test streams are cut to a few thousand tokens (``Corpus.load`` is
+patched) so that the many training runs' evaluations stay cheap; everything else is
+the real pipeline, run through the command line.
+"""
+
+import json
+
+import pytest
+import torch
+from ptb_fixture import corpus  # noqa: F401  (fixture)
+
+from lm.__main__ import main
+from lm.checkpoint import save_model
+from lm.compression.export import load_artifact
+from lm.compression.report import MB, pareto_front
+from lm.config import ModelConfig
+from lm.data import Corpus
+from lm.model import LanguageModel
+
+
+@pytest.fixture
+def short_corpus(corpus, monkeypatch):  # noqa: F811
+    short = Corpus(corpus.vocab, corpus.train[:6000], corpus.valid[:1500], corpus.test[:1500])
+    monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: short))
+    return short
+
+
+# one method of every kind of code path: storage only, pruning (LSTM too, gradual), a base chain,
+# GroupReduce, LR-LSTM, TT layers fine-tuned and trained from scratch
+SOME = ["q8", "prune_dec90", "prune_all90_gradual_ft", "groupreduce_ft_q8", "lr_all_ft", "tt_embdec_ft",
+        "tt_lstm_scratch"]
+
+
+def run_tiny_study(tmp_path, methods):
+    args = ["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--scratch-epochs", "1",
+            "--latency-tokens", "5", "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
+            "--quiet"]
+    main(args + (["--methods", *methods] if methods else []))
+    payload = json.loads((tmp_path / "report" / "study_tiny.json").read_text())
+    return args, payload, {r["name"]: r for r in payload["rows"]}
+
+
+@pytest.mark.slow
+def test_tiny_study_every_method(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, None)
+    assert len(rows) == 21 and all(1 < r["test_ppl"] < 10_000 for r in rows.values())
+
+
+def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
+    args, payload, rows = run_tiny_study(tmp_path, SOME)
+    assert set(rows) == {"dense", "groupreduce_ft", *SOME}
+    assert payload["commit"] and payload["seed"] is not None and payload["config"]["study"]["preset"] == "tiny"
+    for name, r in rows.items():
+        artifact = tmp_path / "runs" / name / "model.lmz"
+        assert r["size_bytes"] == artifact.stat().st_size and r["size_mb"] == r["size_bytes"] / MB
+        assert 1 < r["test_ppl"] < 10_000 and r["eager_ms"] > 0 and r["int8_ms"] > 0
+    dense = rows["dense"]
+    assert rows["q8"]["size_bytes"] < 0.27 * dense["size_bytes"]
+    assert rows["prune_dec90"]["nonzero"] < dense["nonzero"] and rows["prune_all90_gradual_ft"]["nonzero"] < 0.2 * dense["nonzero"]
+    assert rows["prune_dec90"]["size_bytes"] < dense["size_bytes"]
+    assert abs(rows["q8"]["test_ppl"] - dense["test_ppl"]) < 0.05 * dense["test_ppl"]
+    assert pareto_front(payload["rows"])[0]["size_mb"] == min(r["size_mb"] for r in payload["rows"])
+    page = (tmp_path / "report" / "study_tiny.md").read_text()
+    assert "117.66" in page and "| q8 |" in page and "## Targets" in page
+    assert (tmp_path / "report" / "study_tiny.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses every finished method
+    stamps = {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in rows}
+    main(args + ["--methods", "q8", "lr_all_ft"])
+    assert all((tmp_path / "runs" / n / "result.json").stat().st_mtime_ns == t for n, t in stamps.items())
+
+
+def test_compress_to_a_budget(tmp_path, short_corpus, capsys):
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(hidden_size=24, num_layers=1), short_corpus.vocab)
+    model.init_uniform(0.1)
+    save_model(model, tmp_path / "dense.pt")
+    dense_mb = sum(p.numel() for p in model.parameters()) * 4 / MB
+    budget = round(dense_mb / 6, 3)
+    main(["compress", str(tmp_path / "dense.pt"), "--budget-mb", str(budget), "--out", str(tmp_path / "out"),
+          "--finetune-epochs", "1", "--search-tokens", "500", "--quiet"])
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["size_bytes"] <= budget * MB
+    assert (tmp_path / "out" / "model.lmz").stat().st_size == result["size_bytes"]
+    assert {c["family"] for c in result["candidates"]} >= {"pruned", "groupreduce"}
+    assert load_artifact(tmp_path / "out" / "model.lmz").vocab == short_corpus.vocab
+    assert '"size_mb"' in capsys.readouterr().out
