@@ -35,6 +35,13 @@ def distance(a, b):
     return float(torch.linalg.norm(full(a) - full(b)))
 
 
+def assert_no_redundant_rank(tt):
+    """r_k <= r_{k-1} n_k and r_k <= n_{k+1} r_{k+1}."""
+    ranks, shape = tt.rank, tt.shape
+    for k in range(1, len(ranks) - 1):
+        assert ranks[k] <= min(ranks[k - 1] * shape[k - 1], shape[k] * ranks[k + 1]), (ranks, shape)
+
+
 def add(a, b):
     """a + b in TT format (block-diagonal cores): ranks add up."""
     cores, d = [], len(a.factors)
@@ -93,6 +100,7 @@ def test_idempotent(shape, ranks, seed, kwargs):
     once = tt_round(random_tt(shape, ranks, seed), **kwargs)
     twice = tt_round(once, **kwargs)
     assert twice.rank == once.rank
+    assert_no_redundant_rank(once)
     assert distance(twice, once) <= 1e-10 * float(torch.linalg.norm(full(once)))
 
 

@@ -36,6 +36,13 @@ def unfolding_sizes(shape):
     return [min(math.prod(shape[:k + 1]), math.prod(shape[k + 1:])) for k in range(len(shape) - 1)]
 
 
+def assert_no_redundant_rank(tt):
+    """r_k <= r_{k-1} n_k and r_k <= n_{k+1} r_{k+1}: no bond is larger than its neighbours allow."""
+    ranks, shape = tt.rank, tt.shape
+    for k in range(1, len(ranks) - 1):
+        assert ranks[k] <= min(ranks[k - 1] * shape[k - 1], shape[k] * ranks[k + 1]), (ranks, shape)
+
+
 def feasible_ranks(shape, ranks):
     """Clamp TT ranks so that random cores with them have exactly these unfolding ranks."""
     ranks = [1, *ranks, 1]
@@ -56,7 +63,7 @@ def random_tt(shape, ranks, seed):
 def test_exact_at_full_rank(shape, seed, dtype):
     tensor = random_tensor(shape, seed, dtype)
     tt = tt_svd(tensor)
-    assert rel_error(tt, tensor) < (1e-12 if dtype == torch.float64 else 1e-5)
+    assert rel_error(tt, tensor) < (1e-12 if dtype == torch.float64 else 1e-4)
     assert all(r <= limit for r, limit in zip(tt.rank[1:-1], unfolding_sizes(shape)))
 
 
@@ -89,15 +96,16 @@ def test_rel_eps_bound_and_first_rank_is_oseledets(shape, seed, rel_eps, dtype):
 
 
 @SETTINGS
-@given(shapes, seeds, st.integers(1, 6))
-def test_rank_cap_matches_tensorly_and_is_no_worse(shape, seed, cap):
-    tensor = random_tensor(shape, seed)
+@given(shapes, seeds, st.integers(1, 6), st.sampled_from([torch.float64, torch.float32]))
+def test_rank_cap_matches_tensorly_and_is_no_worse(shape, seed, cap, dtype):
+    tensor = random_tensor(shape, seed, dtype)
     tt = tt_svd(tensor, max_rank=cap)
     with tl.backend_context("pytorch"):
         reference = tensor_train(tensor, rank=cap)
     assert tt.rank == reference.rank  # min(cap, unfolding sizes) on a generic tensor
     assert all(r <= min(cap, limit) for r, limit in zip(tt.rank[1:-1], unfolding_sizes(shape)))
-    assert rel_error(tt, tensor) <= rel_error(reference, tensor) * (1 + 1e-7) + 1e-12
+    tol = 1e-7 if dtype == torch.float64 else 1e-4
+    assert rel_error(tt, tensor) <= rel_error(reference, tensor) * (1 + tol) + (1e-12 if dtype == torch.float64 else 1e-5)
 
 
 @SETTINGS
@@ -108,6 +116,7 @@ def test_per_bond_cap_wins_over_rel_eps(shape, seed, caps, rel_eps):
     capped = tt_svd(tensor, max_rank=caps, rel_eps=rel_eps)
     bounded = tt_svd(tensor, rel_eps=rel_eps)
     assert all(r <= c for r, c in zip(capped.rank[1:-1], caps))
+    assert_no_redundant_rank(capped)
     if all(r <= c for r, c in zip(bounded.rank[1:-1], caps)):  # the cap never binds
         assert capped.rank == bounded.rank
     # boundary-ranks form is accepted

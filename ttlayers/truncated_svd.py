@@ -6,15 +6,17 @@ approximation, Eckart-Young), so ``||matrix - left @ right||_F^2`` is the discar
 
 Two ways to get the subspace:
 
-* **Gram** (fast, used whenever truncation is requested): the eigendecomposition, in float64
-  whatever the input dtype, of the smaller Gram matrix ``M M^T`` or ``M^T M`` (``k x k``,
-  ``k = min(m, n)``): one matrix product and one small symmetric eigensolve instead of a full SVD.
+* **Gram** (fast, used whenever truncation is requested): the eigendecomposition of the smaller
+  Gram matrix ``M M^T`` or ``M^T M`` (``k x k``, ``k = min(m, n)``), formed in float64: one matrix
+  product and one symmetric eigensolve instead of a full SVD. With an error budget the eigensolve
+  is in float64 too; with a rank cap alone it is in the input's dtype (only the subspace matters
+  then, and it is as accurate as the input's own SVD would be).
   Squaring the matrix limits what it can resolve to about ``k (m + n) eps64 ||M||_F^2`` of discarded
   energy, so an error budget is only trusted to it when the budget is well above that level, and
   the energy actually discarded is checked afterwards; otherwise, or if the check fails, the SVD
   is used.
 * **SVD** (``torch.linalg.svd``), used for exact decompositions: its singular values resolve the
-  numerical rank (``sigma <= max(m, n) * eps * sigma_1`` counts as zero).
+  numerical rank (see :func:`zero_level`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def truncated_split(matrix: torch.Tensor, max_rank: int | None = None,
                     max_sq_err: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Split ``matrix`` (m, n) into ``left`` (m, r) with orthonormal columns and ``right`` (r, n).
 
-    * neither bound: exact, ``r`` = numerical rank of ``matrix``;
+    * neither bound: exact, ``r`` = numerical rank of ``matrix`` (see :func:`zero_level`);
     * ``max_rank`` only: ``r = min(max_rank, m, n)``, less any direction whose part of ``matrix``
       is numerically zero;
     * ``max_sq_err``: the smallest ``r`` with ``||matrix - left @ right||_F^2 <= max_sq_err``,
@@ -46,12 +48,18 @@ def truncated_split(matrix: torch.Tensor, max_rank: int | None = None,
     return split if split is not None else _svd_split(matrix, cap, max_sq_err)
 
 
+def zero_level(matrix: torch.Tensor, sigma_1) -> float:
+    """Singular values up to ``4 (m + n) eps sigma_1`` count as zero: a little above the rounding
+    noise of the SVD itself and of the bonds before it (measured up to ``1.7 (m + n) eps sigma_1``
+    on exact low-rank float64 tensors)."""
+    return 4 * sum(matrix.shape) * torch.finfo(matrix.dtype).eps * float(sigma_1)
+
+
 def _svd_split(matrix, cap, max_sq_err):
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     energy = s.double() ** 2
     tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r] = sum_{i>=r}
-    tol = max(matrix.shape) * torch.finfo(matrix.dtype).eps * s[0]
-    rank = min(cap, int((s > tol).sum()))
+    rank = min(cap, int((s > zero_level(matrix, s[0])).sum()))
     if max_sq_err is not None:
         rank = min(rank, int((tails > max_sq_err).sum()))
     rank = max(rank, 1)
@@ -69,8 +77,9 @@ def _gram_split(matrix, cap, max_sq_err):
     noise = k * (m + n) * EPS64 * sq_norm
     if max_sq_err is not None and max_sq_err < GUARD * noise:
         return None
-    evals, evecs = torch.linalg.eigh(gram)
-    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    # a budget needs float64 eigenvalues; a bare cap only the subspace, to the input's precision
+    evals, evecs = torch.linalg.eigh(gram if max_sq_err is not None else gram.to(matrix.dtype))
+    evals, evecs = evals.double().flip(0).clamp_min(0), evecs.flip(1)
     rank = cap
     if max_sq_err is not None:
         tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r] = sum_{i>r}
@@ -83,8 +92,7 @@ def _gram_split(matrix, cap, max_sq_err):
         left, triangle = torch.linalg.qr(matrix @ basis)
         right, row_norms = triangle @ basis.T, triangle.norm(dim=1)
     if max_sq_err is None:
-        tol = max(m, n) * torch.finfo(matrix.dtype).eps * evals[0].sqrt()
-        keep = row_norms > tol
+        keep = row_norms > zero_level(matrix, evals[0].sqrt())
         if not bool(keep.all()):
             keep[0] = True  # at least one
             left, right = left[:, keep], right[keep]

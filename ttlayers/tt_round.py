@@ -11,7 +11,7 @@ from tensorly.tt_tensor import TTTensor
 
 from ._validation import check_finite, check_rank, check_rel_eps
 from .truncated_svd import truncated_split
-from .tt_svd import as_torch, build
+from .tt_svd import as_torch, build, trim_ranks
 
 
 def tt_round(tt: TTTensor | TTMatrix, max_rank: int | Sequence[int] | None = None,
@@ -58,4 +58,4 @@ def round_cores(cores: list[torch.Tensor], ranks: list[int] | None, rel_eps: flo
         left, right, _ = truncated_split(cores[k].reshape(r * n, -1), None if ranks is None else ranks[k], max_sq_err)
         cores[k] = left.reshape(r, n, -1)
         cores[k + 1] = torch.tensordot(right, cores[k + 1], dims=1)
-    return cores
+    return trim_ranks(cores)

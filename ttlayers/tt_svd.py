@@ -61,6 +61,20 @@ def tt_svd_cores(array: torch.Tensor, ranks: list[int] | None, rel_eps: float | 
         cores.append(left.reshape(rank, shape[k], left.shape[1]))
         rank = left.shape[1]
     cores.append(rest.reshape(rank, shape[-1], 1))
+    return trim_ranks(cores)
+
+
+def trim_ranks(cores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Exactly remove the redundancy a left-to-right truncation can leave: where a later bond
+    was cut, ``r_{k-1} > n_k r_k`` can hold, and a QR of core ``k`` (from the right) brings
+    ``r_{k-1}`` down to ``n_k r_k``."""
+    cores = list(cores)
+    for k in range(len(cores) - 1, 0, -1):
+        r, n, r_next = cores[k].shape
+        if r > n * r_next:
+            q, triangle = torch.linalg.qr(cores[k].reshape(r, n * r_next).T)
+            cores[k] = q.T.reshape(-1, n, r_next)
+            cores[k - 1] = torch.tensordot(cores[k - 1], triangle.T, dims=1)
     return cores
 
 
