@@ -143,6 +143,15 @@ def test_truncated_split_is_the_best_approximation(m, n, cap, seed, rel):
         assert error_sq <= budget * (1 + 1e-9) + 1e-12 or r == min(cap, m, n)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"max_rank": 2}, {"rel_eps": 0.1}])
+def test_edge_cases(kwargs):
+    vector = torch.randn(5, dtype=torch.float64)
+    tt = tt_svd(vector, **kwargs)
+    assert tt.rank == (1, 1) and rel_error(tt, vector) < 1e-15
+    zero = tt_svd(torch.zeros(3, 4, 5), **kwargs)
+    assert zero.rank == (1, 1, 1, 1) and float(torch.as_tensor(full(zero)).abs().max()) == 0
+
+
 def test_input_kinds_are_preserved():
     backend = tl.get_backend()
     array = np.random.default_rng(0).standard_normal((3, 4, 5))

@@ -58,7 +58,7 @@ def zero_level(matrix: torch.Tensor, sigma_1) -> float:
 def _svd_split(matrix, cap, max_sq_err):
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     energy = s.double() ** 2
-    tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r] = sum_{i>=r}
+    tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r]: discarded at rank r
     rank = min(cap, int((s > zero_level(matrix, s[0])).sum()))
     if max_sq_err is not None:
         rank = min(rank, int((tails > max_sq_err).sum()))
@@ -82,7 +82,7 @@ def _gram_split(matrix, cap, max_sq_err):
     evals, evecs = evals.double().flip(0).clamp_min(0), evecs.flip(1)
     rank = cap
     if max_sq_err is not None:
-        tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r] = sum_{i>r}
+        tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r]: discarded at rank r
         rank = min(cap, max(1, int((tails > max_sq_err - noise).sum())))
     basis = evecs[:, :rank].to(matrix.dtype)
     if wide:
