@@ -7,14 +7,13 @@ approximation, Eckart-Young), so ``||matrix - left @ right||_F^2`` is the discar
 Two ways to get the subspace:
 
 * **Gram** (fast, used whenever truncation is requested): the eigendecomposition of the smaller
-  Gram matrix ``M M^T`` or ``M^T M`` (``k x k``, ``k = min(m, n)``), formed in float64: one matrix
-  product and one symmetric eigensolve instead of a full SVD. With an error budget the eigensolve
-  is in float64 too; with a rank cap alone it is in the input's dtype (only the subspace matters
-  then, and it is as accurate as the input's own SVD would be).
-  Squaring the matrix limits what it can resolve to about ``k (m + n) eps64 ||M||_F^2`` of discarded
-  energy, so an error budget is only trusted to it when the budget is well above that level, and
-  the energy actually discarded is checked afterwards; otherwise, or if the check fails, the SVD
-  is used.
+  Gram matrix ``M M^T`` or ``M^T M`` (``k x k``, ``k = min(m, n)``): one matrix product and one
+  symmetric eigensolve instead of a full SVD. Products are in float64; the eigensolve is in the
+  input's dtype, except that an error budget too small for its noise (about
+  ``k (4 eps + (m + n) eps64) ||M||_F^2`` of eigenvalue-tail error, and at least ``GUARD`` times
+  below the budget) moves it to float64, and one too small for that to the SVD. The energy actually
+  discarded is checked afterwards, in float64, against the budget; if the check fails, the next
+  way is tried.
 * **SVD** (``torch.linalg.svd``), used for exact decompositions: its singular values resolve the
   numerical rank (see :func:`zero_level`).
 """
@@ -74,29 +73,37 @@ def _gram_split(matrix, cap, max_sq_err):
     wide = m <= n
     gram = work @ work.T if wide else work.T @ work
     sq_norm = float(gram.diagonal().sum())
-    noise = k * (m + n) * EPS64 * sq_norm
-    if max_sq_err is not None and max_sq_err < GUARD * noise:
-        return None
-    # a budget needs float64 eigenvalues; a bare cap only the subspace, to the input's precision
-    evals, evecs = torch.linalg.eigh(gram if max_sq_err is not None else gram.to(matrix.dtype))
-    evals, evecs = evals.double().flip(0).clamp_min(0), evecs.flip(1)
+    if max_sq_err is None:
+        return _project(matrix, work, wide, gram.to(matrix.dtype), sq_norm, cap, None)
+    for eig_dtype in dict.fromkeys([matrix.dtype, torch.float64]):  # the cheaper eigensolve first
+        noise = k * sq_norm * (4 * torch.finfo(eig_dtype).eps + (m + n) * EPS64)
+        if max_sq_err >= GUARD * noise:
+            split = _project(matrix, work, wide, gram.to(eig_dtype), sq_norm, cap, max_sq_err - noise)
+            if split[2] <= max_sq_err + (m + n) * EPS64 * sq_norm:  # checked in float64
+                return split
+    return None
+
+
+def _project(matrix, work, wide, gram, sq_norm, cap, threshold):
+    """Top eigenvectors of ``gram`` -> ``(left, right, discarded)``, products in float64 (``work``).
+    The rank is ``cap``, or the smallest whose eigenvalue tail is at most ``threshold``."""
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.double().flip(0).clamp_min(0), evecs.flip(1).double()
     rank = cap
-    if max_sq_err is not None:
+    if threshold is not None:
         tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r]: discarded at rank r
-        rank = min(cap, max(1, int((tails > max_sq_err - noise).sum())))
-    basis = evecs[:, :rank].to(matrix.dtype)
+        rank = min(cap, max(1, int((tails > threshold).sum())))
+    basis = evecs[:, :rank]
     if wide:
-        left, right = basis, basis.T @ matrix
+        left, right = basis, basis.T @ work
         row_norms = right.norm(dim=1)
     else:
-        left, triangle = torch.linalg.qr(matrix @ basis)
+        left, triangle = torch.linalg.qr(work @ basis)
         right, row_norms = triangle @ basis.T, triangle.norm(dim=1)
-    if max_sq_err is None:
+    if threshold is None:
         keep = row_norms > zero_level(matrix, evals[0].sqrt())
         if not bool(keep.all()):
             keep[0] = True  # at least one
             left, right = left[:, keep], right[keep]
-    discarded = max(sq_norm - float(right.double().square().sum()), 0.0)
-    if max_sq_err is not None and discarded > max_sq_err + k * torch.finfo(matrix.dtype).eps * sq_norm:
-        return None
-    return left, right, discarded
+    discarded = max(sq_norm - float(right.square().sum()), 0.0)
+    return left.to(matrix.dtype), right.to(matrix.dtype), discarded

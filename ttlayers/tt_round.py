@@ -52,7 +52,7 @@ def round_cores(cores: list[torch.Tensor], ranks: list[int] | None, rel_eps: flo
         cores[k - 1] = torch.tensordot(cores[k - 1], triangle.T, dims=1)
     max_sq_err = None
     if rel_eps is not None and d > 1:
-        max_sq_err = rel_eps ** 2 / (d - 1) * float(cores[0].double().square().sum())
+        max_sq_err = rel_eps ** 2 / (d - 1) * float(torch.linalg.vector_norm(cores[0], dtype=torch.float64)) ** 2
     for k in range(d - 1):  # left-to-right truncation
         r, n, _ = cores[k].shape
         left, right, _ = truncated_split(cores[k].reshape(r * n, -1), None if ranks is None else ranks[k], max_sq_err)

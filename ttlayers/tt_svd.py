@@ -24,7 +24,8 @@ def tt_svd(tensor, max_rank: int | Sequence[int] | None = None, rel_eps: float |
     max_rank : int or list of ints, optional
         Cap on the TT ranks: one int for every bond, or ``d - 1`` per-bond ints (or ``d + 1`` with
         the boundary ranks 1, tensorly's convention). Alone, it gives ranks
-        ``min(max_rank, unfolding sizes)``, and the best rank-``r_k`` projection at every bond.
+        ``min(max_rank, unfolding sizes)`` (less numerically zero directions) and the best
+        rank-``r_k`` projection at every bond.
     rel_eps : float, optional
         Relative error bound: every unfolding is truncated at
         ``delta = rel_eps / sqrt(d - 1) * ||tensor||_F`` so that
@@ -54,7 +55,7 @@ def tt_svd_cores(array: torch.Tensor, ranks: list[int] | None, rel_eps: float | 
     n_bonds = len(shape) - 1
     max_sq_err = None
     if rel_eps is not None and n_bonds:
-        max_sq_err = rel_eps ** 2 / n_bonds * float(array.double().square().sum())
+        max_sq_err = rel_eps ** 2 / n_bonds * float(torch.linalg.vector_norm(array, dtype=torch.float64)) ** 2
     cores, rank, rest = [], 1, array
     for k in range(n_bonds):
         left, rest, _ = truncated_split(rest.reshape(rank * shape[k], -1), None if ranks is None else ranks[k], max_sq_err)
