@@ -13,14 +13,23 @@ the d cores. It can be evaluated in two ways:
 * ``"dense"``: build W from the cores (in the cheapest order), then one matmul, or
   only the matmul when W is already built (cached in eval mode).
 
-The cost of a route counts its FLOPs (opt_einsum's convention, a multiply-add is 2)
-plus ``WRITE_COST`` FLOPs for every element its pairwise contractions write: on a CPU
-the intermediates of a TT contraction (batch x modes x rank) are memory-bound, and
-FLOPs alone pick orders that run several times slower than their count says (see
-docs/layers.md). opt_einsum's dynamic programming minimises the same sum
-(``minimize="combo"``). The cheaper route is taken. Plans depend only on the batch
-size and the shapes, so they are computed once and cached (``functools.lru_cache``);
-no path search runs per call.
+The cost of a route is its FLOPs plus ``WRITE_COST`` FLOPs per element that its
+contractions write; the dense matmul also counts the W-sized gradient it writes (and
+the W it reads). On a CPU the intermediates of a TT route (batch x modes x rank) are
+memory-bound, and FLOPs alone pick orders that run several times slower than their
+count says (on 650->2600 at rank 4, batch 700, the fewest-FLOP order, 0.18 of the
+matmul's FLOPs, took 1.2x the matmul's time, and an order with 0.34 took 0.66x);
+and at small batches the matmul itself is bound by reading W. ``WRITE_COST`` was
+fitted on measured orders of the benchmark shapes (docs/layers.md). opt_einsum's
+dynamic programming minimises the same sum (``minimize="combo"``). The cheaper route
+is taken. Plans depend only on the batch size and the shapes, so they are computed once
+and cached (``functools.lru_cache``); no path search runs per call.
+
+A plan runs as a sequence of two-operand ``torch.einsum`` calls whose results keep
+their indices in one global order (batch, output modes, input modes, ranks). The last
+contraction then writes y directly in (batch, out) layout; opt_einsum's own executor
+(``tensordot``) can leave it transposed, and the copy that fixes it cost up to half
+of the time at batch 700.
 """
 
 from __future__ import annotations
@@ -29,14 +38,27 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import opt_einsum as oe
-from opt_einsum.contract import ContractExpression
+import torch
 from torch import Tensor
 
 Shape = tuple[int, ...]
 
+WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
+_OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
+
+def prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
 
 def _core_subscripts(d: int) -> tuple[list[str], str, str]:
-    """Subscripts of the (boundary-squeezed) cores, of the output modes and of the input modes."""
+    """Subscripts of the (boundary-squeezed) cores, of the output modes and of the input modes.
+
+    Symbol 0 is left for the batch; then come the output modes, the input modes and the
+    ranks, so that sorting a set of subscripts puts them in that order.
+    """
     sym = oe.get_symbol
     out_modes = [sym(1 + k) for k in range(d)]
     in_modes = [sym(1 + d + k) for k in range(d)]
@@ -65,30 +87,50 @@ def _view_shapes(out_shape: Shape, in_shape: Shape, ranks: Shape) -> list[Shape]
     return full
 
 
-WRITE_COST = 200  # FLOPs charged per element written by a pairwise contraction (measured on CPU)
-_OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
+@dataclass(frozen=True)
+class Contraction:
+    """A pairwise contraction order: ``steps`` of (i, j, equation) in opt_einsum's linear-path
+    format (operands i < j leave the list, their product is appended), each result's
+    subscripts sorted."""
 
+    steps: tuple[tuple[int, int, str], ...]
+    flops: int
+    cost: int
 
-def _plan(eq: str, shapes: list[Shape]) -> tuple[list, int, int]:
-    """Path minimising FLOPs + WRITE_COST * elements written, with its FLOPs and that cost."""
-    if len(shapes) == 1:
-        return [(0,)], 0, 0
-    path, info = oe.contract_path(eq, *shapes, shapes=True, optimize=oe.DynamicProgramming(minimize=_OPTIMIZER))
-    written = sum(prod(info.size_dict[c] for c in step[2].split("->")[1]) for step in info.contraction_list)
-    return path, int(info.opt_cost), int(info.opt_cost) + WRITE_COST * written
+    @classmethod
+    def plan(cls, equation: str, shapes: list[Shape]) -> "Contraction":
+        """The order of least cost (see the module docstring) for ``equation`` on ``shapes``."""
+        terms, output = equation.split("->")
+        terms = terms.split(",")
+        if len(terms) == 1:
+            return cls((), 0, 0)
+        path, info = oe.contract_path(equation, *shapes, shapes=True, optimize=oe.DynamicProgramming(minimize=_OPTIMIZER))
+        steps, written = [], 0
+        for pair in path:
+            i, j = sorted(pair)
+            rest = [t for k, t in enumerate(terms) if k not in (i, j)]
+            needed = set(output).union(*rest)
+            result = "".join(sorted((set(terms[i]) | set(terms[j])) & needed))
+            steps.append((i, j, f"{terms[i]},{terms[j]}->{result}"))
+            written += prod(info.size_dict[c] for c in result)
+            terms = rest + [result]
+        flops = int(info.opt_cost)
+        return cls(tuple(steps), flops, flops + WRITE_COST * written)
+
+    def __call__(self, *operands: Tensor) -> Tensor:
+        operands = list(operands)
+        for i, j, equation in self.steps:
+            right, left = operands.pop(j), operands.pop(i)
+            operands.append(torch.einsum(equation, left, right))
+        return operands[0]
 
 
 @lru_cache(maxsize=256)
-def weight_expression(out_shape: Shape, in_shape: Shape, ranks: Shape) -> tuple[ContractExpression, int, int]:
-    """The cheapest expression building W as a tensor (*out_shape, *in_shape), its FLOPs and its cost.
-
-    ``ranks`` is (r_0, ..., r_d) with r_0 = r_d = 1.
-    """
+def weight_contraction(out_shape: Shape, in_shape: Shape, ranks: Shape) -> Contraction:
+    """How to build W as a tensor (*out_shape, *in_shape) from the cores; ``ranks`` is
+    (r_0, ..., r_d) with r_0 = r_d = 1."""
     cores, out_modes, in_modes = _core_subscripts(len(out_shape))
-    eq = ",".join(cores) + "->" + out_modes + in_modes
-    shapes = _view_shapes(out_shape, in_shape, ranks)
-    path, flops, cost = _plan(eq, shapes)
-    return oe.contract_expression(eq, *shapes, optimize=path), flops, cost
+    return Contraction.plan(",".join(cores) + "->" + out_modes + in_modes, _view_shapes(out_shape, in_shape, ranks))
 
 
 def tt_matrix_to_dense(cores) -> Tensor:
@@ -96,16 +138,8 @@ def tt_matrix_to_dense(cores) -> Tensor:
     out_shape = tuple(c.shape[1] for c in cores)
     in_shape = tuple(c.shape[2] for c in cores)
     ranks = (1,) + tuple(c.shape[-1] for c in cores)
-    expr = weight_expression(out_shape, in_shape, ranks)[0]
-    full = expr(*core_views(cores), backend="torch")
+    full = weight_contraction(out_shape, in_shape, ranks)(*core_views(cores))
     return full.reshape(prod(out_shape), prod(in_shape))
-
-
-def prod(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 @dataclass(frozen=True)
@@ -113,10 +147,9 @@ class LinearPlan:
     """How to compute ``x @ W.T`` for one batch size.
 
     ``dense`` says whether to go through the full weight. ``tt_cost``/``dense_cost`` are
-    the counted costs of the two routes (FLOPs + WRITE_COST * elements written; the dense
-    one includes building W unless it was already built), ``tt_flops``/``dense_flops``
-    their FLOPs, and ``min_flops`` the fewest FLOPs of any TT contraction order.
-    ``expression`` contracts (x, *cores) on the TT route.
+    the counted costs of the two routes (the dense one includes building W unless it was
+    already built), ``tt_flops``/``dense_flops`` their FLOPs, and ``min_flops`` the fewest
+    FLOPs of any TT contraction order. ``contraction`` contracts (x, *cores) on the TT route.
     """
 
     dense: bool
@@ -125,7 +158,7 @@ class LinearPlan:
     tt_flops: int
     dense_flops: int
     min_flops: int
-    expression: ContractExpression | None
+    contraction: Contraction
 
 
 @lru_cache(maxsize=1024)
@@ -137,25 +170,22 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
     """
     n_out, n_in = prod(out_shape), prod(in_shape)
     dense_flops = dense_cost = 2 * batch * n_out * n_in
-    dense_cost += WRITE_COST * batch * n_out
+    dense_cost += WRITE_COST * (batch * n_out + n_out * n_in)  # y, and W's gradient (or its read)
     if not weight_built:
-        _, flops, cost = weight_expression(out_shape, in_shape, ranks)
-        dense_flops += flops
-        dense_cost += cost + WRITE_COST * n_out * n_in  # W is written once more in (out, in) order
+        build = weight_contraction(out_shape, in_shape, ranks)
+        dense_flops += build.flops
+        dense_cost += build.cost
     cores, out_modes, in_modes = _core_subscripts(len(out_shape))
     b = oe.get_symbol(0)
     eq = ",".join([b + in_modes] + cores) + "->" + b + out_modes
     shapes = [(batch, *in_shape)] + _view_shapes(out_shape, in_shape, ranks)
-    path, tt_flops, tt_cost = _plan(eq, shapes)
+    tt = Contraction.plan(eq, shapes)
     min_flops = int(oe.contract_path(eq, *shapes, shapes=True, optimize="dp")[1].opt_cost)
-    dense = dense_cost <= tt_cost
-    expression = None if dense else oe.contract_expression(eq, *shapes, optimize=path)
-    return LinearPlan(dense, tt_cost, dense_cost, tt_flops, dense_flops, min_flops, expression)
+    return LinearPlan(dense_cost <= tt.cost, tt.cost, dense_cost, tt.flops, dense_flops, min_flops, tt)
 
 
 def tt_linear_apply(x: Tensor, cores, plan: LinearPlan) -> Tensor:
-    """``x @ W.T`` along the TT path: x (batch, prod(in_shape)) -> (batch, prod(out_shape))."""
+    """``x @ W.T`` along the TT route: x (batch, prod(in_shape)) -> (batch, prod(out_shape))."""
     in_shape = tuple(c.shape[2] for c in cores)
-    out = plan.expression(x.reshape(x.shape[0], *in_shape), *core_views(cores), backend="torch")
+    out = plan.contraction(x.reshape(x.shape[0], *in_shape), *core_views(cores))
     return out.reshape(x.shape[0], prod(c.shape[1] for c in cores))
-

@@ -94,23 +94,53 @@ class TTEmbedding(nn.Module):
         return tt_matrix_to_dense(list(self.cores))[: self.num_embeddings, : self.embedding_dim]
 
     def rows(self, indices: Tensor) -> Tensor:
-        """Rows of E for 1-D in-range ``indices`` (n,): (n, embedding_dim), built from core slices."""
-        digits = []
-        rest = indices
-        for size in reversed(self.num_shape):
-            digits.append(rest % size)
-            rest = rest // size
-        digits.reverse()
+        """Rows of E for 1-D in-range ``indices`` (n,): (n, embedding_dim), built from core slices.
+
+        Row i is ``G_1[:, i_1] @ T[i_2..i_d]`` with T the product of the other cores' slices
+        (r_1, dim_shape[1] * ... * dim_shape[-1]). T is computed once per distinct tail
+        (i_2..i_d) of the batch, by gathering slices and batched matmuls; or, when the batch
+        holds at least half of all possible tails, for all tails at once, by dense products
+        of the cores (the same count of multiply-adds within a factor 2, without gathers).
+        """
         n = indices.shape[0]
+        head = self.cores[0][0]  # (num_shape[0], dim_shape[0], r_1)
+        if len(self.cores) == 1:
+            return head[:, :, 0].index_select(0, indices)[:, : self.embedding_dim]
+        n_tails = math.prod(self.num_shape[1:])
+        tails = indices % n_tails
+        unique, inverse = torch.unique(tails, return_inverse=True)
+        if n_tails <= 2 * unique.numel():
+            tail = self._all_tails().index_select(0, tails)
+        else:
+            tail = self._tails(unique).index_select(0, inverse)
+        out = torch.bmm(head.index_select(0, indices // n_tails), tail)  # (n, dim_shape[0], prod(dim_shape[1:]))
+        return out.reshape(n, out.shape[1] * out.shape[2])[:, : self.embedding_dim]
+
+    def _all_tails(self) -> Tensor:
+        """Products of cores 2..d for every tail: (prod(num_shape[1:]), r_1, prod(dim_shape[1:]))."""
+        product = self.cores[1]  # (r_1, tails, dims, r)
+        for core in list(self.cores)[2:]:
+            r1, tails, dims, _ = product.shape
+            product = torch.einsum("anes,smft->anmeft", product, core)
+            product = product.reshape(r1, tails * core.shape[1], dims * core.shape[2], core.shape[3])
+        return product[..., 0].transpose(0, 1).contiguous()
+
+    def _tails(self, tails: Tensor) -> Tensor:
+        """Products of cores 2..d for the given tails (u,), by gathered slices: (u, r_1, prod(dim_shape[1:]))."""
+        digits = []
+        for size in reversed(self.num_shape[1:]):
+            digits.append(tails % size)
+            tails = tails // size
+        digits.reverse()
         out = None
-        for core, digit in zip(self.cores, digits):
-            piece = core.transpose(0, 1)[digit]  # (n, r_{k-1}, dim_k, r_k)
-            rank_in, dim, rank_out = piece.shape[1:]
+        for core, digit in zip(list(self.cores)[1:], digits):
+            piece = core.transpose(0, 1).contiguous().index_select(0, digit)  # (u, r_{k-1}, dim_k, r_k)
+            u, rank_in, dim, rank_out = piece.shape
             if out is None:
-                out = piece.reshape(n, dim, rank_out)
+                out = piece.reshape(u, rank_in * dim, rank_out)
             else:
-                out = torch.bmm(out, piece.reshape(n, rank_in, dim * rank_out)).reshape(n, out.shape[1] * dim, rank_out)
-        return out.reshape(n, out.shape[1])[:, : self.embedding_dim]
+                out = torch.bmm(out, piece.reshape(u, rank_in, dim * rank_out)).reshape(u, out.shape[1] * dim, rank_out)
+        return out.reshape(out.shape[0], self.cores[1].shape[0], math.prod(self.dim_shape[1:]))
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -119,7 +149,7 @@ class TTEmbedding(nn.Module):
         if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
             raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
                              f"got values from {int(unique[0])} to {int(unique[-1])}")
-        return self.rows(unique)[inverse].reshape(*input.shape, self.embedding_dim)
+        return self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         ratio = self.num_embeddings * self.embedding_dim / tt_size(self.num_shape, self.dim_shape, self.ranks)
