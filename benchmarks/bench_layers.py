@@ -1,0 +1,211 @@
+"""Side-by-side timings of ttlayers' layers against torch and tensorly-torch, and the tables of
+docs/layers.md.
+
+* Linear, forward + backward: ``TTLinear`` vs ``nn.Linear`` vs tltorch's
+  ``FactorizedLinear(factorization='blocktt')`` with the same mode shapes and ranks. Shapes:
+  LSTM gates 650->2600, softmax 650->10000 and 200->10000, square 1024->1024; batches 20x35
+  (a PTB training batch, input (35, 20, in)) and 1; TT ranks 4, 8, 16, 32.
+* Embedding lookups of a 20x35 batch of token ids, forward and forward + backward:
+  ``TTEmbedding`` vs ``nn.Embedding`` vs tltorch's ``FactorizedEmbedding`` (10000 x 650).
+* The dense 2-layer 650 ``ttlayers.LSTM`` vs ``torch.nn.LSTM``, forward + backward, in tokens/s.
+
+Each point times its candidates interleaved: ``--rounds`` rounds, each running every candidate
+for at least ``--min-time`` seconds; a candidate's time is its best round (the one the shared
+machine disturbed least).
+
+Clock: ``--clock cpu`` (process CPU time, the default) or ``wall``. The machine this runs on
+is shared and oversubscribed (a training run at raised priority holds most of its 2 cores).
+There, 2-thread wall time mostly measures how long one OpenMP thread waits for the other to
+be scheduled (a 700 x 1024 x 1024 matmul, forward + backward, takes about 1 s of wall time
+with 2 threads against 0.06 s of CPU time with 1), so the default run uses 1 thread and CPU
+time; ``--threads 2 --clock wall`` gives the 2-thread figures, written to
+``results/bench_layers_2threads_wall.json`` and their own table.
+
+    python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import tltorch
+import torch
+from torch import nn
+
+from benchmarks.report import markdown_table, update_doc, write_results
+from ttlayers import LSTM, TTEmbedding, TTLinear
+from ttlayers.tt_contract import linear_plan
+
+NAME = "bench_layers"
+DOC = "docs/layers.md"
+SEED = 0
+SHAPES = [("gates", 650, 2600), ("softmax", 650, 10000), ("softmax", 200, 10000), ("square", 1024, 1024)]
+BATCHES = [(35, 20), (1,)]
+RANKS = [4, 8, 16, 32]
+VOCAB, DIM = 10000, 650
+
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def best_times(fns: dict, rounds: int, min_time: float, clock) -> dict:
+    """Best-round mean seconds per call of each function, the functions interleaved in every round."""
+    for fn in fns.values():  # warm up (plans, allocator)
+        fn()
+    reps = {}
+    for name, fn in fns.items():
+        start, n = clock(), 0
+        while clock() - start < min_time or n == 0:
+            fn()
+            n += 1
+        reps[name] = n
+    best = {name: math.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = clock()
+            for _ in range(reps[name]):
+                fn()
+            best[name] = min(best[name], (clock() - start) / reps[name])
+    return best
+
+
+def train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    """Forward + backward, gradients dropped each call so that none accumulates."""
+
+    def step():
+        for p in module.parameters():
+            p.grad = None
+        x.grad = None
+        out = module(x)
+        out.backward(grad)
+
+    return step
+
+
+def bench_linear(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
+    rows = []
+    for kind, n_in, n_out in SHAPES[:2] if quick else SHAPES:
+        for batch in BATCHES:
+            for rank in RANKS[::3] if quick else RANKS:
+                torch.manual_seed(SEED)
+                ours = TTLinear(n_in, n_out, rank)
+                dense = nn.Linear(n_in, n_out)
+                theirs = tltorch.FactorizedLinear(ours.in_shape, ours.out_shape, factorization="blocktt", rank=list(ours.ranks))
+                x = torch.randn(*batch, n_in, requires_grad=True)
+                grad = torch.randn(*batch, n_out)
+                t = best_times({"dense": train_step(dense, x, grad), "tltorch": train_step(theirs, x, grad),
+                                "ours": train_step(ours, x, grad)}, rounds, min_time, clock)
+                n_batch = math.prod(batch)
+                plan = linear_plan(n_batch, ours.out_shape, ours.in_shape, ours.ranks, False)
+                dense_flops = 2 * n_batch * n_in * n_out
+                best_other = min(t["dense"], t["tltorch"])
+                rows.append({
+                    "layer": f"{kind} {n_in}->{n_out}", "batch": "x".join(map(str, batch)), "rank": rank,
+                    "in_shape": list(ours.in_shape), "out_shape": list(ours.out_shape),
+                    "route": "dense" if plan.dense else "tt", "min_flops_ratio": plan.min_flops / dense_flops,
+                    "route_flops_ratio": (plan.dense_flops if plan.dense else plan.tt_flops) / dense_flops,
+                    "dense_ms": 1e3 * t["dense"], "tltorch_ms": 1e3 * t["tltorch"], "ours_ms": 1e3 * t["ours"],
+                    "vs_dense": t["ours"] / t["dense"], "vs_tltorch": t["ours"] / t["tltorch"], "vs_best": t["ours"] / best_other,
+                    "compression": n_in * n_out / sum(c.numel() for c in ours.cores),
+                })
+                print(rows[-1], flush=True)
+    return rows
+
+
+def bench_embedding(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
+    rows = []
+    for rank in RANKS[::3] if quick else RANKS:
+        torch.manual_seed(SEED)
+        ours = TTEmbedding(VOCAB, DIM, rank)
+        dense = nn.Embedding(VOCAB, DIM)
+        theirs = tltorch.FactorizedEmbedding(VOCAB, DIM, auto_tensorize=False, tensorized_num_embeddings=ours.num_shape,
+                                             tensorized_embedding_dim=ours.dim_shape, factorization="blocktt",
+                                             rank=list(ours.ranks))
+        tokens = torch.randint(0, VOCAB, (35, 20))
+        grad = torch.randn(35, 20, DIM)
+        modules = {"dense": dense, "tltorch": theirs, "ours": ours}
+
+        def lookup(m):
+            def fn():
+                with torch.no_grad():
+                    m(tokens)
+            return fn
+
+        def train(m):
+            def fn():
+                for p in m.parameters():
+                    p.grad = None
+                m(tokens).backward(grad)
+            return fn
+
+        fwd = best_times({k: lookup(m) for k, m in modules.items()}, rounds, min_time, clock)
+        both = best_times({k: train(m) for k, m in modules.items()}, rounds, min_time, clock)
+        for mode, t in (("lookup", fwd), ("lookup+backward", both)):
+            rows.append({"rank": rank, "mode": mode, "dense_ms": 1e3 * t["dense"], "tltorch_ms": 1e3 * t["tltorch"],
+                         "ours_ms": 1e3 * t["ours"], "tltorch_over_ours": t["tltorch"] / t["ours"],
+                         "vs_dense": t["ours"] / t["dense"],
+                         "compression": VOCAB * DIM / sum(c.numel() for c in ours.cores)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bench_lstm(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
+    torch.manual_seed(SEED)
+    hidden, seq, batch = (200, 35, 20) if quick else (650, 35, 20)
+    reference = nn.LSTM(hidden, hidden, 2)
+    ours = LSTM.from_torch(reference)
+    x = torch.randn(seq, batch, hidden, requires_grad=True)
+    grad = torch.randn(seq, batch, hidden)
+
+    def step(m):
+        def fn():
+            for p in m.parameters():
+                p.grad = None
+            m(x)[0].backward(grad)
+        return fn
+
+    t = best_times({"nn.LSTM": step(reference), "ours": step(ours)}, rounds, min_time, clock)
+    row = {"lstm": f"2 x {hidden}, seq {seq}, batch {batch}", "torch_tokens_s": seq * batch / t["nn.LSTM"],
+           "ours_tokens_s": seq * batch / t["ours"], "speed_ratio": t["nn.LSTM"] / t["ours"]}
+    print(row, flush=True)
+    return [row]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per candidate per round (at least one call)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="a few points only, results not written")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
+    linear = bench_linear(args.rounds, args.min_time, clock, args.quick)
+    embedding = bench_embedding(args.rounds, args.min_time, clock, args.quick)
+    lstm = bench_lstm(args.rounds, args.min_time, clock, args.quick)
+    if args.quick:
+        return
+    config = {"rounds": args.rounds, "min_time": args.min_time, "threads": args.threads, "clock": args.clock,
+              "shapes": SHAPES, "batches": BATCHES, "ranks": RANKS, "embedding": [VOCAB, DIM]}
+    rows = [{"part": "linear", **r} for r in linear] + [{"part": "embedding", **r} for r in embedding] + \
+           [{"part": "lstm", **r} for r in lstm]
+    name = NAME if (args.threads, args.clock) == (1, "cpu") else f"{NAME}_{args.threads}threads_{args.clock}"
+    write_results(name, rows, config, SEED)
+    update_doc(DOC, f"{name}_linear", markdown_table(linear, [
+        "layer", "batch", "rank", "compression", "min_flops_ratio", "route", "dense_ms", "tltorch_ms", "ours_ms",
+        "vs_dense", "vs_tltorch", "vs_best"], {
+        "compression": ".0f", "min_flops_ratio": ".2f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g",
+        "vs_dense": ".2f", "vs_tltorch": ".2f", "vs_best": ".2f"}))
+    update_doc(DOC, f"{name}_embedding", markdown_table(embedding, [
+        "rank", "compression", "mode", "dense_ms", "tltorch_ms", "ours_ms", "tltorch_over_ours", "vs_dense"], {
+        "compression": ".0f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g", "tltorch_over_ours": ".1f",
+        "vs_dense": ".1f"}))
+    update_doc(DOC, f"{name}_lstm", markdown_table(lstm, ["lstm", "torch_tokens_s", "ours_tokens_s", "speed_ratio"], {
+        "torch_tokens_s": ".0f", "ours_tokens_s": ".0f", "speed_ratio": ".3f"}))
+
+
+if __name__ == "__main__":
+    main()
