@@ -8,6 +8,8 @@ docs/layers.md.
 * Embedding lookups of a 20x35 batch of token ids, forward and forward + backward:
   ``TTEmbedding`` vs ``nn.Embedding`` vs tltorch's ``FactorizedEmbedding`` (10000 x 650).
 * The dense 2-layer 650 ``ttlayers.LSTM`` vs ``torch.nn.LSTM``, forward + backward, in tokens/s.
+* ``--orders`` (a separate run): TTLinear's TT route at the order it chooses (FLOPs + a charge
+  per element written) against the fewest-FLOP order, forward + backward, ranks 4 and 8.
 
 Each point times its candidates interleaved: ``--rounds`` rounds, each running every candidate
 for at least ``--min-time`` seconds; a candidate's time is its best round (the one the shared
@@ -21,22 +23,24 @@ with 2 threads against 0.06 s of CPU time with 1), so the default run uses 1 thr
 time; ``--threads 2 --clock wall`` gives the 2-thread figures, written to
 ``results/bench_layers_2threads_wall.json`` and their own table.
 
-    python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick]
+    python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick] [--orders] [--docs-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from dataclasses import replace
 
 import tltorch
 import torch
 from torch import nn
 
-from benchmarks.report import markdown_table, update_doc, write_results
+from benchmarks.report import RESULTS, markdown_table, update_doc, write_results
 from ttlayers import LSTM, TTEmbedding, TTLinear
-from ttlayers.tt_contract import linear_plan
+from ttlayers.tt_contract import Contraction, linear_network, linear_plan, tt_linear_apply
 
 NAME = "bench_layers"
 DOC = "docs/layers.md"
@@ -173,6 +177,60 @@ def bench_lstm(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
     return [row]
 
 
+def bench_orders(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
+    rows = []
+    for kind, n_in, n_out in SHAPES[:1] if quick else SHAPES:
+        for batch in [(35, 20), (20,)]:
+            for rank in (4, 8):
+                torch.manual_seed(SEED)
+                layer = TTLinear(n_in, n_out, rank)
+                n_batch = math.prod(batch)
+                chosen = linear_plan(n_batch, layer.out_shape, layer.in_shape, layer.ranks, False)
+                network = linear_network(n_batch, layer.out_shape, layer.in_shape, layer.ranks)
+                fewest = Contraction.plan(*network, minimize="flops")
+                x = torch.randn(n_batch, n_in, requires_grad=True)
+                grad = torch.randn(n_batch, n_out)
+                cores = list(layer.cores)
+
+                def run(contraction):
+                    def fn():
+                        for p in cores:
+                            p.grad = None
+                        tt_linear_apply(x, cores, replace(chosen, contraction=contraction)).backward(grad)
+                    return fn
+
+                dense = nn.Linear(n_in, n_out)
+                t = best_times({"dense": train_step(dense, x, grad), "fewest_flops": run(fewest),
+                                "chosen": run(chosen.contraction)}, rounds, min_time, clock)
+                dense_flops = 2 * n_batch * n_in * n_out
+                rows.append({"layer": f"{kind} {n_in}->{n_out}", "batch": "x".join(map(str, batch)), "rank": rank,
+                             "fewest_flops_ratio": fewest.flops / dense_flops, "chosen_flops_ratio": chosen.tt_flops / dense_flops,
+                             "fewest_vs_dense": t["fewest_flops"] / t["dense"], "chosen_vs_dense": t["chosen"] / t["dense"]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def write_docs(name: str, rows: list[dict]) -> None:
+    """The tables of ``results/<name>.json``'s rows into docs/layers.md (markers ``<name>_<part>``)."""
+    part = {p: [{k: v for k, v in r.items() if k != "part"} for r in rows if r.get("part") == p]
+            for p in ("linear", "embedding", "lstm")}
+    if name.startswith(f"{NAME}_orders"):
+        columns = ["layer", "batch", "rank", "fewest_flops_ratio", "chosen_flops_ratio", "fewest_vs_dense", "chosen_vs_dense"]
+        update_doc(DOC, name, markdown_table(rows, columns, {k: ".2f" for k in columns[3:]}))
+        return
+    update_doc(DOC, f"{name}_linear", markdown_table(part["linear"], [
+        "layer", "batch", "rank", "compression", "min_flops_ratio", "route", "dense_ms", "tltorch_ms", "ours_ms",
+        "vs_dense", "vs_tltorch", "vs_best"], {
+        "compression": ".0f", "min_flops_ratio": ".2f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g",
+        "vs_dense": ".2f", "vs_tltorch": ".2f", "vs_best": ".2f"}))
+    update_doc(DOC, f"{name}_embedding", markdown_table(part["embedding"], [
+        "rank", "compression", "mode", "dense_ms", "tltorch_ms", "ours_ms", "tltorch_over_ours", "vs_dense"], {
+        "compression": ".0f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g", "tltorch_over_ours": ".1f",
+        "vs_dense": ".1f"}))
+    update_doc(DOC, f"{name}_lstm", markdown_table(part["lstm"], ["lstm", "torch_tokens_s", "ours_tokens_s", "speed_ratio"], {
+        "torch_tokens_s": ".0f", "ours_tokens_s": ".0f", "speed_ratio": ".3f"}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -180,31 +238,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few points only, results not written")
+    parser.add_argument("--orders", action="store_true", help="only the chosen vs fewest-FLOP orders")
+    parser.add_argument("--docs-only", action="store_true", help="rewrite the docs tables from the results file")
     args = parser.parse_args()
+    suffix = "" if (args.threads, args.clock) == (1, "cpu") else f"_{args.threads}threads_{args.clock}"
+    name = f"{NAME}_orders{suffix}" if args.orders else NAME + suffix
+    if args.docs_only:
+        write_docs(name, json.loads((RESULTS / f"{name}.json").read_text())["rows"])
+        return
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
-    linear = bench_linear(args.rounds, args.min_time, clock, args.quick)
-    embedding = bench_embedding(args.rounds, args.min_time, clock, args.quick)
-    lstm = bench_lstm(args.rounds, args.min_time, clock, args.quick)
-    if args.quick:
-        return
     config = {"rounds": args.rounds, "min_time": args.min_time, "threads": args.threads, "clock": args.clock,
-              "shapes": SHAPES, "batches": BATCHES, "ranks": RANKS, "embedding": [VOCAB, DIM]}
-    rows = [{"part": "linear", **r} for r in linear] + [{"part": "embedding", **r} for r in embedding] + \
-           [{"part": "lstm", **r} for r in lstm]
-    name = NAME if (args.threads, args.clock) == (1, "cpu") else f"{NAME}_{args.threads}threads_{args.clock}"
-    write_results(name, rows, config, SEED)
-    update_doc(DOC, f"{name}_linear", markdown_table(linear, [
-        "layer", "batch", "rank", "compression", "min_flops_ratio", "route", "dense_ms", "tltorch_ms", "ours_ms",
-        "vs_dense", "vs_tltorch", "vs_best"], {
-        "compression": ".0f", "min_flops_ratio": ".2f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g",
-        "vs_dense": ".2f", "vs_tltorch": ".2f", "vs_best": ".2f"}))
-    update_doc(DOC, f"{name}_embedding", markdown_table(embedding, [
-        "rank", "compression", "mode", "dense_ms", "tltorch_ms", "ours_ms", "tltorch_over_ours", "vs_dense"], {
-        "compression": ".0f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g", "tltorch_over_ours": ".1f",
-        "vs_dense": ".1f"}))
-    update_doc(DOC, f"{name}_lstm", markdown_table(lstm, ["lstm", "torch_tokens_s", "ours_tokens_s", "speed_ratio"], {
-        "torch_tokens_s": ".0f", "ours_tokens_s": ".0f", "speed_ratio": ".3f"}))
+              "shapes": SHAPES}
+    if args.orders:
+        rows = bench_orders(args.rounds, args.min_time, clock, args.quick)
+    else:
+        config.update(batches=BATCHES, ranks=RANKS, embedding=[VOCAB, DIM])
+        rows = [{"part": "linear", **r} for r in bench_linear(args.rounds, args.min_time, clock, args.quick)]
+        rows += [{"part": "embedding", **r} for r in bench_embedding(args.rounds, args.min_time, clock, args.quick)]
+        rows += [{"part": "lstm", **r} for r in bench_lstm(args.rounds, args.min_time, clock, args.quick)]
+    if not args.quick:
+        write_results(name, rows, config, SEED)
+        write_docs(name, rows)
 
 
 if __name__ == "__main__":

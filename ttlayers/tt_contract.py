@@ -17,9 +17,8 @@ The cost of a route is its FLOPs plus ``WRITE_COST`` FLOPs per element that its
 contractions write; the dense matmul also counts the W-sized gradient it writes (and
 the W it reads). On a CPU the intermediates of a TT route (batch x modes x rank) are
 memory-bound, and FLOPs alone pick orders that run several times slower than their
-count says (on 650->2600 at rank 4, batch 700, the fewest-FLOP order, 0.18 of the
-matmul's FLOPs, took 1.2x the matmul's time, and an order with 0.34 took 0.66x);
-and at small batches the matmul itself is bound by reading W. ``WRITE_COST`` was
+count says (``python -m benchmarks.bench_layers --orders``); and at small batches the
+matmul itself is bound by reading W. ``WRITE_COST`` was
 fitted on measured orders of the benchmark shapes (docs/layers.md). opt_einsum's
 dynamic programming minimises the same sum (``minimize="combo"``). The cheaper route
 is taken. Plans depend only on the batch size and the shapes, so they are computed once
@@ -28,8 +27,8 @@ and cached (``functools.lru_cache``); no path search runs per call.
 A plan runs as a sequence of two-operand ``torch.einsum`` calls whose results keep
 their indices in one global order (batch, output modes, input modes, ranks). The last
 contraction then writes y directly in (batch, out) layout; opt_einsum's own executor
-(``tensordot``) can leave it transposed, and the copy that fixes it cost up to half
-of the time at batch 700.
+(``tensordot``) can leave it transposed, which costs a strided copy of y in the
+forward and of its gradient in the backward.
 """
 
 from __future__ import annotations
@@ -98,13 +97,14 @@ class Contraction:
     cost: int
 
     @classmethod
-    def plan(cls, equation: str, shapes: list[Shape]) -> "Contraction":
-        """The order of least cost (see the module docstring) for ``equation`` on ``shapes``."""
+    def plan(cls, equation: str, shapes: list[Shape], minimize: str = _OPTIMIZER) -> "Contraction":
+        """The order of least cost (see the module docstring) for ``equation`` on ``shapes``;
+        ``minimize="flops"`` gives the fewest-FLOP order instead."""
         terms, output = equation.split("->")
         terms = terms.split(",")
         if len(terms) == 1:
             return cls((), 0, 0)
-        path, info = oe.contract_path(equation, *shapes, shapes=True, optimize=oe.DynamicProgramming(minimize=_OPTIMIZER))
+        path, info = oe.contract_path(equation, *shapes, shapes=True, optimize=oe.DynamicProgramming(minimize=minimize))
         steps, written = [], 0
         for pair in path:
             i, j = sorted(pair)
@@ -161,6 +161,13 @@ class LinearPlan:
     contraction: Contraction
 
 
+def linear_network(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape) -> tuple[str, list[Shape]]:
+    """The equation and operand shapes of ``y = x @ W.T`` as a network of x (batch, *in_shape) and the cores."""
+    cores, out_modes, in_modes = _core_subscripts(len(out_shape))
+    b = oe.get_symbol(0)
+    return ",".join([b + in_modes] + cores) + "->" + b + out_modes, [(batch, *in_shape)] + _view_shapes(out_shape, in_shape, ranks)
+
+
 @lru_cache(maxsize=1024)
 def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, weight_built: bool) -> LinearPlan:
     """The cheaper way to compute ``x @ W.T`` for x of shape (batch, prod(in_shape)).
@@ -175,10 +182,7 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
         build = weight_contraction(out_shape, in_shape, ranks)
         dense_flops += build.flops
         dense_cost += build.cost
-    cores, out_modes, in_modes = _core_subscripts(len(out_shape))
-    b = oe.get_symbol(0)
-    eq = ",".join([b + in_modes] + cores) + "->" + b + out_modes
-    shapes = [(batch, *in_shape)] + _view_shapes(out_shape, in_shape, ranks)
+    eq, shapes = linear_network(batch, out_shape, in_shape, ranks)
     tt = Contraction.plan(eq, shapes)
     min_flops = int(oe.contract_path(eq, *shapes, shapes=True, optimize="dp")[1].opt_cost)
     return LinearPlan(dense_cost <= tt.cost, tt.cost, dense_cost, tt.flops, dense_flops, min_flops, tt)
