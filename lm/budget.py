@@ -69,7 +69,7 @@ def _size(model: LanguageModel, quant: str | None) -> int:
 
 
 def fit(family: Family, dense: LanguageModel, counts: torch.Tensor, budget: int, quant: str | None,
-        steps: int = 10) -> tuple[float, LanguageModel, int] | None:
+        steps: int = 7) -> tuple[float, LanguageModel, int] | None:
     """The largest ``keep`` of ``family`` whose artifact fits ``budget`` bytes: (keep, model, bytes), or None."""
     def attempt(k: float):
         model = family.build(dense, k, counts)

@@ -220,7 +220,7 @@ class Study:
         if m.prune:
             pruning.finalize(model)
         if m.train == "finetune":
-            set_dropout(model, 0.0 if dense.config.dropout == 0 else dense.config.dropout)
+            set_dropout(model, dense.config.dropout)
         return model.eval()
 
     def run_method(self, m: Method, dense: LanguageModel) -> dict:

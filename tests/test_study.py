@@ -12,7 +12,10 @@ import torch
 from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.__main__ import main
+from lm.budget import families, fit
 from lm.checkpoint import save_model
+from lm.compression.export import artifact_size
+from lm.compression.prune import finalized_copy
 from lm.compression.export import load_artifact
 from lm.compression.report import MB, pareto_front
 from lm.config import ModelConfig
@@ -22,7 +25,7 @@ from lm.model import LanguageModel
 
 @pytest.fixture
 def short_corpus(corpus, monkeypatch):  # noqa: F811
-    short = Corpus(corpus.vocab, corpus.train[:6000], corpus.valid[:1500], corpus.test[:1500])
+    short = Corpus(corpus.vocab, corpus.train[:4000], corpus.valid[:1000], corpus.test[:1000])
     monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: short))
     return short
 
@@ -71,6 +74,7 @@ def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
     assert all((tmp_path / "runs" / n / "result.json").stat().st_mtime_ns == t for n, t in stamps.items())
 
 
+@pytest.mark.slow
 def test_compress_to_a_budget(tmp_path, short_corpus, capsys):
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(hidden_size=24, num_layers=1), short_corpus.vocab)
@@ -86,3 +90,24 @@ def test_compress_to_a_budget(tmp_path, short_corpus, capsys):
     assert {c["family"] for c in result["candidates"]} >= {"pruned", "groupreduce"}
     assert load_artifact(tmp_path / "out" / "model.lmz").vocab == short_corpus.vocab
     assert '"size_mb"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("quant", [None, "q8"])
+def test_budget_search_finds_the_mildest_fitting_setting(quant):
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=16, num_layers=1), [f"w{i}" for i in range(300)])
+    model.init_uniform(0.1)
+    counts = torch.arange(300, 0, -1)
+    dense_bytes = artifact_size(model, quant)
+    budget = dense_bytes // 3
+    for family in families(16, 300):
+        found = fit(family, model, counts, budget, quant)
+        if found is None:  # even the strongest setting is too large
+            assert artifact_size(finalized_copy(family.build(model, family.lo, counts)), quant) > budget
+            continue
+        keep, compressed, size = found
+        assert size <= budget and artifact_size(finalized_copy(compressed), quant) == size
+        if keep < family.hi:  # a little milder no longer fits
+            step = 1 if family.integer else keep * 0.3
+            milder = family.build(model, min(family.hi, keep + step), counts)
+            assert artifact_size(finalized_copy(milder), quant) > budget

@@ -32,16 +32,19 @@ def token_latency(model: nn.Module, tokens: int = 100, warmup: int = 10) -> floa
 
 
 def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, threads: int = 1) -> dict[str, dict]:
-    """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads."""
+    """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads,
+    after one warm-up pass."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         variants = {(name, kind): (m if kind == "eager" else int8_dynamic(m))
                     for name, m in models.items() for kind in ("eager", "int8")}
         times: dict[tuple[str, str], list[float]] = {key: [] for key in variants}
-        for _ in range(repeats):
+        for rep in range(repeats + 1):  # the first pass warms every model up and is not counted
             for key, m in variants.items():
-                times[key].append(token_latency(m, tokens))
+                t = token_latency(m, tokens)
+                if rep:
+                    times[key].append(t)
     finally:
         torch.set_num_threads(previous)
     return {name: {f"{kind}_ms": 1e3 * statistics.median(times[(name, kind)]) for kind in ("eager", "int8")}
