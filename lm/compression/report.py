@@ -141,7 +141,7 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("test perplexity")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
