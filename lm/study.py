@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import load
@@ -115,6 +117,30 @@ FINETUNE = {
 }
 
 
+def scratch_model(cfg: TrainConfig, vocab: list[str] | None) -> LanguageModel:
+    """A fresh compressed model with Zaremba's init: every dense tensor uniform in
+    ±init_scale, and every factorised layer (TT, low-rank, GroupReduce) drawn by its own
+    init and scaled so that its reconstructed weight has the same standard deviation
+    (uniform entries in each of several TT cores would multiply to almost zero)."""
+    torch.manual_seed(cfg.seed)
+    model = LanguageModel(cfg.model, vocab)
+    model.init_uniform(cfg.init_scale)
+    target = cfg.init_scale / math.sqrt(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if not hasattr(module, "dense_weight"):
+                continue
+            module.reset_parameters()
+            depth = len(module.cores) if hasattr(module, "cores") else 2  # factors in each product
+            scale = (target / module.dense_weight().std()) ** (1 / depth)
+            for name, p in module.named_parameters():
+                if not name.endswith("bias"):
+                    p.mul_(scale)
+                else:
+                    nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
+    return model
+
+
 @dataclass
 class StudyConfig:
     preset: str = "small"
@@ -196,10 +222,11 @@ class Study:
         if m.base:
             return load_artifact(self.run_dir / m.base / "model.lmz")
         if m.train == "scratch":
-            shape = compress_model(dense, counts=self.counts(), **m.compress)
-            cfg = replace(self.cfg, model=shape.config, epochs=self.config.scratch_epochs or self.cfg.epochs)
-            train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
-            return load(out / "model.pt")
+            shape = compress_model(dense, counts=self.counts(), **m.compress).config
+            cfg = replace(self.cfg, model=shape, epochs=self.config.scratch_epochs or self.cfg.epochs)
+            model = scratch_model(cfg, dense.vocab)
+            train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
+            return model.eval()
         model = compress_model(dense, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(dense)
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])

@@ -84,7 +84,11 @@ class BlockLowRankEmbedding(_BlockFactors):
                  device=None, dtype=None) -> None:
         super().__init__(num_embeddings, embedding_dim, boundaries, ranks, device, dtype)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.reset_factors(1.0)  # nn.Embedding's N(0, 1) entries
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors whose table has ``nn.Embedding``'s N(0, 1) entries' variance."""
+        self.reset_factors(1.0)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids (...) -> (..., embedding_dim)."""
@@ -113,7 +117,13 @@ class BlockLowRankLinear(_BlockFactors):
         super().__init__(out_features, in_features, boundaries, ranks, device, dtype)
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-        self.reset_factors(1.0 / math.sqrt(3 * in_features))  # nn.Linear's uniform(±1/sqrt(in)) std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors whose weight has ``nn.Linear``'s init variance 1 / (3 in_features); zero bias."""
+        self.reset_factors(1.0 / math.sqrt(3 * self.in_features))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.cat([(x @ v.t()) @ u.t() for u, v in zip(self.u, self.v)], dim=-1)
