@@ -78,7 +78,7 @@ def download(directory: Path) -> None:
 def find_ptb(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
     """The directory holding verified PTB files (see the module docstring for the search order)."""
     if data_dir is not None or os.environ.get("PTB_DIR"):
-        directory = Path(data_dir if data_dir is not None else os.environ["PTB_DIR"]).expanduser()
+        directory = Path(data_dir if data_dir is not None else os.environ["PTB_DIR"]).expanduser().resolve()
         source = "--data-dir" if data_dir is not None else "PTB_DIR"
         if not _has_all(directory):
             raise DataError(

@@ -68,6 +68,13 @@ def test_bptt_windows_cover_every_target_once():
     assert all(x.shape[0] <= 7 for x, _ in windows)
 
 
+def test_a_relative_data_dir_is_returned_absolute(tmp_path, monkeypatch, corpus):
+    source = find_ptb()
+    monkeypatch.chdir(source.parent)
+    monkeypatch.setenv("PTB_DIR", source.name)
+    assert find_ptb() == source and find_ptb().is_absolute()
+
+
 def test_download_into_the_cache_is_checked(tmp_path, monkeypatch, corpus):
     source = find_ptb()
     monkeypatch.delenv("PTB_DIR", raising=False)

@@ -1,4 +1,14 @@
-"""ttlayers: Tensor-Train and low-rank layers as first-class PyTorch modules."""
+"""ttlayers: Tensor-Train and low-rank layers as first-class PyTorch modules.
+
+Importing ttlayers selects tensorly's ``pytorch`` backend (as tensorly-torch does), so that
+``TTTensor.to_tensor()`` and ``TTMatrix.to_matrix()`` work on the torch cores our functions
+return. Decompositions of numpy arrays return numpy cores; reconstruct those inside
+``tensorly.backend_context("numpy")``.
+"""
+
+import tensorly as _tl
+
+_tl.set_backend("pytorch")
 
 from .factorize import factorize
 from .tt_matrix import tt_matrix_svd
