@@ -22,9 +22,14 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
+    embedding_size: int | None = None  # the embedding's output (the first LSTM layer's input); None: hidden_size
     embedding: dict = field(default_factory=dense)
     lstm: dict = field(default_factory=dense)
     decoder: dict = field(default_factory=dense)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedding_size or self.hidden_size
 
 
 @dataclass

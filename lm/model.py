@@ -19,10 +19,10 @@ State = tuple[Tensor, Tensor]
 
 # spec type -> builder(config) -> module. Compression methods register their variants here.
 EMBEDDINGS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "dense": lambda c: nn.Embedding(c.vocab_size, c.hidden_size),
+    "dense": lambda c: nn.Embedding(c.vocab_size, c.embedding_dim),
 }
 LSTMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "dense": lambda c: LSTM(c.hidden_size, c.hidden_size, c.num_layers, dropout=c.dropout),
+    "dense": lambda c: LSTM(c.embedding_dim, c.hidden_size, c.num_layers, dropout=c.dropout),
 }
 DECODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "dense": lambda c, in_features: nn.Linear(in_features, c.vocab_size),
@@ -57,8 +57,8 @@ class LanguageModel(nn.Module):
         if config.tie_weights:
             if not (isinstance(self.embedding, nn.Embedding) and isinstance(self.decoder, nn.Linear)):
                 raise ValueError("tie_weights needs a dense embedding and decoder")
-            if self.decoder.in_features != config.hidden_size:
-                raise ValueError("tie_weights needs the decoder input size to equal hidden_size")
+            if self.decoder.in_features != config.embedding_dim:
+                raise ValueError("tie_weights needs the decoder input size to equal the embedding size")
             self.decoder.weight = self.embedding.weight
 
     def init_uniform(self, scale: float) -> None:

@@ -45,7 +45,9 @@ class Method:
     ``prune``: ``{"amount", "layers", "gradual"}``; ``train``: ``"none"``, ``"finetune"``
     (from the compressed trained model) or ``"scratch"`` (the compressed architecture
     trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
-    start from another method's finished model instead of the dense one.
+    start from another method's finished model instead of the dense one; ``shape``:
+    ``ModelConfig`` fields of a from-scratch model (e.g. ``embedding_size``), applied
+    after ``compress`` has set the layer specs.
     """
 
     name: str
@@ -56,12 +58,13 @@ class Method:
     train: str = "none"
     quant: str | None = None
     base: str | None = None
+    shape: dict = field(default_factory=dict)
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
     """The study's methods, ranks scaled with the hidden size (r = H/5 gives the paper's r=128 at 650)."""
     h = cfg.model.hidden_size
-    r_lstm = max(4, round(h / 5))
+    r_lstm = 128 if h == 650 else max(4, round(h / 5))  # the paper's r=128 at 650
     r_emb = max(4, round(h / 4))
     gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
     tt = {"type": "tt", "rank": 16}
@@ -102,6 +105,10 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
         Method("lr_all_ft_q8", "LR-LSTM+GroupReduce+quantized", "lr_all_ft stored in 8 bits", quant="q8", base="lr_all_ft"),
         Method("lr_lstm_scratch", "LR-LSTM", f"LR-LSTM r={r_lstm} trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="scratch"),
+        Method("lr_paper_scratch", "LR-LSTM",
+               f"the paper's LR-LSTM: {r_lstm}-dim embedding, LR-LSTM r={r_lstm}, softmax from the projection, "
+               "trained from scratch", compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}},
+               shape={"embedding_size": r_lstm}, train="scratch"),
         Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
     ]
@@ -169,8 +176,9 @@ class Study:
         unknown = sorted(set(names) - set(known))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
-        # dependencies first: dense always, and every base
-        order = ["dense"] + [n for n in names if n != "dense"]
+        # dependencies first: dense (unless every method trains from scratch), and every base
+        needs_dense = any(known[n].train != "scratch" for n in names)
+        order = ["dense"] * needs_dense + [n for n in names if n != "dense"]
         for n in list(order):
             if known[n].base and known[n].base not in order:
                 order.insert(order.index(n), known[n].base)
@@ -223,6 +231,7 @@ class Study:
             return load_artifact(self.run_dir / m.base / "model.lmz")
         if m.train == "scratch":
             shape = compress_model(dense, counts=self.counts(), **m.compress).config
+            shape = replace(shape, **m.shape)
             cfg = replace(self.cfg, model=shape, epochs=self.config.scratch_epochs or self.cfg.epochs)
             model = scratch_model(cfg, dense.vocab)
             train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
@@ -289,7 +298,10 @@ class Study:
     def run(self) -> dict:
         """Run the selected methods, then report on them and on every other finished one."""
         torch.manual_seed(self.cfg.seed)
-        dense = self.dense_model()
+        if self.config.checkpoint or self.methods[0].name == "dense":
+            dense = self.dense_model()
+        else:  # only from-scratch methods: an untrained dense model gives their shapes
+            dense = LanguageModel(self.cfg.model, self.corpus.vocab)
         done = {m.name: self.run_method(m, dense) for m in self.methods}
         rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
         rows = [r for r in rows if r is not None]

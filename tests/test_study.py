@@ -111,3 +111,14 @@ def test_budget_search_finds_the_mildest_fitting_setting(quant):
             step = 1 if family.integer else keep * 0.3
             milder = family.build(model, min(family.hi, keep + step), counts)
             assert artifact_size(finalized_copy(milder), quant) > budget
+
+
+def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch"])
+    assert set(rows) == {"lr_paper_scratch"} and not (tmp_path / "runs" / "dense").exists()
+    model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz")
+    r = model.lstm.proj_size
+    # the paper's LR-LSTM: an r-dim embedding feeds the first layer, the softmax reads the r-dim projection
+    assert model.config.embedding_size == r and model.embedding.weight.shape == (model.config.vocab_size, r)
+    assert model.lstm.layers[0].input_map.weight.shape == (4 * model.config.hidden_size, r)
+    assert model.decoder.in_features == r

@@ -21,11 +21,11 @@ def build_embedding(c: ModelConfig, spec: dict | None = None) -> nn.Module:
     spec = spec or c.embedding
     kind = spec["type"]
     if kind == "low_rank":
-        return BlockLowRankEmbedding(c.vocab_size, c.hidden_size, [0, c.vocab_size], [int(spec["rank"])])
+        return BlockLowRankEmbedding(c.vocab_size, c.embedding_dim, [0, c.vocab_size], [int(spec["rank"])])
     if kind == "groupreduce":
-        return BlockLowRankEmbedding(c.vocab_size, c.hidden_size, spec["boundaries"], spec["ranks"])
+        return BlockLowRankEmbedding(c.vocab_size, c.embedding_dim, spec["boundaries"], spec["ranks"])
     if kind == "tt":
-        return TTEmbedding(c.vocab_size, c.hidden_size, spec["ranks"], **_shapes(spec, "num_shape", "dim_shape"))
+        return TTEmbedding(c.vocab_size, c.embedding_dim, spec["ranks"], **_shapes(spec, "num_shape", "dim_shape"))
     raise ValueError(f"unknown embedding type {kind!r}")
 
 
@@ -45,14 +45,14 @@ def build_lstm(c: ModelConfig, spec: dict | None = None) -> nn.Module:
     spec = spec or c.lstm
     kind = spec["type"]
     if kind == "lr_lstm":
-        return LSTM(c.hidden_size, c.hidden_size, c.num_layers, dropout=c.dropout, proj_size=int(spec["rank"]))
+        return LSTM(c.embedding_dim, c.hidden_size, c.num_layers, dropout=c.dropout, proj_size=int(spec["rank"]))
     if kind == "tt_lstm":
         layers = []
         for k, maps in enumerate(spec["maps"]):
             tt = [TTLinear(m["in_features"], 4 * c.hidden_size, m["ranks"], **_shapes(m, "in_shape", "out_shape"))
                   for m in maps]
-            layers.append(LSTMLayer(c.hidden_size, c.hidden_size, *tt))
-        return LSTM(c.hidden_size, c.hidden_size, c.num_layers, dropout=c.dropout, layers=layers)
+            layers.append(LSTMLayer(c.embedding_dim if k == 0 else c.hidden_size, c.hidden_size, *tt))
+        return LSTM(c.embedding_dim, c.hidden_size, c.num_layers, dropout=c.dropout, layers=layers)
     raise ValueError(f"unknown lstm type {kind!r}")
 
 
