@@ -1,4 +1,5 @@
-"""Regenerate the language-model results tables in docs/lm.md and README.md from results/lm_*.json.
+"""Regenerate the language-model results tables in docs/lm.md and README.md from results/lm_*.json
+(written by ``lm train``) and results/eval_*.json (``lm eval`` of the same checkpoint, re-run later).
 
     python benchmarks/lm_table.py
 """
@@ -23,18 +24,21 @@ def rows() -> list[dict]:
     for path in sorted(RESULTS.glob("lm_*.json")):
         r = json.loads(path.read_text())
         name = path.stem.removeprefix("lm_")
+        recheck = RESULTS / f"eval_{name}.json"
+        again = json.loads(recheck.read_text()) if recheck.is_file() else None
         out.append({
             "preset": name, "valid PPL": r["valid_ppl"], "test PPL": r["test_ppl"], "published test PPL": PUBLISHED.get(name, "-"),
             "parameters": f"{r['parameters']:,}", "checkpoint MB": r["checkpoint_bytes"] / 1e6,
             "tokens/s": r["tokens_per_s"], "hours": r["wall_time_s"] / 3600, "device": r["device"],
             "seed": r["seed"], "commit": r["commit"],
+            "lm eval test PPL (commit)": f"{again['test_ppl']:.2f} ({again['commit']})" if again else "-",
         })
     return out
 
 
 def main() -> None:
     columns = ["preset", "valid PPL", "test PPL", "published test PPL", "parameters", "checkpoint MB", "tokens/s",
-               "hours", "device", "seed", "commit"]
+               "hours", "device", "seed", "commit", "lm eval test PPL (commit)"]
     table = markdown_table(rows(), columns, {"valid PPL": ".2f", "test PPL": ".2f", "checkpoint MB": ".1f",
                                              "tokens/s": ".0f", "hours": ".2f"})
     for doc in ("docs/lm.md", "README.md"):
