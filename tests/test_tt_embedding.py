@@ -40,6 +40,20 @@ def test_lookups_never_build_the_table(monkeypatch):
     assert layer(torch.tensor([[3, 3, 999], [0, 3, 5]])).shape == (2, 3, 30)
 
 
+@pytest.mark.parametrize("indices", [torch.arange(400), torch.randint(0, 400, (2000,)), torch.zeros(50, dtype=torch.long)],
+                         ids=["distinct", "repeats", "one"])
+def test_lookup_paths_and_the_eval_cache_follow_the_cores(indices):
+    torch.manual_seed(0)
+    layer = TTEmbedding(400, 12, 3, dtype=torch.float64).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(indices), layer.dense_weight()[indices])
+        layer.cores[-1].mul_(2.0)  # an in-place change must drop the cached product of trailing cores
+        torch.testing.assert_close(layer(indices), layer.dense_weight()[indices])
+    layer.cores[1] = nn.Parameter(torch.randn_like(layer.cores[1]))  # so must a replaced core
+    with torch.no_grad():
+        torch.testing.assert_close(layer(indices), layer.dense_weight()[indices])
+
+
 @SETTINGS
 @given(num=st.integers(1, 50), dim=st.integers(1, 20), d=st.integers(1, 3), seed=st.integers(0, 999))
 def test_from_embedding_full_rank_is_exact(num, dim, d, seed):

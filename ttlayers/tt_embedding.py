@@ -30,8 +30,10 @@ class TTEmbedding(nn.Module):
             are padded (extra rows never looked up, extra columns sliced off).
 
     Input: integer indices of any shape (*) -> output (*, embedding_dim). A lookup never
-    builds the table: the distinct indices of the batch are split into digits, the matching
-    core slices gathered, and the slices contracted by batched matmuls.
+    builds the table: the distinct indices of the batch (every index, when fewer than half
+    repeat) are split into digits, the matching core slices gathered, and the slices
+    contracted by batched matmuls. Without gradients to the cores (eval, ``no_grad``) the
+    product of the trailing cores is cached until a core changes.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class TTEmbedding(nn.Module):
             nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], **factory))
             for k, (m, n) in enumerate(zip(self.num_shape, self.dim_shape))
         )
+        self._tails_cache: tuple[tuple, Tensor] | None = None
         self.reset_parameters()
 
     @property
@@ -110,7 +113,7 @@ class TTEmbedding(nn.Module):
         tails = indices % n_tails
         unique, inverse = torch.unique(tails, return_inverse=True)
         if n_tails <= 2 * unique.numel():
-            tail = self._all_tails().index_select(0, tails)
+            tail = self._all_tails_cached().index_select(0, tails)
         else:
             tail = self._tails(unique).index_select(0, inverse)
         out = torch.bmm(head.index_select(0, indices // n_tails), tail)  # (n, dim_shape[0], prod(dim_shape[1:]))
@@ -124,6 +127,21 @@ class TTEmbedding(nn.Module):
             product = torch.einsum("anes,smft->anmeft", product, core)
             product = product.reshape(r1, tails * core.shape[1], dims * core.shape[2], core.shape[3])
         return product[..., 0].transpose(0, 1).contiguous()
+
+    def _all_tails_cached(self) -> Tensor:
+        """``_all_tails()``, kept while no core changes (tracked by storage and in-place version) when
+        no gradient flows to the cores; rebuilt otherwise."""
+        if torch.is_grad_enabled() and any(c.requires_grad for c in self.cores):
+            return self._all_tails()
+        key = tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in self.cores)
+        if self._tails_cache is None or self._tails_cache[0] != key:
+            with torch.no_grad():
+                self._tails_cache = (key, self._all_tails())
+        return self._tails_cache[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._tails_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def _tails(self, tails: Tensor) -> Tensor:
         """Products of cores 2..d for the given tails (u,), by gathered slices: (u, r_1, prod(dim_shape[1:]))."""
@@ -149,6 +167,8 @@ class TTEmbedding(nn.Module):
         if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
             raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
                              f"got values from {int(unique[0])} to {int(unique[-1])}")
+        if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
+            return self.rows(input.reshape(-1).long()).reshape(*input.shape, self.embedding_dim)
         return self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
