@@ -24,11 +24,13 @@ dynamic programming minimises the same sum (``minimize="combo"``). The cheaper r
 is taken. Plans depend only on the batch size and the shapes, so they are computed once
 and cached (``functools.lru_cache``); no path search runs per call.
 
-A plan runs as a sequence of two-operand ``torch.einsum`` calls whose results keep
-their indices in one global order (batch, output modes, input modes, ranks). The last
-contraction then writes y directly in (batch, out) layout; opt_einsum's own executor
-(``tensordot``) can leave it transposed, which costs a strided copy of y in the
-forward and of its gradient in the backward.
+A plan runs as a sequence of pairwise products, each compiled once into permute, reshape,
+one ``mm``/``bmm`` and a view (``Pairwise``): a handful of autograd nodes per step, where
+``torch.einsum`` records about a dozen, which matters at small batches where the
+contractions are tiny. Every result keeps its indices in one global order (batch, output
+modes, input modes, ranks), so the last product writes y directly in (batch, out) layout;
+opt_einsum's own executor (``tensordot``) can leave it transposed, which costs a strided
+copy of y in the forward and of its gradient in the backward.
 """
 
 from __future__ import annotations
@@ -87,6 +89,53 @@ def _view_shapes(out_shape: Shape, in_shape: Shape, ranks: Shape) -> list[Shape]
 
 
 @dataclass(frozen=True)
+class Pairwise:
+    """``torch.einsum(equation, left, right)`` for an equation in which every index of an operand
+    is either shared with the other operand or kept, compiled to permute + reshape + (b)mm + view."""
+
+    equation: str
+    left_perm: tuple[int, ...]  # left -> (batch, left-only, contracted)
+    right_perm: tuple[int, ...]  # right -> (batch, contracted, right-only)
+    n_batch: int
+    n_left: int
+    n_right: int
+    out_perm: tuple[int, ...]  # (batch, left-only, right-only) -> the result's subscripts
+
+    @classmethod
+    def compile(cls, equation: str) -> "Pairwise":
+        terms, result = equation.split("->")
+        left, right = terms.split(",")
+        if len(set(left)) != len(left) or len(set(right)) != len(right) or not set(left) ^ set(right) <= set(result):
+            raise ValueError(f"cannot compile {equation!r} to one matmul")
+        batch = [c for c in left if c in right and c in result]
+        summed = [c for c in left if c in right and c not in result]
+        left_only = [c for c in left if c not in right]
+        right_only = [c for c in right if c not in left]
+        order = batch + left_only + right_only
+        return cls(
+            equation,
+            tuple(left.index(c) for c in batch + left_only + summed),
+            tuple(right.index(c) for c in batch + summed + right_only),
+            len(batch), len(left_only), len(right_only),
+            tuple(order.index(c) for c in result),
+        )
+
+    def __call__(self, left: Tensor, right: Tensor) -> Tensor:
+        nb, nl, nr = self.n_batch, self.n_left, self.n_right
+        a = left.permute(self.left_perm)
+        b = right.permute(self.right_perm)
+        batch, free_l = a.shape[:nb], a.shape[nb:nb + nl]
+        free_r = b.shape[b.dim() - nr:]
+        k = prod(a.shape[nb + nl:])
+        m, n = prod(free_l), prod(free_r)
+        if nb:
+            out = torch.bmm(a.reshape(-1, m, k), b.reshape(-1, k, n))
+        else:
+            out = torch.mm(a.reshape(m, k), b.reshape(k, n))
+        return out.view(batch + free_l + free_r).permute(self.out_perm)
+
+
+@dataclass(frozen=True)
 class Contraction:
     """A pairwise contraction order: ``steps`` of (i, j, equation) in opt_einsum's linear-path
     format (operands i < j leave the list, their product is appended), each result's
@@ -95,6 +144,7 @@ class Contraction:
     steps: tuple[tuple[int, int, str], ...]
     flops: int
     cost: int
+    products: tuple[Pairwise, ...] = ()
 
     @classmethod
     def plan(cls, equation: str, shapes: list[Shape], minimize: str = _OPTIMIZER) -> "Contraction":
@@ -115,13 +165,13 @@ class Contraction:
             written += prod(info.size_dict[c] for c in result)
             terms = rest + [result]
         flops = int(info.opt_cost)
-        return cls(tuple(steps), flops, flops + WRITE_COST * written)
+        return cls(tuple(steps), flops, flops + WRITE_COST * written, tuple(Pairwise.compile(s[2]) for s in steps))
 
     def __call__(self, *operands: Tensor) -> Tensor:
         operands = list(operands)
-        for i, j, equation in self.steps:
+        for (i, j, _), product in zip(self.steps, self.products):
             right, left = operands.pop(j), operands.pop(i)
-            operands.append(torch.einsum(equation, left, right))
+            operands.append(product(left, right))
         return operands[0]
 
 
