@@ -211,7 +211,10 @@ class Study:
 
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
-        r = {"method": asdict(m), "preset": self.config.preset, "overrides": self.config.overrides,
+        method = asdict(m)
+        if not m.shape:  # recipes written before methods had shapes stay valid
+            del method["shape"]
+        r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
              "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
         if m.train == "finetune":
             r["finetune"] = self.finetune
