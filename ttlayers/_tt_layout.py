@@ -69,3 +69,9 @@ def core_std(variance: float, ranks: Sequence[int]) -> float:
 def tt_size(row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int]) -> int:
     """Number of entries of the cores."""
     return sum(ranks[k] * row_shape[k] * col_shape[k] * ranks[k + 1] for k in range(len(row_shape)))
+
+
+def cores_key(cores) -> tuple:
+    """Changes whenever any core is replaced, moved, cast or modified in place (storage and
+    version counter): the key of caches built from the cores."""
+    return tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in cores)

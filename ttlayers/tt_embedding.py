@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._tt_layout import capped_ranks, check_features, core_std, mode_shapes, tt_size
+from ._tt_layout import capped_ranks, check_features, core_std, cores_key, mode_shapes, tt_size
 from .tt_contract import tt_matrix_to_dense
 from .tt_matrix import tt_matrix_svd
 
@@ -133,7 +133,7 @@ class TTEmbedding(nn.Module):
         no gradient flows to the cores; rebuilt otherwise."""
         if torch.is_grad_enabled() and any(c.requires_grad for c in self.cores):
             return self._all_tails()
-        key = tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in self.cores)
+        key = cores_key(self.cores)
         if self._tails_cache is None or self._tails_cache[0] != key:
             with torch.no_grad():
                 self._tails_cache = (key, self._all_tails())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._tt_layout import capped_ranks, check_features, core_std, mode_shapes, tt_size
+from ._tt_layout import capped_ranks, check_features, core_std, cores_key, mode_shapes, tt_size
 from .tt_contract import linear_plan, tt_linear_apply, tt_matrix_to_dense
 from .tt_matrix import tt_matrix_svd
 
@@ -127,7 +127,7 @@ class TTLinear(nn.Module):
 
     def _cached_weight(self) -> Tensor:
         """The full W, rebuilt when any core changed (tracked by storage and in-place version)."""
-        key = tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in self.cores)
+        key = cores_key(self.cores)
         if self._weight_cache is None or self._weight_cache[0] != key:
             with torch.no_grad():
                 self._weight_cache = (key, self.full_weight())
