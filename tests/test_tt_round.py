@@ -116,7 +116,8 @@ def test_rel_eps_twice_stays_within_bound(shape, ranks, seed, rel_eps):
 def test_tt_matrix_and_numpy():
     rng = np.random.default_rng(0)
     cores = [rng.standard_normal(s) for s in [(1, 2, 3, 4), (4, 3, 2, 5), (5, 2, 2, 1)]]
-    tt = TTMatrix(cores)
+    with tl.backend_context("numpy"):  # import ttlayers selected the pytorch backend
+        tt = TTMatrix(cores)
     rounded = tt_round(tt, rel_eps=0.3)
     assert isinstance(rounded, TTMatrix) and rounded.shape == tt.shape
     assert all(isinstance(c, np.ndarray) and c.dtype == np.float64 for c in rounded.factors)
