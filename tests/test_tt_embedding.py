@@ -120,3 +120,18 @@ def test_bad_input_names_the_problem():
         TTEmbedding(10, 4, 0)
     with pytest.raises(ValueError, match="num_shape"):
         TTEmbedding(100, 4, 2, num_shape=(3, 3))
+
+
+def test_padding_idx_looks_up_zeros_without_gradient():
+    source = nn.Embedding(30, 6, padding_idx=-1)
+    layer = TTEmbedding.from_embedding(source)
+    assert layer.padding_idx == 29 and "padding_idx=29" in repr(layer)
+    idx = torch.tensor([[29, 3], [29, 29]])
+    out = layer(idx)
+    assert torch.equal(out[idx == 29], torch.zeros(3, 6))
+    torch.testing.assert_close(out, layer.dense_weight()[idx])
+    torch.testing.assert_close(layer.dense_weight(), source.weight.detach(), atol=1e-5, rtol=1e-5)
+    out[idx == 29].sum().backward()
+    assert all(c.grad is None or not c.grad.any() for c in layer.cores)
+    with pytest.raises(ValueError, match="padding_idx"):
+        TTEmbedding(30, 6, 2, padding_idx=30)

@@ -28,6 +28,8 @@ class TTEmbedding(nn.Module):
         num_shape, dim_shape: factorisations of num_embeddings and embedding_dim into d
             modes; by default ``ttlayers.factorize`` with 3 modes. Sizes that factor badly
             are padded (extra rows never looked up, extra columns sliced off).
+        padding_idx: as in ``nn.Embedding``: lookups of this index give zeros and send no
+            gradient to the cores (negative values count from the end).
 
     Input: integer indices of any shape (*) -> output (*, embedding_dim). A lookup never
     builds the table: the distinct indices of the batch (every index, when fewer than half
@@ -44,6 +46,7 @@ class TTEmbedding(nn.Module):
         *,
         num_shape: Sequence[int] | None = None,
         dim_shape: Sequence[int] | None = None,
+        padding_idx: int | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -53,6 +56,11 @@ class TTEmbedding(nn.Module):
         self.embedding_dim = check_features(embedding_dim, "embedding_dim")
         self.num_shape, self.dim_shape = mode_shapes(num_embeddings, embedding_dim, num_shape, dim_shape,
                                                        "num_shape", "dim_shape")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx must be in [-{num_embeddings}, {num_embeddings}), got {padding_idx}")
+            padding_idx %= num_embeddings
+        self.padding_idx = padding_idx
         ranks = capped_ranks(rank, self.num_shape, self.dim_shape)
         self.cores = nn.ParameterList(
             nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], **factory))
@@ -85,7 +93,7 @@ class TTEmbedding(nn.Module):
         error ``||E - E_tt||_F <= rel_eps ||E||_F``; neither gives an exact copy."""
         weight = embedding.weight.detach()
         out = cls(embedding.num_embeddings, embedding.embedding_dim, 1, num_shape=num_shape, dim_shape=dim_shape,
-                  device=weight.device, dtype=weight.dtype)
+                  padding_idx=embedding.padding_idx, device=weight.device, dtype=weight.dtype)
         padded = F.pad(weight, (0, math.prod(out.dim_shape) - out.embedding_dim,
                                 0, math.prod(out.num_shape) - out.num_embeddings))
         tt = tt_matrix_svd(padded, out.num_shape, out.dim_shape, max_rank=rank, rel_eps=rel_eps)
@@ -93,8 +101,10 @@ class TTEmbedding(nn.Module):
         return out
 
     def dense_weight(self) -> Tensor:
-        """The table E: (num_embeddings, embedding_dim), differentiable in the cores."""
-        return tt_matrix_to_dense(list(self.cores))[: self.num_embeddings, : self.embedding_dim]
+        """The table E: (num_embeddings, embedding_dim), differentiable in the cores; the
+        ``padding_idx`` row is zero, as every lookup of it."""
+        table = tt_matrix_to_dense(list(self.cores))[: self.num_embeddings, : self.embedding_dim]
+        return table if self.padding_idx is None else table.index_fill(0, torch.tensor([self.padding_idx], device=table.device), 0.0)
 
     def rows(self, indices: Tensor) -> Tensor:
         """Rows of E for 1-D in-range ``indices`` (n,): (n, embedding_dim), built from core slices.
@@ -168,10 +178,15 @@ class TTEmbedding(nn.Module):
             raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
                              f"got values from {int(unique[0])} to {int(unique[-1])}")
         if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
-            return self.rows(input.reshape(-1).long()).reshape(*input.shape, self.embedding_dim)
-        return self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
+            out = self.rows(input.reshape(-1).long()).reshape(*input.shape, self.embedding_dim)
+        else:
+            out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
+        if self.padding_idx is not None:  # zero, and no gradient to the cores, as nn.Embedding's padding row
+            out = out.masked_fill((input == self.padding_idx).unsqueeze(-1), 0.0)
+        return out
 
     def extra_repr(self) -> str:
         ratio = self.num_embeddings * self.embedding_dim / tt_size(self.num_shape, self.dim_shape, self.ranks)
         return (f"{self.num_embeddings}, {self.embedding_dim}, num_shape={self.num_shape}, "
-                f"dim_shape={self.dim_shape}, ranks={self.ranks}, compression={ratio:.1f}x")
+                f"dim_shape={self.dim_shape}, ranks={self.ranks}, compression={ratio:.1f}x"
+                + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""))
