@@ -48,7 +48,7 @@ def run_tiny_study(tmp_path, methods):
 @pytest.mark.slow
 def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
-    assert len(rows) == 21 and all(1 < r["test_ppl"] < 10_000 for r in rows.values())
+    assert len(rows) == 22 and all(1 < r["test_ppl"] < 10_000 for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
