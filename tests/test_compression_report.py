@@ -29,6 +29,9 @@ def test_targets_and_page(tmp_path):
     assert t["8-bit"]["met"] == "yes"
     assert t["<="]["met"] == "yes" and t["<="]["model"] == "tiny_good"
     assert t["moonshot:"]["met"] == "no"
+    assert "(control)" not in t  # no fine-tuned dense model, no control row
+    controlled = {x["target"].split(" ")[0]: x for x in targets(rows + [row("dense_ft", 18.6, 101.0)], "small")}
+    assert controlled["(control)"]["met"] == "no" and controlled["(control)"]["gap"] == "+7.00 PPL"
     assert t["Pareto"]["measured"].startswith("5/")  # Table 1 and the TT-LSTM, not the medium-class points
     payload = {"rows": rows, "preset": "small", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                "plot": "p.png", "targets": targets(rows, "small")}
