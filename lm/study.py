@@ -177,8 +177,8 @@ class Study:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
         # dependencies first: dense (unless every method trains from scratch), and every base
-        needs_dense = any(known[n].train != "scratch" for n in names)
-        order = ["dense"] * needs_dense + [n for n in names if n != "dense"]
+        self.needs_dense = bool(config.checkpoint) or any(known[n].train != "scratch" for n in names)
+        order = ["dense"] * self.needs_dense + [n for n in names if n != "dense"]
         for n in list(order):
             if known[n].base and known[n].base not in order:
                 order.insert(order.index(n), known[n].base)
@@ -301,7 +301,7 @@ class Study:
     def run(self) -> dict:
         """Run the selected methods, then report on them and on every other finished one."""
         torch.manual_seed(self.cfg.seed)
-        if self.config.checkpoint or self.methods[0].name == "dense":
+        if self.needs_dense:
             dense = self.dense_model()
         else:  # only from-scratch methods: an untrained dense model gives their shapes
             dense = LanguageModel(self.cfg.model, self.corpus.vocab)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from math import prod
 
 import opt_einsum as oe
 import torch
@@ -46,12 +47,6 @@ Shape = tuple[int, ...]
 
 WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
 _OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
-
-def prod(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 def _core_subscripts(d: int) -> tuple[list[str], str, str]:
@@ -137,14 +132,13 @@ class Pairwise:
 
 @dataclass(frozen=True)
 class Contraction:
-    """A pairwise contraction order: ``steps`` of (i, j, equation) in opt_einsum's linear-path
-    format (operands i < j leave the list, their product is appended), each result's
-    subscripts sorted."""
+    """A pairwise contraction order: ``steps`` of (i, j, product) in opt_einsum's linear-path
+    format (operands i < j leave the list, their ``Pairwise`` product is appended), each
+    result's subscripts sorted."""
 
-    steps: tuple[tuple[int, int, str], ...]
+    steps: tuple[tuple[int, int, Pairwise], ...]
     flops: int
     cost: int
-    products: tuple[Pairwise, ...] = ()
 
     @classmethod
     def plan(cls, equation: str, shapes: list[Shape], minimize: str = _OPTIMIZER) -> "Contraction":
@@ -161,15 +155,15 @@ class Contraction:
             rest = [t for k, t in enumerate(terms) if k not in (i, j)]
             needed = set(output).union(*rest)
             result = "".join(sorted((set(terms[i]) | set(terms[j])) & needed))
-            steps.append((i, j, f"{terms[i]},{terms[j]}->{result}"))
+            steps.append((i, j, Pairwise.compile(f"{terms[i]},{terms[j]}->{result}")))
             written += prod(info.size_dict[c] for c in result)
             terms = rest + [result]
         flops = int(info.opt_cost)
-        return cls(tuple(steps), flops, flops + WRITE_COST * written, tuple(Pairwise.compile(s[2]) for s in steps))
+        return cls(tuple(steps), flops, flops + WRITE_COST * written)
 
     def __call__(self, *operands: Tensor) -> Tensor:
         operands = list(operands)
-        for (i, j, _), product in zip(self.steps, self.products):
+        for i, j, product in self.steps:
             right, left = operands.pop(j), operands.pop(i)
             operands.append(product(left, right))
         return operands[0]
