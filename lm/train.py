@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data import Corpus, batchify, bptt_windows
+from .distill import Distillation
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
 from .results import stamp, write_json
@@ -60,11 +61,14 @@ def train(
     results_path: str | os.PathLike | None = None,
     progress: bool = True,
     model: LanguageModel | None = None,
+    distill: Distillation | None = None,
 ) -> dict:
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
     Writes ``out_dir/model.pt`` (the artifact) and ``out_dir/train_state.pt`` after
-    every epoch; ``resume=True`` continues from the last finished epoch.
+    every epoch; ``resume=True`` continues from the last finished epoch. ``distill``
+    adds a teacher's soft targets to the loss (``lm.distill``); the reported training
+    perplexity stays the cross-entropy's.
     """
     rank, world = _distributed()
     if cfg.batch_size % world:
@@ -92,6 +96,7 @@ def train(
         torch.set_rng_state(saved["rng"])
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    teacher = distill.teacher.to(device).eval() if distill else None
 
     steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)
     for epoch in range(start_epoch, cfg.epochs):
@@ -99,7 +104,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         net.train()
-        state, total, count, tic = None, 0.0, 0, time.time()
+        state, teacher_state, total, count, tic = None, None, 0.0, 0, time.time()
         bar = tqdm(bptt_windows(train_data, cfg.bptt), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=2.0, disable=not progress or rank != 0)
         for step, (inputs, targets) in enumerate(bar):
@@ -107,6 +112,10 @@ def train(
             state = detach(state)
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
             value = loss.item()
+            if teacher is not None:
+                with torch.no_grad():
+                    soft, teacher_state = teacher(inputs, teacher_state)
+                loss = distill.loss(loss, logits, soft)
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}, lr {lr}: "

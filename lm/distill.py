@@ -1,0 +1,48 @@
+"""Knowledge distillation (Hinton et al., 2015) from a dense teacher while fine-tuning a compressed model.
+
+The student's loss mixes the usual cross-entropy with the teacher's softened
+next-word distribution: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``,
+where ``_T`` is a softmax at temperature ``T`` (the ``T^2`` keeps the gradient scale of
+the soft term independent of ``T``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Distillation:
+    """A teacher (any model with the student's ``forward(tokens, state)``) and the loss mix."""
+
+    teacher: nn.Module
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
+
+    def loss(self, cross_entropy: Tensor, student: Tensor, teacher: Tensor) -> Tensor:
+        """The mixed loss from the student's cross-entropy and both models' logits (..., vocab)."""
+        return (1 - self.alpha) * cross_entropy + self.alpha * soft_target_loss(student, teacher, self.temperature)
+
+
+def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over tokens.
+
+    student, teacher: logits (..., vocab) of the same shape; zero exactly where the two
+    agree up to a constant per token. No gradient flows to the teacher.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    vocab = student.shape[-1]
+    log_p = torch.log_softmax(student.reshape(-1, vocab) / temperature, -1)
+    log_q = torch.log_softmax(teacher.detach().reshape(-1, vocab) / temperature, -1)
+    return temperature**2 * nn.functional.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
