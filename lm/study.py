@@ -31,6 +31,7 @@ from .compression.latency import compare
 from .compression.surgery import compress_model, set_dropout
 from .config import TrainConfig, preset
 from .data import Corpus
+from .distill import Distillation
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters
 from .results import ROOT, stamp, write_json
@@ -47,7 +48,8 @@ class Method:
     trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
     start from another method's finished model instead of the dense one; ``shape``:
     ``ModelConfig`` fields of a from-scratch model (e.g. ``embedding_size``), applied
-    after ``compress`` has set the layer specs.
+    after ``compress`` has set the layer specs; ``distill``: ``{"alpha", "temperature"}`` of
+    ``lm.distill.Distillation``, fine-tuning with the dense model as the teacher.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Method:
     quant: str | None = None
     base: str | None = None
     shape: dict = field(default_factory=dict)
+    distill: dict | None = None
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
@@ -68,6 +71,7 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
     r_emb = max(4, round(h / 4))
     gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
     tt = {"type": "tt", "rank": 16}
+    kd = {"alpha": 0.5, "temperature": 2.0}
     return [
         Method("dense", "dense", "the trained dense model, float32"),
         Method("q8", "quantized", "8-bit, 256 equal intervals per tensor, one byte per number (paper)", quant="q8"),
@@ -103,12 +107,19 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
         Method("lr_all_ft", "LR-LSTM+GroupReduce", f"LR-LSTM r={r_lstm} with GroupReduce embedding and softmax, fine-tuned",
                compress={"embedding": gr, "lstm": {"type": "lr_lstm", "rank": r_lstm}, "decoder": gr}, train="finetune"),
         Method("lr_all_ft_q8", "LR-LSTM+GroupReduce+quantized", "lr_all_ft stored in 8 bits", quant="q8", base="lr_all_ft"),
+        Method("lr_lstm_ft_kd", "LR-LSTM", "lr_lstm_ft distilled from the dense model (alpha 0.5, T 2)",
+               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="finetune", distill=kd),
+        Method("lr_all_ft_kd", "LR-LSTM+GroupReduce", "lr_all_ft distilled from the dense model (alpha 0.5, T 2)",
+               compress={"embedding": gr, "lstm": {"type": "lr_lstm", "rank": r_lstm}, "decoder": gr}, train="finetune",
+               distill=kd),
         Method("lr_lstm_scratch", "LR-LSTM", f"LR-LSTM r={r_lstm} trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="scratch"),
         Method("lr_paper_scratch", "LR-LSTM",
                f"the paper's LR-LSTM: {r_lstm}-dim embedding, LR-LSTM r={r_lstm}, softmax from the projection, "
                "trained from scratch", compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}},
                shape={"embedding_size": r_lstm}, train="scratch"),
+        Method("lr_paper_scratch_q8", "LR-LSTM+quantized", "lr_paper_scratch stored in 8 bits", quant="q8",
+               base="lr_paper_scratch"),
         Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
     ]
@@ -176,13 +187,14 @@ class Study:
         unknown = sorted(set(names) - set(known))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
-        # dependencies first: dense (unless every method trains from scratch), and every base
-        self.needs_dense = bool(config.checkpoint) or any(known[n].train != "scratch" for n in names)
-        order = ["dense"] * self.needs_dense + [n for n in names if n != "dense"]
+        # dependencies first: every base, and dense unless every method starts from scratch or from a base
+        order = [n for n in names if n != "dense"]
         for n in list(order):
             if known[n].base and known[n].base not in order:
                 order.insert(order.index(n), known[n].base)
-        self.methods = [known[n] for n in order]
+        self.needs_dense = bool(config.checkpoint) or "dense" in names or any(
+            not known[n].base and known[n].train != "scratch" for n in order)
+        self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
 
     # -- pieces ---------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -212,8 +224,9 @@ class Study:
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
         method = asdict(m)
-        if not m.shape:  # recipes written before methods had shapes stay valid
-            del method["shape"]
+        for key in ("shape", "distill"):  # recipes written before methods had these fields stay valid
+            if not method[key]:
+                del method[key]
         r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
              "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
         if m.train == "finetune":
@@ -240,6 +253,7 @@ class Study:
             train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
             return model.eval()
         model = compress_model(dense, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(dense)
+        kd = Distillation(dense, **m.distill) if m.distill else None
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])
         gradual = m.prune and m.prune.get("gradual")
@@ -252,10 +266,10 @@ class Study:
                 pruning.prune_model(model, amount, m.prune["layers"], m.prune.get("scope", "layer"))
                 cfg = replace(self.finetune_config(model, 1), lr=self.finetune["lr"] * 0.5 ** epoch)
                 train(cfg, out / f"epoch{epoch + 1}", data_dir=self.config.data_dir, progress=self.config.progress,
-                      model=model)
+                      model=model, distill=kd)
         elif m.train == "finetune":
             train(self.finetune_config(model), out, data_dir=self.config.data_dir, resume=True,
-                  progress=self.config.progress, model=model)
+                  progress=self.config.progress, model=model, distill=kd)
         if m.prune:
             pruning.finalize(model)
         if m.train == "finetune":
@@ -330,6 +344,8 @@ class Study:
         payload["targets"] = report.targets(payload["rows"], self.config.preset)
         write_json(out / f"{name}.json", payload)
         (out / f"{name}.md").write_text(report.markdown(payload))
+        if self.config.preset in report.FRONT_PRESETS:
+            report.write_front(out)
         return payload
 
 

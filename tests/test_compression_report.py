@@ -1,7 +1,9 @@
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.compression.report import PAPER, markdown, pareto_front, plot, targets
+from lm.compression.report import PAPER, markdown, pareto_front, plot, targets, write_front
 
 
 def row(name, size_mb, ppl, family="x"):
@@ -38,3 +40,36 @@ def test_targets_and_page(tmp_path):
     page = markdown(payload)
     assert "| q8 | 4.690 |" in page and "118.20" in page and all(p["model"] in page for p in PAPER)
     assert plot(rows, tmp_path / "p.png", "t").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_medium_targets_take_the_best_row_of_the_family_under_the_size():
+    rows = [row("lr_paper_scratch", 16.5, 95.0, "LR-LSTM"), row("lr_big", 20.0, 85.0, "LR-LSTM"),
+            row("lr_paper_scratch_q8", 4.2, 95.5, "LR-LSTM+quantized"), row("dense", 79.0, 82.0, "dense")]
+    t = {x["target"].split(" ")[0]: x for x in targets(rows, "medium")}
+    assert t["LR-LSTM"]["model"] == "lr_paper_scratch" and t["LR-LSTM"]["gap"] == "+2.10 PPL"
+    assert t["TT-LSTM"]["met"] == "not run"
+    assert t["moonshot:"]["model"] == "lr_paper_scratch_q8" and t["moonshot:"]["gap"] == "+10.50 PPL"
+    assert "pruned" not in t and "8-bit" not in t  # Table 1 targets belong to the small preset
+    page = markdown({"rows": rows, "preset": "medium", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
+                     "plot": "p.png", "targets": targets(rows, "medium")})
+    assert "| lr_paper_scratch | 16.500 |" in page and "| 16.8 | 92.89 |" in page
+    assert "| dense | 79.000 |" in page and "| 79.1 | 82.07 |" in page
+
+
+def test_front_merges_the_presets_and_judges_the_cross_preset_targets(tmp_path):
+    def payload(preset, rows):
+        return {"preset": preset, "commit": "c0ffee", "date": "today", "seed": 1, "rows": rows}
+
+    assert write_front(tmp_path) is None and not (tmp_path / "study_front.md").exists()
+    (tmp_path / "study_small.json").write_text(json.dumps(payload("small", [row("q8", 4.7, 113.0)])))
+    (tmp_path / "study_medium.json").write_text(json.dumps(payload("medium", [row("lr_q8", 4.2, 84.0),
+                                                                              row("dense", 79.0, 80.0)])))
+    (tmp_path / "study_tiny.json").write_text(json.dumps(payload("tiny", [row("x", 0.1, 1.0)])))  # not a real model
+    front = write_front(tmp_path)
+    assert [r["name"] for r in front["rows"]] == ["small:q8", "medium:lr_q8", "medium:dense"]
+    t = {x["target"].split(" ")[0]: x for x in front["targets"]}
+    assert t["moonshot:"]["met"] == "yes" and t["moonshot:"]["model"] == "medium:lr_q8"
+    assert t["Pareto"]["measured"] == "8/8 published points dominated"
+    page = (tmp_path / "study_front.md").read_text()
+    assert "study_small.md" in page and "| medium:lr_q8 | 4.200 | 84.00 |" in page
+    assert (tmp_path / "study_front.png").read_bytes()[:4] == b"\x89PNG"

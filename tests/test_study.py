@@ -31,9 +31,9 @@ def short_corpus(corpus, monkeypatch):  # noqa: F811
 
 
 # one method of every kind of code path: storage only, pruning (LSTM too, gradual), a base chain,
-# GroupReduce, LR-LSTM, TT layers fine-tuned and trained from scratch
-SOME = ["q8", "prune_dec90", "prune_all90_gradual_ft", "groupreduce_ft_q8", "lr_all_ft", "tt_embdec_ft",
-        "tt_lstm_scratch"]
+# GroupReduce, LR-LSTM (also distilled), TT layers fine-tuned and trained from scratch
+SOME = ["q8", "prune_dec90", "prune_all90_gradual_ft", "groupreduce_ft_q8", "lr_all_ft", "lr_lstm_ft_kd",
+        "tt_embdec_ft", "tt_lstm_scratch"]
 
 
 def run_tiny_study(tmp_path, methods):
@@ -48,7 +48,7 @@ def run_tiny_study(tmp_path, methods):
 @pytest.mark.slow
 def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
-    assert len(rows) == 22 and all(1 < r["test_ppl"] < 10_000 for r in rows.values())
+    assert len(rows) == 25 and all(1 < r["test_ppl"] < 10_000 for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -68,6 +68,10 @@ def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
     page = (tmp_path / "report" / "study_tiny.md").read_text()
     assert "117.66" in page and "| q8 |" in page and "## Targets" in page
     assert (tmp_path / "report" / "study_tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "report" / "study_front.md").exists()  # the tiny preset is no model of the paper's
+    recipe = json.loads((tmp_path / "runs" / "lr_lstm_ft_kd" / "result.json").read_text())["recipe"]
+    assert recipe["method"]["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    assert "distill" not in json.loads((tmp_path / "runs" / "lr_all_ft" / "result.json").read_text())["recipe"]["method"]
     # a second run reuses every finished method
     stamps = {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in rows}
     main(args + ["--methods", "q8", "lr_all_ft"])
@@ -114,8 +118,9 @@ def test_budget_search_finds_the_mildest_fitting_setting(quant):
 
 
 def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus):
-    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch"])
-    assert set(rows) == {"lr_paper_scratch"} and not (tmp_path / "runs" / "dense").exists()
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch_q8"])  # its base is trained from scratch
+    assert set(rows) == {"lr_paper_scratch", "lr_paper_scratch_q8"} and not (tmp_path / "runs" / "dense").exists()
+    assert rows["lr_paper_scratch_q8"]["size_bytes"] < rows["lr_paper_scratch"]["size_bytes"] / 3
     model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz")
     r = model.lstm.proj_size
     # the paper's LR-LSTM: an r-dim embedding feeds the first layer, the softmax reads the r-dim projection

@@ -6,22 +6,29 @@ every other number comes from the study's results rows.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
 
+# ``preset``: the study preset whose rows sit beside the published one; ``ours``: those rows' method names
 PAPER = [
-    {"key": "small", "model": "small 200-200", "size_mb": 18.6, "test_ppl": 117.66, "ours": "dense"},
+    {"key": "small", "model": "small 200-200", "size_mb": 18.6, "test_ppl": 117.66, "preset": "small",
+     "ours": ("dense",)},
     {"key": "pruned", "model": "output layer pruned 90%, no retraining", "size_mb": 5.5, "test_ppl": 149.3,
-     "ours": "prune_dec90"},
+     "preset": "small", "ours": ("prune_dec90",)},
     {"key": "pruned_ft", "model": "output layer pruned 90%, retrained", "size_mb": 5.5, "test_ppl": 121.1,
-     "ours": "prune_dec90_ft"},
-    {"key": "q8", "model": "8-bit quantization", "size_mb": 4.7, "test_ppl": 118.2, "ours": "q8"},
-    {"key": "medium", "model": "medium 650-650", "size_mb": 79.1, "test_ppl": 82.07, "ours": None},
-    {"key": "lr_lstm_650", "model": "LR-LSTM 650-650, r=128", "size_mb": 16.8, "test_ppl": 92.89, "ours": "lr_lstm_ft"},
-    {"key": "tt_lstm_600", "model": "TT-LSTM 600-600", "size_mb": 50.4, "test_ppl": 168.64, "ours": "tt_lstm_ft"},
-    {"key": "lr_lstm_1500", "model": "LR-LSTM 1500-1500", "size_mb": 94.9, "test_ppl": 89.46, "ours": None},
+     "preset": "small", "ours": ("prune_dec90_ft",)},
+    {"key": "q8", "model": "8-bit quantization", "size_mb": 4.7, "test_ppl": 118.2, "preset": "small", "ours": ("q8",)},
+    {"key": "medium", "model": "medium 650-650", "size_mb": 79.1, "test_ppl": 82.07, "preset": "medium",
+     "ours": ("dense",)},
+    {"key": "lr_lstm_650", "model": "LR-LSTM 650-650, r=128", "size_mb": 16.8, "test_ppl": 92.89, "preset": "medium",
+     "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
+    {"key": "tt_lstm_600", "model": "TT-LSTM 600-600", "size_mb": 50.4, "test_ppl": 168.64, "preset": "medium",
+     "ours": ("tt_lstm_ft", "tt_lstm_scratch")},
+    {"key": "lr_lstm_1500", "model": "LR-LSTM 1500-1500", "size_mb": 94.9, "test_ppl": 89.46, "preset": "large",
+     "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
 ]
 
 
@@ -45,14 +52,15 @@ def targets(rows: list[dict], preset: str) -> list[dict]:
                     "measured": f"{row['test_ppl']:.2f} PPL, {row['size_mb']:.2f} MB" if row else "-",
                     "met": "yes" if ok else ("no" if ok is not None else "not run"), "gap": gap if ok is False else ""})
 
-    def best_under(mb: float) -> dict | None:
-        fit = [r for r in rows if r["size_mb"] <= mb]
+    def best_under(mb: float, family: str = "") -> dict | None:
+        fit = [r for r in rows if r["size_mb"] <= mb and family in r["family"]]
         return min(fit, key=lambda r: r["test_ppl"]) if fit else None
 
+    def bar(target: str, r: dict | None, ppl: float) -> None:
+        add(target, r, r["test_ppl"] <= ppl if r else None, f"{r['test_ppl'] - ppl:+.2f} PPL" if r else "")
+
     if preset == "small":
-        r = by.get("prune_dec90_ft")
-        add("pruned 90% + retrained <= 121.1 PPL", r, r and r["test_ppl"] <= 121.1,
-            f"{r['test_ppl'] - 121.1:+.2f} PPL" if r else "")
+        bar("pruned 90% + retrained <= 121.1 PPL", by.get("prune_dec90_ft"), 121.1)
         r = by.get("q8")
         ok = r and r["test_ppl"] <= 118.2 and r["size_mb"] <= 4.7
         add("8-bit <= 118.2 PPL at <= 4.7 MB", r, ok,
@@ -67,6 +75,9 @@ def targets(rows: list[dict], preset: str) -> list[dict]:
             ok = r is not None and r["test_ppl"] < control["test_ppl"]
             add(f"(control) <= 4.7 MB and better than dense fine-tuned alike ({control['test_ppl']:.2f})", r, ok,
                 f"{r['test_ppl'] - control['test_ppl']:+.2f} PPL" if r else "nothing <= 4.7 MB")
+    if preset == "medium":
+        bar("LR-LSTM <= 92.9 PPL at <= 16.8 MB", best_under(16.8, "LR-LSTM"), 92.9)
+        bar("TT-LSTM <= 100 PPL at <= 12 MB", best_under(12.0, "TT-LSTM"), 100.0)
     r = best_under(5.0)
     add("moonshot: <= 5 MB at <= 85 PPL", r, r is not None and r["test_ppl"] <= 85,
         f"{r['test_ppl'] - 85:+.2f} PPL" if r else "nothing <= 5 MB")
@@ -85,7 +96,7 @@ def _fmt(v, spec: str) -> str:
 def markdown(payload: dict) -> str:
     """The report page: results table with the paper beside ours, the targets, the provenance."""
     rows, preset = payload["rows"], payload["preset"]
-    paper = {p["ours"]: p for p in PAPER if p["ours"] and (preset == "small" or p["key"] not in ("small", "pruned", "pruned_ft", "q8"))}
+    paper = {name: p for p in PAPER if p["preset"] == preset for name in p["ours"]}
     dense = next((r for r in rows if r["name"] == "dense"), None)
     lines = [
         f"# Compression study: preset `{preset}`", "",
@@ -153,3 +164,43 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+FRONT_PRESETS = ("small", "medium", "large")
+
+
+def front(payloads: list[dict]) -> dict:
+    """Every preset's rows on one size-perplexity plane, named ``<preset>:<method>``, with the
+    targets that span presets (the moonshot and the Pareto front against every published point)."""
+    rows = [{**r, "name": f"{p['preset']}:{r['name']}", "label": f"{p['preset']}:{r['label']}"}
+            for p in payloads for r in p["rows"]]
+    sources = [{"preset": p["preset"], "commit": p["commit"], "date": p["date"], "seed": p["seed"]} for p in payloads]
+    return {"sources": sources, "rows": rows, "targets": targets(rows, "all"), "paper": PAPER}
+
+
+def front_markdown(payload: dict, plot_name: str) -> str:
+    lines = ["# Compression study: every preset on one front", "",
+             "Regenerated from the per-preset reports each time `python -m lm study` writes one:"]
+    lines += [f"- [`study_{s['preset']}`](study_{s['preset']}.md): commit `{s['commit']}`, {s['date']}, seed {s['seed']}"
+              for s in payload["sources"]]
+    lines += ["", "## Pareto front (size, test PPL)", "", "| model | size MB | test PPL |", "|---|---|---|"]
+    lines += [f"| {r['label']} | {r['size_mb']:.3f} | {r['test_ppl']:.2f} |" for r in pareto_front(payload["rows"])]
+    lines += ["", "## Targets across presets", "", "| target | model | measured | met | gap |", "|---|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |" for t in payload["targets"]]
+    lines += ["", f"![size vs perplexity, every preset]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_front(report_dir: str | Path) -> dict | None:
+    """Merge ``study_{small,medium,large}.json`` of ``report_dir`` into ``study_front.{json,md,png}``;
+    None (and nothing written) when no such report exists."""
+    report_dir = Path(report_dir)
+    paths = [report_dir / f"study_{p}.json" for p in FRONT_PRESETS]
+    payloads = [json.loads(path.read_text()) for path in paths if path.is_file()]
+    if not payloads:
+        return None
+    payload = front(payloads)
+    image = plot(payload["rows"], report_dir / "study_front.png", "PTB, every preset: size vs test perplexity")
+    (report_dir / "study_front.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (report_dir / "study_front.md").write_text(front_markdown(payload, image.name))
+    return payload
