@@ -8,6 +8,7 @@ from lm.compression.prune import finalize, prune_model
 from lm.compression.quantize import dequantize, fake_quantize_, int8_dynamic, quantize_uniform
 from lm.config import ModelConfig
 from lm.model import LanguageModel
+from ttlayers.lstm import LSTM
 
 VOCAB = [f"w{i}" for i in range(60)]
 
@@ -108,3 +109,14 @@ def test_int8_dynamic_runs_and_is_close():
     tokens = torch.randint(0, 60, (5, 2))
     assert (q(tokens)[0] - m(tokens)[0]).abs().max() < 0.05
     assert not any(isinstance(x, torch.nn.Linear) and type(x) is torch.nn.Linear for x in q.modules())
+
+
+def test_int8_dynamic_keeps_a_projected_lstm_fused():
+    m = model(hidden=16, lstm={"type": "dense"})
+    m.lstm = LSTM(16, 16, 2, proj_size=4)
+    m.decoder = torch.nn.Linear(4, 60)
+    q = int8_dynamic(m)
+    assert all(layer.is_dense for layer in q.lstm.layers)  # the fused torch.lstm call still applies
+    assert type(q.decoder) is torch.ao.nn.quantized.dynamic.Linear
+    tokens = torch.randint(0, 60, (5, 2))
+    assert (q(tokens)[0] - m(tokens)[0]).abs().max() < 0.05

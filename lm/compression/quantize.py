@@ -62,9 +62,9 @@ def fake_quantize_(model: nn.Module, per_channel: bool = False) -> nn.Module:
 
 
 def _torch_lstm(lstm: nn.Module) -> nn.LSTM:
-    """``torch.nn.LSTM`` copy of a dense ``ttlayers.LSTM`` (its maps are all ``nn.Linear``)."""
+    """``torch.nn.LSTM`` copy of a dense ``ttlayers.LSTM`` without projections (its maps are all ``nn.Linear``)."""
     out = nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers, bias=lstm.bias, dropout=lstm.dropout,
-                  batch_first=lstm.batch_first, proj_size=getattr(lstm, "proj_size", 0))
+                  batch_first=lstm.batch_first)
     with torch.no_grad():
         for k, layer in enumerate(lstm.layers):
             getattr(out, f"weight_ih_l{k}").copy_(layer.input_map.weight)
@@ -72,8 +72,6 @@ def _torch_lstm(lstm: nn.Module) -> nn.LSTM:
             if lstm.bias:
                 getattr(out, f"bias_ih_l{k}").copy_(layer.input_map.bias)
                 getattr(out, f"bias_hh_l{k}").copy_(layer.recurrent_map.bias)
-            if out.proj_size:
-                getattr(out, f"weight_hr_l{k}").copy_(layer.projection.weight)
     return out
 
 
@@ -81,15 +79,22 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with int8 dynamically quantized ``nn.Linear`` and ``nn.LSTM`` modules.
 
     A dense ``ttlayers.LSTM`` without projections is first swapped for ``torch.nn.LSTM``
-    (same calling convention) so that torch's quantized LSTM kernel runs it; other LSTMs
-    keep their per-step loop with int8 ``nn.Linear`` maps.
+    (same calling convention) so that torch's quantized LSTM kernel runs it. A dense one
+    with projections (the LR-LSTM) stays float: torch has no quantized kernel for it, and
+    int8 maps would turn its fused ``torch.lstm`` call into a per-step loop of small
+    products, about twice as slow at batch 1. Factorised LSTMs (TT) run their per-step
+    loop anyway and get int8 ``nn.Linear`` maps where they have any.
     """
     model = copy.deepcopy(model).eval()
+    spec: dict = {nn.Linear: torch.ao.quantization.default_dynamic_qconfig,
+                  nn.LSTM: torch.ao.quantization.default_dynamic_qconfig}
     lstm = getattr(model, "lstm", None)
-    if (lstm is not None and not getattr(lstm, "proj_size", 0)  # torch's quantized LSTM has no projections
-            and all(getattr(layer, "is_dense", False) for layer in getattr(lstm, "layers", []))):
-        model.lstm = _torch_lstm(lstm)
+    if lstm is not None and all(getattr(layer, "is_dense", False) for layer in getattr(lstm, "layers", [None])):
+        if getattr(lstm, "proj_size", 0):
+            spec.update({f"lstm.{name}": None for name, _ in lstm.named_modules() if name})
+        else:
+            model.lstm = _torch_lstm(lstm)
     with warnings.catch_warnings():
         # torch.ao warns that it will move to torchao; it is the quantize_dynamic of the pinned torch
         warnings.simplefilter("ignore", (UserWarning, DeprecationWarning))
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
