@@ -136,12 +136,12 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     families = sorted({r["family"] for r in rows})
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")  # one colour a family, up to 20
     for k, fam in enumerate(families):
         pts = [r for r in rows if r["family"] == fam]
-        ax.scatter([r["size_mb"] for r in pts], [r["test_ppl"] for r in pts], color=cmap(k % 10), label=fam, zorder=3)
+        ax.scatter([r["size_mb"] for r in pts], [r["test_ppl"] for r in pts], color=cmap(k % 20), label=fam, zorder=3)
         for r in pts:
             ax.annotate(r["name"], (r["size_mb"], r["test_ppl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(rows)
@@ -157,7 +157,7 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("test perplexity")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
