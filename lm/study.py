@@ -331,9 +331,12 @@ class Study:
     def write_report(self, rows: list[dict]) -> dict:
         out = Path(self.config.report_dir)
         name = f"study_{self.config.preset}"
+        # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself
+        provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},
+                           self.cfg.seed)
         plot = report.plot(rows, out / f"{name}.png", f"PTB, preset {self.config.preset}: size vs test perplexity")
         payload = {
-            **stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune}, self.cfg.seed),
+            **provenance,
             "preset": self.config.preset,
             "eval": f"first {self.config.eval_tokens} tokens of valid/test" if self.config.eval_tokens
             else "whole valid/test streams, lm.evaluate.perplexity",
