@@ -111,14 +111,15 @@ def train(
             logits, state = net(inputs, state)
             state = detach(state)
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-            value = loss.item()
+            value = loss.item()  # the cross-entropy, reported
             if teacher is not None:
                 with torch.no_grad():
                     soft, teacher_state = teacher(inputs, teacher_state)
                 loss = distill.loss(loss, logits, soft)
-            if not math.isfinite(value):
+            trained = value if teacher is None else loss.item()  # a NaN in the soft term must stop training too
+            if not math.isfinite(trained):
                 raise TrainingDiverged(
-                    f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}, lr {lr}: "
+                    f"non-finite loss ({trained}) at epoch {epoch + 1}, step {step + 1}, lr {lr}: "
                     f"lower --lr or --clip, or check the data; the last good checkpoint is {model_path}"
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -112,7 +112,7 @@ def test_int8_dynamic_runs_and_is_close():
 
 
 def test_int8_dynamic_keeps_a_projected_lstm_fused():
-    m = model(hidden=16, lstm={"type": "dense"})
+    m = model(hidden=16)
     m.lstm = LSTM(16, 16, 2, proj_size=4)
     m.decoder = torch.nn.Linear(4, 60)
     q = int8_dynamic(m)

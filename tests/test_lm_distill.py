@@ -8,7 +8,7 @@ from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.config import preset
 from lm.distill import Distillation, soft_target_loss
-from lm.train import build_model, train
+from lm.train import TrainingDiverged, build_model, train
 
 
 @settings(max_examples=30, deadline=None)
@@ -62,3 +62,12 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_cross_entropy_do
     with torch.no_grad():
         before = soft_target_loss(untrained(window)[0], teacher(window)[0], 1.0).item()
     assert gap_after(1.0) < before < gap_after(0.0)
+
+
+def test_a_teacher_with_non_finite_logits_stops_training(tmp_path, corpus):
+    cfg = preset("tiny", max_train_tokens=2000, epochs=1)
+    teacher = build_model(cfg, corpus.vocab)
+    with torch.no_grad():
+        teacher.decoder.bias[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at epoch 1, step 1,"):  # before any NaN step
+        train(cfg, tmp_path, model=build_model(cfg, corpus.vocab), progress=False, distill=Distillation(teacher))

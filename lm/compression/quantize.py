@@ -81,16 +81,17 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     A dense ``ttlayers.LSTM`` without projections is first swapped for ``torch.nn.LSTM``
     (same calling convention) so that torch's quantized LSTM kernel runs it. A dense one
     with projections (the LR-LSTM) stays float: torch has no quantized kernel for it, and
-    int8 maps would turn its fused ``torch.lstm`` call into a per-step loop of small
-    products, about twice as slow at batch 1. Factorised LSTMs (TT) run their per-step
+    int8 maps would turn its fused ``torch.lstm`` call into a slower per-step loop of
+    small products. Factorised LSTMs (TT) run their per-step
     loop anyway and get int8 ``nn.Linear`` maps where they have any.
     """
     model = copy.deepcopy(model).eval()
     spec: dict = {nn.Linear: torch.ao.quantization.default_dynamic_qconfig,
                   nn.LSTM: torch.ao.quantization.default_dynamic_qconfig}
-    lstm = getattr(model, "lstm", None)
-    if lstm is not None and all(getattr(layer, "is_dense", False) for layer in getattr(lstm, "layers", [None])):
-        if getattr(lstm, "proj_size", 0):
+    layers = getattr(getattr(model, "lstm", None), "layers", None)  # a ttlayers.LSTM's
+    if layers and all(layer.is_dense for layer in layers):
+        lstm = model.lstm
+        if lstm.proj_size:
             spec.update({f"lstm.{name}": None for name, _ in lstm.named_modules() if name})
         else:
             model.lstm = _torch_lstm(lstm)
