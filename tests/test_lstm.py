@@ -65,6 +65,31 @@ def test_per_step_path_matches_dense_reconstruction():
     assert all(p.grad is not None for p in ours.parameters())
 
 
+def test_tt_recurrent_map_builds_its_weight_once_per_sequence():
+    """At the small model's sizes, 35 steps of TT contractions cost more than building W once;
+    the loop must take one build per layer and still equal the reconstructed nn.LSTM."""
+    torch.manual_seed(5)
+    ref = nn.LSTM(200, 200, 2, dtype=torch.float64)
+    ours = tt_lstm(LSTM.from_torch(ref), rank=16)
+    builds = [0, 0]
+    for k, layer in enumerate(ours.layers):
+        full_weight = layer.recurrent_map.full_weight
+
+        def counted(k=k, full_weight=full_weight):
+            builds[k] += 1
+            return full_weight()
+        layer.recurrent_map.full_weight = counted
+    with torch.no_grad():
+        for k, layer in enumerate(ours.layers):
+            for name, m in (("ih", layer.input_map), ("hh", layer.recurrent_map)):
+                getattr(ref, f"weight_{name}_l{k}").copy_(m.dense_weight())
+    builds[:] = [0, 0]
+    x = torch.randn(35, 20, 200, dtype=torch.float64)
+    out, _ = ours(x)
+    assert builds == [1, 1]
+    torch.testing.assert_close(out, ref(x)[0])
+
+
 def test_dense_state_dict_keys_are_unchanged_and_round_trip():
     ours = LSTM(4, 6, 2)
     keys = [f"layers.{k}.{m}.{p}" for k in range(2) for m in ("input_map", "recurrent_map") for p in ("weight", "bias")]

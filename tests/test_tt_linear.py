@@ -54,6 +54,29 @@ def test_routes():
     check_matches_dense(layer, torch.randn(1, 60, dtype=torch.float64))
 
 
+def test_repeated_calls_share_one_built_weight_when_cheaper():
+    """An LSTM's recurrent map at batch 20: one call contracts with the cores, 35 calls build W once;
+    both routes give the layer's output and the same core gradients."""
+    torch.manual_seed(4)
+    layer = TTLinear(200, 800, 16, dtype=torch.float64)
+    assert not linear_plan(20, layer.out_shape, layer.in_shape, layer.ranks, False, 1).dense
+    assert linear_plan(20, layer.out_shape, layer.in_shape, layer.ranks, False, 35).dense
+    xs = torch.randn(3, 20, 200, dtype=torch.float64)
+    grads = []
+    for calls in (1, 35):
+        layer.zero_grad()
+        step = layer.repeated(20, calls)
+        ys = [step(x) for x in xs]
+        for x, y in zip(xs, ys):
+            torch.testing.assert_close(y, F.linear(x, layer.dense_weight(), layer.bias))
+        sum(y.square().sum() for y in ys).backward()
+        grads.append([c.grad.clone() for c in layer.cores])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="calls"):
+        layer.repeated(20, 0)
+
+
 def test_padding_is_invisible():
     torch.manual_seed(1)
     layer = TTLinear(7, 11, 2, in_shape=(2, 2, 2), out_shape=(3, 2, 2), dtype=torch.float64)

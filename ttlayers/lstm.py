@@ -13,7 +13,8 @@ projected, ``h_t = projection(o * tanh(c_t))`` of size ``proj_size``, and that
 projection feeds both the recurrence and the next layer. When every map of the
 stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
 stack; otherwise the input maps of all time steps run in one batched call and
-only the recurrent map runs per step.
+only the recurrent map runs per step (a map with a ``repeated(batch, calls)`` method,
+such as ``TTLinear``, plans all steps at once: it may build its weight once per call).
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ class LSTMLayer(nn.Module):
         """
         h, c = state
         input_gates = self.input_map(x)  # all time steps in one call
+        recurrent = self.recurrent_map
+        if hasattr(recurrent, "repeated"):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
+            recurrent = recurrent.repeated(h.shape[0], x.shape[0])
         outputs = []
         for gates_x in input_gates:
-            gates = gates_x + self.recurrent_map(h)
+            gates = gates_x + recurrent(h)
             i, f, g, o = gates.chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

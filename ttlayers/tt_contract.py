@@ -213,19 +213,26 @@ def linear_network(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape) 
 
 
 @lru_cache(maxsize=1024)
-def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, weight_built: bool) -> LinearPlan:
+def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, weight_built: bool,
+                calls: int = 1) -> LinearPlan:
     """The cheaper way to compute ``x @ W.T`` for x of shape (batch, prod(in_shape)).
 
     ``weight_built`` says that the full W is already at hand (so the dense route
-    costs only the matmul).
+    costs only the matmul). ``calls``: how many products of this size one W serves
+    (the time steps of a recurrence). Costs are per product; the dense route's
+    W-sized terms (building W, reading it or writing its gradient) are shared by the
+    calls, as the steps reuse W while it is in cache.
     """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
     n_out, n_in = prod(out_shape), prod(in_shape)
-    dense_flops = dense_cost = 2 * batch * n_out * n_in
-    dense_cost += WRITE_COST * (batch * n_out + n_out * n_in)  # y, and W's gradient (or its read)
+    dense_flops = 2 * batch * n_out * n_in
+    weight_cost = WRITE_COST * n_out * n_in  # W's gradient (or its read)
     if not weight_built:
         build = weight_contraction(out_shape, in_shape, ranks)
-        dense_flops += build.flops
-        dense_cost += build.cost
+        dense_flops += build.flops // calls
+        weight_cost += build.cost
+    dense_cost = 2 * batch * n_out * n_in + WRITE_COST * batch * n_out + weight_cost // calls
     eq, shapes = linear_network(batch, out_shape, in_shape, ranks)
     tt = Contraction.plan(eq, shapes)
     min_flops = int(oe.contract_path(eq, *shapes, shapes=True, optimize="dp")[1].opt_cost)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ class TTLinear(nn.Module):
     Input (*, in_features) -> output (*, out_features). For every batch size the cheaper
     of two routes is taken by FLOP count (planned once per size, cached): contract the
     input with the cores (order found by opt_einsum), or build W and do one matmul. In
-    eval mode with autograd off, the built W is kept until a core changes.
+    eval mode with autograd off, the built W is kept until a core changes. ``repeated``
+    plans many calls with unchanged cores at once (the recurrent map of an LSTM).
     """
 
     def __init__(
@@ -113,17 +114,27 @@ class TTLinear(nn.Module):
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"TTLinear expects input (*, {self.in_features}), got shape {tuple(input.shape)}")
         x = input.reshape(-1, self.in_features)
+        return self.repeated(x.shape[0])(x).reshape(*input.shape[:-1], self.out_features)
+
+    def repeated(self, batch: int, calls: int = 1) -> Callable[[Tensor], Tensor]:
+        """``self`` as a function of x (batch, in_features) -> (batch, out_features), for
+        ``calls`` such inputs while the cores stay unchanged (the steps of a recurrence).
+
+        The route is chosen for all calls together: when ``calls`` matmuls with a W built
+        here once cost fewer FLOPs than ``calls`` contractions with the cores, W is built
+        now (differentiably when training) and each call is one ``F.linear``.
+        """
         cacheable = not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in self.cores))
-        plan = linear_plan(x.shape[0], self.out_shape, self.in_shape, self.ranks, cacheable)
+        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, cacheable, calls)
         if plan.dense:
-            weight = self._cached_weight() if cacheable else self.full_weight()
-            y = F.linear(x, weight[: self.out_features, : self.in_features], self.bias)
-        else:
-            pad = math.prod(self.in_shape) - self.in_features
-            y = tt_linear_apply(F.pad(x, (0, pad)) if pad else x, list(self.cores), plan)[:, : self.out_features]
-            if self.bias is not None:
-                y = y + self.bias
-        return y.reshape(*input.shape[:-1], self.out_features)
+            weight = (self._cached_weight() if cacheable else self.full_weight())[: self.out_features, : self.in_features]
+            return lambda x: F.linear(x, weight, self.bias)
+        cores, pad = list(self.cores), math.prod(self.in_shape) - self.in_features
+
+        def contract(x: Tensor) -> Tensor:
+            y = tt_linear_apply(F.pad(x, (0, pad)) if pad else x, cores, plan)[:, : self.out_features]
+            return y if self.bias is None else y + self.bias
+        return contract
 
     def _cached_weight(self) -> Tensor:
         """The full W, rebuilt when any core changed (tracked by storage and in-place version)."""
