@@ -63,6 +63,18 @@ class Method:
     shape: dict = field(default_factory=dict)
     distill: dict | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse recipes whose parts the study would silently ignore."""
+        if self.train not in ("none", "finetune", "scratch"):
+            raise ValueError(f"{self.name}: train must be 'none', 'finetune' or 'scratch', got {self.train!r}")
+        if self.base and (self.compress or self.prune or self.train != "none" or self.shape or self.distill):
+            raise ValueError(f"{self.name}: a method built on base {self.base!r} only exports it (quant); "
+                             "it cannot compress, prune, train, reshape or distill")
+        if self.distill and self.train != "finetune":
+            raise ValueError(f"{self.name}: distillation needs train='finetune', got {self.train!r}")
+        if self.shape and self.train != "scratch":
+            raise ValueError(f"{self.name}: shape applies to from-scratch models only, got train={self.train!r}")
+
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
     """The study's methods, ranks scaled with the hidden size (r = H/5 gives the paper's r=128 at 650)."""

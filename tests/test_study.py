@@ -19,9 +19,10 @@ from lm.compression.export import artifact_size
 from lm.compression.prune import finalized_copy
 from lm.compression.export import load_artifact
 from lm.compression.report import MB, pareto_front
-from lm.config import ModelConfig
+from lm.config import ModelConfig, preset
 from lm.data import Corpus
 from lm.model import LanguageModel
+from lm.study import Method, methods_for
 
 
 @pytest.fixture
@@ -130,3 +131,16 @@ def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus):
     assert model.config.embedding_size == r and model.embedding.weight.shape == (model.config.vocab_size, r)
     assert model.lstm.layers[0].input_map.weight.shape == (4 * model.config.hidden_size, r)
     assert model.decoder.in_features == r
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"train": "scratch", "distill": {"alpha": 0.5}}, "distillation needs train='finetune'"),
+    ({"base": "dense_ft", "train": "finetune"}, "only exports it"),
+    ({"base": "dense_ft", "prune": {"amount": 0.5, "layers": ["decoder"]}}, "only exports it"),
+    ({"train": "finetune", "shape": {"embedding_size": 8}}, "from-scratch models only"),
+    ({"train": "fine-tune"}, "train must be"),
+])
+def test_methods_refuse_parts_the_study_would_ignore(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
+    assert all(m.name for m in methods_for(preset("medium")))  # every shipped method passes
