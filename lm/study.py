@@ -46,10 +46,11 @@ class Method:
     ``prune``: ``{"amount", "layers", "gradual"}``; ``train``: ``"none"``, ``"finetune"``
     (from the compressed trained model) or ``"scratch"`` (the compressed architecture
     trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
-    start from another method's finished model instead of the dense one; ``shape``:
-    ``ModelConfig`` fields of a from-scratch model (e.g. ``embedding_size``), applied
-    after ``compress`` has set the layer specs; ``distill``: ``{"alpha", "temperature"}`` of
-    ``lm.distill.Distillation``, fine-tuning with the dense model as the teacher.
+    start from another method's finished model instead of the dense one (to export it, or
+    fine-tune it); ``shape``: ``ModelConfig`` fields of a from-scratch model (e.g.
+    ``embedding_size``), applied after ``compress`` has set the layer specs; ``distill``:
+    ``{"alpha", "temperature"}`` of ``lm.distill.Distillation``, fine-tuning with the model
+    it starts from (the dense one, or the base) as the teacher.
     """
 
     name: str
@@ -67,9 +68,9 @@ class Method:
         """Refuse recipes whose parts the study would silently ignore."""
         if self.train not in ("none", "finetune", "scratch"):
             raise ValueError(f"{self.name}: train must be 'none', 'finetune' or 'scratch', got {self.train!r}")
-        if self.base and (self.compress or self.prune or self.train != "none" or self.shape or self.distill):
-            raise ValueError(f"{self.name}: a method built on base {self.base!r} only exports it (quant); "
-                             "it cannot compress, prune, train, reshape or distill")
+        if self.base and (self.compress or self.prune or self.train == "scratch" or self.shape):
+            raise ValueError(f"{self.name}: a method built on base {self.base!r} exports it (quant) or fine-tunes "
+                             "it (train='finetune', distill); it cannot compress, prune, reshape or train from scratch")
         if self.distill and self.train != "finetune":
             raise ValueError(f"{self.name}: distillation needs train='finetune', got {self.train!r}")
         if self.shape and self.train != "scratch":
@@ -135,6 +136,10 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
                shape={"embedding_size": r_lstm}, train="scratch"),
         Method("lr_paper_scratch_q8", "LR-LSTM+quantized", "lr_paper_scratch stored in 8 bits", quant="q8",
                base="lr_paper_scratch"),
+        Method("lr_paper_ft", "LR-LSTM", "lr_paper_scratch fine-tuned with the preset's fine-tuning recipe "
+               "(the control of lr_paper_kd)", base="lr_paper_scratch", train="finetune"),
+        Method("lr_paper_kd", "LR-LSTM", "lr_paper_scratch fine-tuned alike, distilled from itself "
+               "(born-again, alpha 0.5, T 2)", base="lr_paper_scratch", train="finetune", distill=kd),
         Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
     ]
@@ -258,8 +263,9 @@ class Study:
     def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
         """The method's model before export: compressed, pruned and trained as its recipe says."""
         out = self.run_dir / m.name / "train"
-        if m.base:
-            return load_artifact(self.run_dir / m.base / "model.lmz")
+        start = load_artifact(self.run_dir / m.base / "model.lmz") if m.base else dense
+        if m.base and m.train == "none":
+            return start
         if m.train == "scratch":
             shape = compress_model(dense, counts=self.counts(), **m.compress).config
             shape = replace(shape, **m.shape)
@@ -267,8 +273,8 @@ class Study:
             model = scratch_model(cfg, dense.vocab)
             train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
             return model.eval()
-        model = compress_model(dense, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(dense)
-        kd = Distillation(dense, **m.distill) if m.distill else None
+        model = compress_model(start, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(start)
+        kd = Distillation(start, **m.distill) if m.distill else None
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])
         gradual = m.prune and m.prune.get("gradual")
@@ -288,7 +294,7 @@ class Study:
         if m.prune:
             pruning.finalize(model)
         if m.train == "finetune":
-            set_dropout(model, dense.config.dropout)
+            set_dropout(model, start.config.dropout)
         return model.eval()
 
     def run_method(self, m: Method, dense: LanguageModel) -> dict:

@@ -12,15 +12,16 @@ import pytest
 import torch
 from ptb_fixture import corpus  # noqa: F401  (fixture)
 
+from lm import study
 from lm.__main__ import main
 from lm.budget import families, fit
 from lm.checkpoint import save_model
-from lm.compression.export import artifact_size
+from lm.compression.export import artifact_size, load_artifact
 from lm.compression.prune import finalized_copy
-from lm.compression.export import load_artifact
 from lm.compression.report import MB, pareto_front
 from lm.config import ModelConfig, preset
 from lm.data import Corpus
+from lm.distill import Distillation
 from lm.model import LanguageModel
 from lm.study import Method, methods_for
 
@@ -52,7 +53,7 @@ def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
     # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
     # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
-    assert len(rows) == 27 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert len(rows) == 29 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -121,9 +122,17 @@ def test_budget_search_finds_the_mildest_fitting_setting(quant):
             assert artifact_size(finalized_copy(milder), quant) > budget
 
 
-def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus):
-    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch_q8"])  # its base is trained from scratch
-    assert set(rows) == {"lr_paper_scratch", "lr_paper_scratch_q8"} and not (tmp_path / "runs" / "dense").exists()
+def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeypatch):
+    teachers = []
+    monkeypatch.setattr(study, "Distillation", lambda teacher, **kw: teachers.append(teacher) or Distillation(teacher, **kw))
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch_q8", "lr_paper_kd"])  # bases trained from scratch
+    assert set(rows) == {"lr_paper_scratch", "lr_paper_scratch_q8", "lr_paper_kd"}
+    assert not (tmp_path / "runs" / "dense").exists()
+    # lr_paper_kd fine-tunes its base with the base as the teacher
+    base = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz").state_dict()
+    assert len(teachers) == 1 and all(torch.equal(v, base[k]) for k, v in teachers[0].state_dict().items())
+    tuned = load_artifact(tmp_path / "runs" / "lr_paper_kd" / "model.lmz").state_dict()
+    assert not torch.equal(tuned["embedding.weight"], base["embedding.weight"])
     assert rows["lr_paper_scratch_q8"]["size_bytes"] < rows["lr_paper_scratch"]["size_bytes"] / 3
     model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz")
     r = model.lstm.proj_size
@@ -135,8 +144,8 @@ def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus):
 
 @pytest.mark.parametrize("fields, message", [
     ({"train": "scratch", "distill": {"alpha": 0.5}}, "distillation needs train='finetune'"),
-    ({"base": "dense_ft", "train": "finetune"}, "only exports it"),
-    ({"base": "dense_ft", "prune": {"amount": 0.5, "layers": ["decoder"]}}, "only exports it"),
+    ({"base": "dense_ft", "train": "scratch"}, "cannot compress"),
+    ({"base": "dense_ft", "prune": {"amount": 0.5, "layers": ["decoder"]}}, "cannot compress"),
     ({"train": "finetune", "shape": {"embedding_size": 8}}, "from-scratch models only"),
     ({"train": "fine-tune"}, "train must be"),
 ])
