@@ -10,6 +10,9 @@ docs/layers.md.
 * The dense 2-layer 650 ``ttlayers.LSTM`` vs ``torch.nn.LSTM``, forward + backward, in tokens/s.
 * ``--orders`` (a separate run): TTLinear's TT route at the order it chooses (FLOPs + a charge
   per element written) against the fewest-FLOP order, forward + backward, ranks 4 and 8.
+* ``--recurrence`` (a separate run): 2-layer TT-LSTMs (200 and 650, TT rank 16), forward +
+  backward, with the recurrent map planned for all steps at once (``TTLinear.repeated``)
+  against every step planned alone, beside the dense LSTM.
 
 Each point times its candidates interleaved: ``--rounds`` rounds, each running every candidate
 for at least ``--min-time`` seconds; a candidate's time is its best round (the one the shared
@@ -23,12 +26,13 @@ with 2 threads against 0.06 s of CPU time with 1), so the default run uses 1 thr
 time; ``--threads 2 --clock wall`` gives the 2-thread figures, written to
 ``results/bench_layers_2threads_wall.json`` and their own table.
 
-    python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick] [--orders] [--docs-only]
+    python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick] [--orders | --recurrence] [--docs-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -39,7 +43,7 @@ import torch
 from torch import nn
 
 from benchmarks.report import RESULTS, markdown_table, update_doc, write_results
-from ttlayers import LSTM, TTEmbedding, TTLinear
+from ttlayers import LSTM, TTEmbedding, TTLinear, tt_lstm
 from ttlayers.tt_contract import Contraction, linear_network, linear_plan, tt_linear_apply
 
 NAME = "bench_layers"
@@ -177,6 +181,48 @@ def bench_lstm(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
     return [row]
 
 
+class _EachStepAlone(nn.Module):
+    """A TTLinear without ``repeated``: an LSTM plans every call of it on its own."""
+
+    def __init__(self, layer: TTLinear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def bench_recurrence(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
+    """TT-LSTMs (rank 16), forward + backward: the recurrent map planned for all steps of a
+    call at once (``TTLinear.repeated``) against every step planned alone, beside the dense LSTM."""
+    rows = []
+    for hidden in (200,) if quick else (200, 650):
+        torch.manual_seed(SEED)
+        seq, batch = 35, 20
+        dense = LSTM(hidden, hidden, 2)
+        together = tt_lstm(dense, rank=16)
+        alone = copy.deepcopy(together)
+        for layer in alone.layers:
+            layer.recurrent_map = _EachStepAlone(layer.recurrent_map)
+        x = torch.randn(seq, batch, hidden, requires_grad=True)
+        grad = torch.randn(seq, batch, hidden)
+
+        def step(m):
+            def fn():
+                for p in m.parameters():
+                    p.grad = None
+                m(x)[0].backward(grad)
+            return fn
+
+        t = best_times({"dense": step(dense), "together": step(together), "alone": step(alone)}, rounds, min_time, clock)
+        rows.append({"lstm": f"2 x {hidden}, TT rank 16, seq {seq}, batch {batch}",
+                     "dense_tokens_s": seq * batch / t["dense"], "alone_tokens_s": seq * batch / t["alone"],
+                     "together_tokens_s": seq * batch / t["together"], "speed_up": t["alone"] / t["together"],
+                     "together_vs_dense": t["together"] / t["dense"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def bench_orders(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
     rows = []
     for kind, n_in, n_out in SHAPES[:1] if quick else SHAPES:
@@ -214,6 +260,12 @@ def write_docs(name: str, rows: list[dict]) -> None:
     """The tables of ``results/<name>.json``'s rows into docs/layers.md (markers ``<name>_<part>``)."""
     part = {p: [{k: v for k, v in r.items() if k != "part"} for r in rows if r.get("part") == p]
             for p in ("linear", "embedding", "lstm")}
+    if name.startswith(f"{NAME}_recurrence"):
+        columns = ["lstm", "dense_tokens_s", "alone_tokens_s", "together_tokens_s", "speed_up", "together_vs_dense"]
+        update_doc(DOC, name, markdown_table(rows, columns, {
+            "dense_tokens_s": ".0f", "alone_tokens_s": ".0f", "together_tokens_s": ".0f", "speed_up": ".2f",
+            "together_vs_dense": ".2f"}))
+        return
     if name.startswith(f"{NAME}_orders"):
         columns = ["layer", "batch", "rank", "fewest_flops_ratio", "chosen_flops_ratio", "fewest_vs_dense", "chosen_vs_dense"]
         update_doc(DOC, name, markdown_table(rows, columns, {k: ".2f" for k in columns[3:]}))
@@ -239,10 +291,12 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few points only, results not written")
     parser.add_argument("--orders", action="store_true", help="only the chosen vs fewest-FLOP orders")
+    parser.add_argument("--recurrence", action="store_true",
+                        help="only TT-LSTMs, steps planned together vs each alone")
     parser.add_argument("--docs-only", action="store_true", help="rewrite the docs tables from the results file")
     args = parser.parse_args()
     suffix = "" if (args.threads, args.clock) == (1, "cpu") else f"_{args.threads}threads_{args.clock}"
-    name = f"{NAME}_orders{suffix}" if args.orders else NAME + suffix
+    name = NAME + ("_orders" if args.orders else "_recurrence" if args.recurrence else "") + suffix
     if args.docs_only:
         write_docs(name, json.loads((RESULTS / f"{name}.json").read_text())["rows"])
         return
@@ -252,6 +306,8 @@ def main() -> None:
               "shapes": SHAPES}
     if args.orders:
         rows = bench_orders(args.rounds, args.min_time, clock, args.quick)
+    elif args.recurrence:
+        rows = bench_recurrence(args.rounds, args.min_time, clock, args.quick)
     else:
         config.update(batches=BATCHES, ranks=RANKS, embedding=[VOCAB, DIM])
         rows = [{"part": "linear", **r} for r in bench_linear(args.rounds, args.min_time, clock, args.quick)]
