@@ -120,9 +120,10 @@ class TTLinear(nn.Module):
         """``self`` as a function of x (batch, in_features) -> (batch, out_features), for
         ``calls`` such inputs while the cores stay unchanged (the steps of a recurrence).
 
-        The route is chosen for all calls together: when ``calls`` matmuls with a W built
-        here once cost fewer FLOPs than ``calls`` contractions with the cores, W is built
-        now (differentiably when training) and each call is one ``F.linear``.
+        The route is chosen for all calls together (``linear_plan`` with ``calls``): when
+        ``calls`` matmuls with a W built here once count cheaper than ``calls`` contractions
+        with the cores, W is built now (differentiably when training) and each call is one
+        ``F.linear``.
         """
         cacheable = not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in self.cores))
         plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, cacheable, calls)
