@@ -12,7 +12,7 @@ docs/layers.md.
   per element written) against the fewest-FLOP order, forward + backward, ranks 4 and 8.
 * ``--recurrence`` (a separate run): 2-layer TT-LSTMs (200 and 650, TT rank 16), forward +
   backward, with the recurrent map planned for all steps at once (``TTLinear.repeated``)
-  against every step planned alone, beside the dense LSTM.
+  against every step planned alone and against W always built once, beside the dense LSTM.
 
 Each point times its candidates interleaved: ``--rounds`` rounds, each running every candidate
 for at least ``--min-time`` seconds; a candidate's time is its best round (the one the shared
@@ -40,6 +40,7 @@ from dataclasses import replace
 
 import tltorch
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.report import RESULTS, markdown_table, update_doc, write_results
@@ -80,14 +81,15 @@ def best_times(fns: dict, rounds: int, min_time: float, clock) -> dict:
 
 
 def train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor):
-    """Forward + backward, gradients dropped each call so that none accumulates."""
+    """Forward + backward (of the output, or of an LSTM's first output), gradients dropped
+    each call so that none accumulates."""
 
     def step():
         for p in module.parameters():
             p.grad = None
         x.grad = None
         out = module(x)
-        out.backward(grad)
+        (out[0] if isinstance(out, tuple) else out).backward(grad)
 
     return step
 
@@ -166,15 +168,8 @@ def bench_lstm(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
     ours = LSTM.from_torch(reference)
     x = torch.randn(seq, batch, hidden, requires_grad=True)
     grad = torch.randn(seq, batch, hidden)
-
-    def step(m):
-        def fn():
-            for p in m.parameters():
-                p.grad = None
-            m(x)[0].backward(grad)
-        return fn
-
-    t = best_times({"nn.LSTM": step(reference), "ours": step(ours)}, rounds, min_time, clock)
+    t = best_times({"nn.LSTM": train_step(reference, x, grad), "ours": train_step(ours, x, grad)}, rounds, min_time,
+                   clock)
     row = {"lstm": f"2 x {hidden}, seq {seq}, batch {batch}", "torch_tokens_s": seq * batch / t["nn.LSTM"],
            "ours_tokens_s": seq * batch / t["ours"], "speed_ratio": t["nn.LSTM"] / t["ours"]}
     print(row, flush=True)
@@ -192,32 +187,34 @@ class _EachStepAlone(nn.Module):
         return self.layer(x)
 
 
+class _AlwaysBuilt(_EachStepAlone):
+    """A TTLinear whose ``repeated`` always builds W once, whatever the plan says."""
+
+    def repeated(self, batch: int, calls: int):
+        weight = self.layer.dense_weight()
+        return lambda x: F.linear(x, weight, self.layer.bias)
+
+
 def bench_recurrence(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
     """TT-LSTMs (rank 16), forward + backward: the recurrent map planned for all steps of a
-    call at once (``TTLinear.repeated``) against every step planned alone, beside the dense LSTM."""
+    call at once (``TTLinear.repeated``) against every step planned alone and against W
+    always built once per call (the two routes the plan chooses between), beside the dense LSTM."""
     rows = []
     for hidden in (200,) if quick else (200, 650):
         torch.manual_seed(SEED)
         seq, batch = 35, 20
         dense = LSTM(hidden, hidden, 2)
-        together = tt_lstm(dense, rank=16)
-        alone = copy.deepcopy(together)
-        for layer in alone.layers:
-            layer.recurrent_map = _EachStepAlone(layer.recurrent_map)
+        variants = {"dense": dense, "together": tt_lstm(dense, rank=16)}
+        for name, wrapper in (("alone", _EachStepAlone), ("built", _AlwaysBuilt)):
+            variants[name] = copy.deepcopy(variants["together"])
+            for layer in variants[name].layers:
+                layer.recurrent_map = wrapper(layer.recurrent_map)
         x = torch.randn(seq, batch, hidden, requires_grad=True)
         grad = torch.randn(seq, batch, hidden)
-
-        def step(m):
-            def fn():
-                for p in m.parameters():
-                    p.grad = None
-                m(x)[0].backward(grad)
-            return fn
-
-        t = best_times({"dense": step(dense), "together": step(together), "alone": step(alone)}, rounds, min_time, clock)
+        t = best_times({k: train_step(m, x, grad) for k, m in variants.items()}, rounds, min_time, clock)
         rows.append({"lstm": f"2 x {hidden}, TT rank 16, seq {seq}, batch {batch}",
-                     "dense_tokens_s": seq * batch / t["dense"], "alone_tokens_s": seq * batch / t["alone"],
-                     "together_tokens_s": seq * batch / t["together"], "speed_up": t["alone"] / t["together"],
+                     **{f"{k}_tokens_s": seq * batch / t[k] for k in variants},
+                     "speed_up": t["alone"] / t["together"], "built_speed_up": t["alone"] / t["built"],
                      "together_vs_dense": t["together"] / t["dense"]})
         print(rows[-1], flush=True)
     return rows
@@ -261,9 +258,10 @@ def write_docs(name: str, rows: list[dict]) -> None:
     part = {p: [{k: v for k, v in r.items() if k != "part"} for r in rows if r.get("part") == p]
             for p in ("linear", "embedding", "lstm")}
     if name.startswith(f"{NAME}_recurrence"):
-        columns = ["lstm", "dense_tokens_s", "alone_tokens_s", "together_tokens_s", "speed_up", "together_vs_dense"]
+        columns = ["lstm", "dense_tokens_s", "alone_tokens_s", "built_tokens_s", "together_tokens_s", "built_speed_up",
+                   "speed_up", "together_vs_dense"]
         update_doc(DOC, name, markdown_table(rows, columns, {
-            "dense_tokens_s": ".0f", "alone_tokens_s": ".0f", "together_tokens_s": ".0f", "speed_up": ".2f",
+            **{c: ".0f" for c in columns if c.endswith("tokens_s")}, "built_speed_up": ".2f", "speed_up": ".2f",
             "together_vs_dense": ".2f"}))
         return
     if name.startswith(f"{NAME}_orders"):

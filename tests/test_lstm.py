@@ -71,6 +71,10 @@ def test_tt_recurrent_map_builds_its_weight_once_per_sequence():
     torch.manual_seed(5)
     ref = nn.LSTM(200, 200, 2, dtype=torch.float64)
     ours = tt_lstm(LSTM.from_torch(ref), rank=16)
+    with torch.no_grad():
+        for k, layer in enumerate(ours.layers):
+            for name, m in (("ih", layer.input_map), ("hh", layer.recurrent_map)):
+                getattr(ref, f"weight_{name}_l{k}").copy_(m.dense_weight())
     builds = [0, 0]
     for k, layer in enumerate(ours.layers):
         full_weight = layer.recurrent_map.full_weight
@@ -79,11 +83,6 @@ def test_tt_recurrent_map_builds_its_weight_once_per_sequence():
             builds[k] += 1
             return full_weight()
         layer.recurrent_map.full_weight = counted
-    with torch.no_grad():
-        for k, layer in enumerate(ours.layers):
-            for name, m in (("ih", layer.input_map), ("hh", layer.recurrent_map)):
-                getattr(ref, f"weight_{name}_l{k}").copy_(m.dense_weight())
-    builds[:] = [0, 0]
     x = torch.randn(35, 20, 200, dtype=torch.float64)
     out, _ = ours(x)
     assert builds == [1, 1]
