@@ -46,10 +46,6 @@ from torch import Tensor
 Shape = tuple[int, ...]
 
 WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
-# The largest W whose accesses repeated products share (stays in cache between the steps of a
-# recurrence): between the 200->800 TT-LSTM map (160k elements, faster built once) and the
-# 650->2600 one (1.7M, slower), measured by ``python -m benchmarks.bench_layers --recurrence``.
-CACHED_WEIGHT = 2**19
 _OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
 
 
@@ -223,16 +219,16 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
 
     ``weight_built`` says that the full W is already at hand (so the dense route
     costs only the matmul). ``calls``: how many products of this size one W serves
-    (the time steps of a recurrence). Costs are per product: the calls share the
-    build of W, and, when W has at most ``CACHED_WEIGHT`` elements, also its reads
-    and gradient writes, as the steps then find it in cache.
+    (the time steps of a recurrence). Costs are per product; the calls share the
+    W-sized terms (its build, its reads and gradient writes): measured on TT-LSTMs,
+    ``python -m benchmarks.bench_layers --recurrence``.
     """
     if calls < 1:
         raise ValueError(f"calls must be >= 1, got {calls}")
     n_out, n_in = prod(out_shape), prod(in_shape)
     dense_flops = 2 * batch * n_out * n_in
     access = WRITE_COST * n_out * n_in  # W's gradient (or its read)
-    dense_cost = dense_flops + WRITE_COST * batch * n_out + (access // calls if n_out * n_in <= CACHED_WEIGHT else access)
+    dense_cost = dense_flops + WRITE_COST * batch * n_out + access // calls
     if not weight_built:
         build = weight_contraction(out_shape, in_shape, ranks)
         dense_flops += build.flops // calls
