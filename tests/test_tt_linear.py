@@ -61,7 +61,7 @@ def test_repeated_calls_share_one_built_weight_when_cheaper():
     layer = TTLinear(200, 800, 16, dtype=torch.float64)
     assert not linear_plan(20, layer.out_shape, layer.in_shape, layer.ranks, False, 1).dense
     assert linear_plan(20, layer.out_shape, layer.in_shape, layer.ranks, False, 35).dense
-    # the medium model's 650->2600 map too (built once measured faster: bench_layers --recurrence)
+    # the medium model's 650->2600 map too (there the routes time alike: bench_layers --recurrence)
     assert not linear_plan(20, (20, 13, 10), (13, 10, 5), (1, 16, 16, 1), False, 1).dense
     assert linear_plan(20, (20, 13, 10), (13, 10, 5), (1, 16, 16, 1), False, 35).dense
     xs = torch.randn(3, 20, 200, dtype=torch.float64)
