@@ -50,7 +50,9 @@ class Method:
     fine-tune it); ``shape``: ``ModelConfig`` fields of a from-scratch model (e.g.
     ``embedding_size``), applied after ``compress`` has set the layer specs; ``distill``:
     ``{"alpha", "temperature"}`` of ``lm.distill.Distillation``, fine-tuning with the model
-    it starts from (the dense one, or the base) as the teacher.
+    it starts from (the dense one, or the base) as the teacher; ``lr``: the starting learning
+    rate of its training instead of the preset's (scratch) or the fine-tuning recipe's, decayed
+    on the same schedule.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Method:
     base: str | None = None
     shape: dict = field(default_factory=dict)
     distill: dict | None = None
+    lr: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse recipes whose parts the study would silently ignore."""
@@ -75,6 +78,9 @@ class Method:
             raise ValueError(f"{self.name}: distillation needs train='finetune', got {self.train!r}")
         if self.shape and self.train != "scratch":
             raise ValueError(f"{self.name}: shape applies to from-scratch models only, got train={self.train!r}")
+        if self.lr is not None and (self.train == "none" or not self.lr > 0):
+            raise ValueError(f"{self.name}: lr sets the rate of a training run and must be > 0, "
+                             f"got lr={self.lr} with train={self.train!r}")
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
@@ -82,6 +88,8 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
     h = cfg.model.hidden_size
     r_lstm = 128 if h == 650 else max(4, round(h / 5))  # the paper's r=128 at 650
     r_emb = max(4, round(h / 4))
+    r_tt = max(4, r_lstm // 2)  # at 650, TT rank 64 gives the LSTM about the LR-LSTM r=128's parameters
+    tt_lr = 0.25  # TT cores trained from scratch stall at lr 1 (docs/study.md)
     gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
     tt = {"type": "tt", "rank": 16}
     kd = {"alpha": 0.5, "temperature": 2.0}
@@ -142,6 +150,15 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
                "(born-again, alpha 0.5, T 2)", base="lr_paper_scratch", train="finetune", distill=kd),
         Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
                compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
+        Method("tt_lstm_scratch_lr025", "TT-LSTM", f"tt_lstm_scratch trained from lr {tt_lr} instead of the preset's",
+               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch", lr=tt_lr),
+        Method("tt_paper_scratch", "TT-LSTM",
+               f"lr_paper_scratch with a TT-LSTM: {r_lstm}-dim embedding, TT-LSTM (TT rank {r_tt}), low-rank softmax "
+               f"r={r_lstm}, trained from scratch from lr {tt_lr}",
+               compress={"lstm": {"type": "tt_lstm", "rank": r_tt}, "decoder": {"type": "low_rank", "rank": r_lstm}},
+               shape={"embedding_size": r_lstm}, train="scratch", lr=tt_lr),
+        Method("tt_paper_scratch_q8", "TT-LSTM+quantized", "tt_paper_scratch stored in 8 bits", quant="q8",
+               base="tt_paper_scratch"),
     ]
 
 
@@ -244,8 +261,8 @@ class Study:
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
         method = asdict(m)
-        for key in ("shape", "distill"):  # recipes written before methods had these fields stay valid
-            if not method[key]:
+        for key in ("shape", "distill", "lr"):  # recipes written before methods had these fields stay valid
+            if method[key] is None or method[key] == {}:
                 del method[key]
         r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
              "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
@@ -255,9 +272,8 @@ class Study:
             r["scratch_epochs"] = self.config.scratch_epochs
         return r
 
-    def finetune_config(self, model: LanguageModel, epochs: int | None = None) -> TrainConfig:
-        ft = self.finetune
-        return replace(self.cfg, model=model.config, epochs=epochs or ft["epochs"], lr=ft["lr"], lr_decay=0.5,
+    def finetune_config(self, model: LanguageModel, lr: float, epochs: int | None = None) -> TrainConfig:
+        return replace(self.cfg, model=model.config, epochs=epochs or self.finetune["epochs"], lr=lr, lr_decay=0.5,
                        decay_start=1)
 
     def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
@@ -267,14 +283,17 @@ class Study:
         if m.base and m.train == "none":
             return start
         if m.train == "scratch":
-            shape = compress_model(dense, counts=self.counts(), **m.compress).config
-            shape = replace(shape, **m.shape)
-            cfg = replace(self.cfg, model=shape, epochs=self.config.scratch_epochs or self.cfg.epochs)
+            # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
+            shaped = LanguageModel(replace(dense.config, **m.shape), dense.vocab)
+            shape = compress_model(shaped, counts=self.counts(), **m.compress).config
+            cfg = replace(self.cfg, model=shape, epochs=self.config.scratch_epochs or self.cfg.epochs,
+                          lr=m.lr or self.cfg.lr)
             model = scratch_model(cfg, dense.vocab)
             train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
             return model.eval()
         model = compress_model(start, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(start)
         kd = Distillation(start, **m.distill) if m.distill else None
+        lr = m.lr or self.finetune["lr"]
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])
         gradual = m.prune and m.prune.get("gradual")
@@ -285,11 +304,11 @@ class Study:
             epochs = self.finetune["epochs"]
             for epoch, amount in enumerate(pruning.gradual_amounts(m.prune["amount"], epochs)):
                 pruning.prune_model(model, amount, m.prune["layers"], m.prune.get("scope", "layer"))
-                cfg = replace(self.finetune_config(model, 1), lr=self.finetune["lr"] * 0.5 ** epoch)
+                cfg = self.finetune_config(model, lr * 0.5 ** epoch, epochs=1)
                 train(cfg, out / f"epoch{epoch + 1}", data_dir=self.config.data_dir, progress=self.config.progress,
                       model=model, distill=kd)
         elif m.train == "finetune":
-            train(self.finetune_config(model), out, data_dir=self.config.data_dir, resume=True,
+            train(self.finetune_config(model, lr), out, data_dir=self.config.data_dir, resume=True,
                   progress=self.config.progress, model=model, distill=kd)
         if m.prune:
             pruning.finalize(model)

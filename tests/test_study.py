@@ -53,7 +53,7 @@ def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
     # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
     # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
-    assert len(rows) == 29 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert len(rows) == 32 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -142,15 +142,33 @@ def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeyp
     assert model.decoder.in_features == r
 
 
+def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, ["tt_paper_scratch_q8"])
+    assert set(rows) == {"tt_paper_scratch", "tt_paper_scratch_q8"}
+    method = next(m for m in methods_for(preset("tiny", hidden_size=24)) if m.name == "tt_paper_scratch")
+    history = json.loads((tmp_path / "runs" / "tt_paper_scratch" / "train" / "results.json").read_text())["history"]
+    assert method.lr != preset("tiny").lr and history[0]["lr"] == method.lr
+    model = load_artifact(tmp_path / "runs" / "tt_paper_scratch" / "model.lmz")
+    r, hidden = model.config.embedding_size, model.config.hidden_size
+    # the TT maps were tensorised for the r-dim embedding, not for the hidden size the preset's embedding has
+    assert model.embedding.weight.shape == (model.config.vocab_size, r) and r != hidden
+    assert model.lstm.layers[0].input_map.in_features == r
+    assert model.decoder.rank == method.compress["decoder"]["rank"]
+    out, _ = model(torch.zeros(3, 2, dtype=torch.long))
+    assert out.shape == (3, 2, model.config.vocab_size)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"train": "scratch", "distill": {"alpha": 0.5}}, "distillation needs train='finetune'"),
     ({"base": "dense_ft", "train": "scratch"}, "cannot compress"),
     ({"base": "dense_ft", "prune": {"amount": 0.5, "layers": ["decoder"]}}, "cannot compress"),
     ({"train": "finetune", "shape": {"embedding_size": 8}}, "from-scratch models only"),
     ({"train": "fine-tune"}, "train must be"),
+    ({"lr": 0.5}, "lr sets the rate of a training run"),
+    ({"train": "scratch", "lr": 0.0}, "must be > 0"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
-        assert len(methods_for(preset(name))) == 29  # every shipped method passes the checks (they raise)
+        assert len(methods_for(preset(name))) == 32  # every shipped method passes the checks (they raise)
