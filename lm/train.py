@@ -7,6 +7,7 @@ batch's contiguous streams are split between the processes.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -96,7 +97,8 @@ def train(
         torch.set_rng_state(saved["rng"])
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    teacher = distill.teacher.to(device).eval() if distill else None
+    # a copy, so that the caller's teacher keeps its device and mode
+    teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
 
     steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)
     for epoch in range(start_epoch, cfg.epochs):

@@ -62,6 +62,7 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_cross_entropy_do
     with torch.no_grad():
         before = soft_target_loss(untrained(window)[0], teacher(window)[0], 1.0).item()
     assert gap_after(1.0) < before < gap_after(0.0)
+    assert teacher.training  # training ran a copy of it in eval mode and left the caller's model alone
 
 
 def test_a_teacher_with_non_finite_logits_stops_training(tmp_path, corpus):

@@ -26,7 +26,7 @@ PAPER = [
     {"key": "lr_lstm_650", "model": "LR-LSTM 650-650, r=128", "size_mb": 16.8, "test_ppl": 92.89, "preset": "medium",
      "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
     {"key": "tt_lstm_600", "model": "TT-LSTM 600-600", "size_mb": 50.4, "test_ppl": 168.64, "preset": "medium",
-     "ours": ("tt_lstm_ft", "tt_lstm_scratch")},
+     "ours": ("tt_paper_scratch", "tt_lstm_ft", "tt_lstm_scratch", "tt_lstm_scratch_lr025")},
     {"key": "lr_lstm_1500", "model": "LR-LSTM 1500-1500", "size_mb": 94.9, "test_ppl": 89.46, "preset": "large",
      "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
 ]
