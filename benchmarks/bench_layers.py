@@ -10,9 +10,10 @@ docs/layers.md.
 * The dense 2-layer 650 ``ttlayers.LSTM`` vs ``torch.nn.LSTM``, forward + backward, in tokens/s.
 * ``--orders`` (a separate run): TTLinear's TT route at the order it chooses (FLOPs + a charge
   per element written) against the fewest-FLOP order, forward + backward, ranks 4 and 8.
-* ``--recurrence`` (a separate run): 2-layer TT-LSTMs (200 and 650, TT rank 16), forward +
-  backward, with the recurrent map planned for all steps at once (``TTLinear.repeated``)
-  against every step planned alone and against W always built once, beside the dense LSTM.
+* ``--recurrence`` (a separate run): 2-layer TT-LSTMs (200 and 650 at TT rank 16, 650 at 64),
+  forward + backward, as the layer runs them (the fused kernel on built weights when the
+  recurrent map's plan builds W) against a per-step loop with every step planned alone and
+  one with W built once per call, beside the dense LSTM.
 
 Each point times its candidates interleaved: ``--rounds`` rounds, each running every candidate
 for at least ``--min-time`` seconds; a candidate's time is its best round (the one the shared
@@ -177,7 +178,8 @@ def bench_lstm(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
 
 
 class _EachStepAlone(nn.Module):
-    """A TTLinear without ``repeated``: an LSTM plans every call of it on its own."""
+    """A TTLinear hidden from the LSTM layer (no ``repeated``, no built weights): the layer runs
+    its per-step loop and plans every call on its own."""
 
     def __init__(self, layer: TTLinear) -> None:
         super().__init__()
@@ -188,7 +190,7 @@ class _EachStepAlone(nn.Module):
 
 
 class _AlwaysBuilt(_EachStepAlone):
-    """A TTLinear whose ``repeated`` always builds W once, whatever the plan says."""
+    """A TTLinear whose ``repeated`` always builds W once: the per-step loop on a built W."""
 
     def repeated(self, batch: int, calls: int):
         weight = self.layer.dense_weight()
@@ -196,26 +198,26 @@ class _AlwaysBuilt(_EachStepAlone):
 
 
 def bench_recurrence(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
-    """TT-LSTMs (rank 16), forward + backward: the recurrent map planned for all steps of a
-    call at once (``TTLinear.repeated``) against every step planned alone and against W
-    always built once per call (the two routes the plan chooses between), beside the dense LSTM."""
+    """TT-LSTMs, forward + backward, as the layer runs them (``planned``: the fused kernel on
+    the built weights where the recurrent plan builds W) against per-step loops with every step
+    planned alone (``alone``) and with W built once per call (``built``), beside the dense LSTM."""
     rows = []
-    for hidden in (200,) if quick else (200, 650):
+    for hidden, rank in ((200, 16),) if quick else ((200, 16), (650, 16), (650, 64)):
         torch.manual_seed(SEED)
         seq, batch = 35, 20
         dense = LSTM(hidden, hidden, 2)
-        variants = {"dense": dense, "together": tt_lstm(dense, rank=16)}
+        variants = {"dense": dense, "planned": tt_lstm(dense, rank=rank)}
         for name, wrapper in (("alone", _EachStepAlone), ("built", _AlwaysBuilt)):
-            variants[name] = copy.deepcopy(variants["together"])
+            variants[name] = copy.deepcopy(variants["planned"])
             for layer in variants[name].layers:
                 layer.recurrent_map = wrapper(layer.recurrent_map)
         x = torch.randn(seq, batch, hidden, requires_grad=True)
         grad = torch.randn(seq, batch, hidden)
         t = best_times({k: train_step(m, x, grad) for k, m in variants.items()}, rounds, min_time, clock)
-        rows.append({"lstm": f"2 x {hidden}, TT rank 16, seq {seq}, batch {batch}",
+        rows.append({"lstm": f"2 x {hidden}, TT rank {rank}, seq {seq}, batch {batch}",
                      **{f"{k}_tokens_s": seq * batch / t[k] for k in variants},
-                     "speed_up": t["alone"] / t["together"], "built_speed_up": t["alone"] / t["built"],
-                     "together_vs_dense": t["together"] / t["dense"]})
+                     "built_speed_up": t["alone"] / t["built"], "speed_up": t["alone"] / t["planned"],
+                     "fused_over_loop": t["built"] / t["planned"], "planned_vs_dense": t["planned"] / t["dense"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -258,11 +260,10 @@ def write_docs(name: str, rows: list[dict]) -> None:
     part = {p: [{k: v for k, v in r.items() if k != "part"} for r in rows if r.get("part") == p]
             for p in ("linear", "embedding", "lstm")}
     if name.startswith(f"{NAME}_recurrence"):
-        columns = ["lstm", "dense_tokens_s", "alone_tokens_s", "built_tokens_s", "together_tokens_s", "built_speed_up",
-                   "speed_up", "together_vs_dense"]
+        columns = ["lstm", "dense_tokens_s", "alone_tokens_s", "built_tokens_s", "planned_tokens_s", "built_speed_up",
+                   "speed_up", "fused_over_loop", "planned_vs_dense"]
         update_doc(DOC, name, markdown_table(rows, columns, {
-            **{c: ".0f" for c in columns if c.endswith("tokens_s")}, "built_speed_up": ".2f", "speed_up": ".2f",
-            "together_vs_dense": ".2f"}))
+            **{c: ".0f" for c in columns if c.endswith("tokens_s")}, **{c: ".2f" for c in columns[5:]}}))
         return
     if name.startswith(f"{NAME}_orders"):
         columns = ["layer", "batch", "rank", "fewest_flops_ratio", "chosen_flops_ratio", "fewest_vs_dense", "chosen_vs_dense"]

@@ -1,3 +1,4 @@
+import copy
 import io
 
 import pytest
@@ -46,7 +47,8 @@ def test_unbatched_input():
 
 
 def test_per_step_path_matches_dense_reconstruction():
-    """Factored maps run the per-step loop; it must equal nn.LSTM with the reconstructed weights."""
+    """Factored maps (the per-step loop; the fused kernel where a TT recurrent map builds its
+    weight) must equal nn.LSTM with the reconstructed weights."""
     torch.manual_seed(2)
     layers = [
         LSTMLayer(8, 6, TTLinear(8, 24, 2, dtype=torch.float64), LowRankLinear(6, 24, 3, dtype=torch.float64)),
@@ -87,6 +89,28 @@ def test_tt_recurrent_map_builds_its_weight_once_per_sequence():
     out, _ = ours(x)
     assert builds == [1, 1]
     torch.testing.assert_close(out, ref(x)[0])
+
+
+def test_tt_lstm_runs_the_fused_kernel_on_built_weights_with_the_loops_gradients(monkeypatch):
+    """Where the recurrent map's plan builds W for the call (the small model's sizes), the layer
+    builds the input map's W too and runs torch.lstm: same outputs, state and core gradients
+    as the per-step loop."""
+    torch.manual_seed(6)
+    fused = tt_lstm(LSTM(200, 200, 2, dtype=torch.float64), rank=16)
+    loop = copy.deepcopy(fused)
+    for layer in loop.layers:
+        monkeypatch.setattr(layer, "built_weights", lambda batch, seq_len: None)
+    kernel, calls = torch.lstm, []
+    monkeypatch.setattr(torch, "lstm", lambda *args: calls.append(len(args[2])) or kernel(*args))
+    x = torch.randn(35, 20, 200, dtype=torch.float64)
+    results = []
+    for model in (fused, loop):
+        out, (h, c) = model(x)
+        (out.square().sum() + c.sum()).backward()
+        results.append([out, h, c] + [p.grad for p in model.parameters()])
+    assert calls == [4, 4]  # one fused call per layer, [w_ih, w_hh, b_ih, b_hh]; the loop made none
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
 
 
 def test_dense_state_dict_keys_are_unchanged_and_round_trip():

@@ -12,9 +12,11 @@ to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). With
 projected, ``h_t = projection(o * tanh(c_t))`` of size ``proj_size``, and that
 projection feeds both the recurrence and the next layer. When every map of the
 stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
-stack; otherwise the input maps of all time steps run in one batched call and
-only the recurrent map runs per step (a map with a ``repeated(batch, calls)`` method,
-such as ``TTLinear``, plans all steps at once: it may build its weight once per call).
+stack. A layer whose maps can build their weights (``TTLinear.built_weight``) runs the
+same kernel on the built weights when the maps' plans for the whole call prefer them
+(the gradients still reach the cores through the build). Otherwise the input maps of all
+time steps run in one batched call and only the recurrent map runs per step (a map with
+a ``repeated(batch, calls)`` method, such as ``TTLinear``, plans all steps at once).
 """
 
 from __future__ import annotations
@@ -104,12 +106,39 @@ class LSTMLayer(nn.Module):
             weights.append(self.projection.weight)
         return weights
 
+    def built_weights(self, batch: int, seq_len: int) -> list[Tensor] | None:
+        """``torch.lstm``'s weights ``[w_ih, w_hh(, b_ih, b_hh)]`` for one call of ``seq_len``
+        steps at ``batch``, when the recurrent map multiplies by a dense weight for that call
+        (an ``nn.Linear``, or a map whose ``built_weight(batch, seq_len)`` builds it) and the
+        input map has one or can build it (``current_weight()``); None otherwise.
+
+        The input map is then built even where its plan would contract the cores: one kernel
+        call for the whole recurrence, forward and backward, measured faster than the per-step
+        loop (``python -m benchmarks.bench_layers --recurrence``), which the plan's count of
+        FLOPs and memory traffic leaves out.
+        """
+        if self.proj_size:
+            return None
+        w_hh = _weight_for(self.recurrent_map, batch, seq_len)
+        w_ih = _weight_for(self.input_map) if w_hh is not None else None
+        if w_ih is None:
+            return None
+        b_ih, b_hh = self.input_map.bias, self.recurrent_map.bias
+        if (b_ih is None) != (b_hh is None):
+            return None
+        return [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x: (seq_len, batch, input_size); state: h (batch, output_size), c (batch, hidden_size).
 
         Returns the outputs (seq_len, batch, output_size) and the final state.
         """
         h, c = state
+        weights = self.built_weights(x.shape[1], x.shape[0])
+        if weights is not None:  # the fused kernel on the built weights
+            out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
+                                       False, False)
+            return out, (h_n[0], c_n[0])
         input_gates = self.input_map(x)  # all time steps in one call
         recurrent = self.recurrent_map
         if hasattr(recurrent, "repeated"):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
@@ -127,6 +156,19 @@ class LSTMLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
+
+
+def _weight_for(m: nn.Module, batch: int | None = None, calls: int = 1) -> Tensor | None:
+    """The dense weight of ``m``: an ``nn.Linear``'s, or one the map builds (``current_weight()``;
+    with ``batch``, only if its plan for ``calls`` products of ``batch`` rows builds it:
+    ``built_weight(batch, calls)``); None for a map that cannot."""
+    if type(m) is nn.Linear:
+        return m.weight
+    if batch is None:
+        current_weight = getattr(m, "current_weight", None)
+        return current_weight() if current_weight is not None else None
+    built_weight = getattr(m, "built_weight", None)
+    return built_weight(batch, calls) if built_weight is not None else None
 
 
 class LSTM(nn.Module):

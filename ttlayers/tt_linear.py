@@ -120,22 +120,38 @@ class TTLinear(nn.Module):
         """``self`` as a function of x (batch, in_features) -> (batch, out_features), for
         ``calls`` such inputs while the cores stay unchanged (the steps of a recurrence).
 
-        The route is chosen for all calls together (``linear_plan`` with ``calls``): when
-        ``calls`` matmuls with a W built here once count cheaper than ``calls`` contractions
-        with the cores, W is built now (differentiably when training) and each call is one
-        ``F.linear``.
+        The route is chosen for all calls together (``built_weight``): either one
+        ``F.linear`` per call with a W built here once, or a contraction with the cores.
         """
-        cacheable = not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in self.cores))
-        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, cacheable, calls)
-        if plan.dense:
-            weight = (self._cached_weight() if cacheable else self.full_weight())[: self.out_features, : self.in_features]
+        weight = self.built_weight(batch, calls)
+        if weight is not None:
             return lambda x: F.linear(x, weight, self.bias)
+        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, False, calls)
         cores, pad = list(self.cores), math.prod(self.in_shape) - self.in_features
 
         def contract(x: Tensor) -> Tensor:
             y = tt_linear_apply(F.pad(x, (0, pad)) if pad else x, cores, plan)[:, : self.out_features]
             return y if self.bias is None else y + self.bias
         return contract
+
+    def built_weight(self, batch: int, calls: int = 1) -> Tensor | None:
+        """W (out_features, in_features) if ``calls`` products of ``batch`` rows with unchanged
+        cores count cheaper through it than through the cores (``linear_plan`` with
+        ``calls``: the calls share W's build, reads and gradient writes), else None.
+
+        """
+        if not linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._cacheable(), calls).dense:
+            return None
+        return self.current_weight()
+
+    def current_weight(self) -> Tensor:
+        """W (out_features, in_features): taken from the cache when neither the module nor
+        autograd needs gradients of the cores, else built now, differentiably."""
+        weight = self._cached_weight() if self._cacheable() else self.full_weight()
+        return weight[: self.out_features, : self.in_features]
+
+    def _cacheable(self) -> bool:
+        return not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in self.cores))
 
     def _cached_weight(self) -> Tensor:
         """The full W, rebuilt when any core changed (tracked by storage and in-place version)."""
