@@ -146,6 +146,7 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
                base="lr_paper_scratch"),
         Method("lr_paper_ft", "LR-LSTM", "lr_paper_scratch fine-tuned with the preset's fine-tuning recipe "
                "(the control of lr_paper_kd)", base="lr_paper_scratch", train="finetune"),
+        Method("lr_paper_ft_q8", "LR-LSTM+quantized", "lr_paper_ft stored in 8 bits", quant="q8", base="lr_paper_ft"),
         Method("lr_paper_kd", "LR-LSTM", "lr_paper_scratch fine-tuned alike, distilled from itself "
                "(born-again, alpha 0.5, T 2)", base="lr_paper_scratch", train="finetune", distill=kd),
         Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",

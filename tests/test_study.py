@@ -53,7 +53,7 @@ def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
     # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
     # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
-    assert len(rows) == 32 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert len(rows) == 33 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -171,4 +171,4 @@ def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
-        assert len(methods_for(preset(name))) == 32  # every shipped method passes the checks (they raise)
+        assert len(methods_for(preset(name))) == 33  # every shipped method passes the checks (they raise)
