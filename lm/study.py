@@ -263,7 +263,7 @@ class Study:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
         method = asdict(m)
         for key in ("shape", "distill", "lr"):  # recipes written before methods had these fields stay valid
-            if method[key] is None or method[key] == {}:
+            if not method[key]:
                 del method[key]
         r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
              "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}

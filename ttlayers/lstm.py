@@ -119,8 +119,8 @@ class LSTMLayer(nn.Module):
         """
         if self.proj_size:
             return None
-        w_hh = _weight_for(self.recurrent_map, batch, seq_len)
-        w_ih = _weight_for(self.input_map) if w_hh is not None else None
+        w_hh = _planned_weight(self.recurrent_map, batch, seq_len)
+        w_ih = _current_weight(self.input_map) if w_hh is not None else None
         if w_ih is None:
             return None
         b_ih, b_hh = self.input_map.bias, self.recurrent_map.bias
@@ -158,17 +158,21 @@ class LSTMLayer(nn.Module):
         return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
-def _weight_for(m: nn.Module, batch: int | None = None, calls: int = 1) -> Tensor | None:
-    """The dense weight of ``m``: an ``nn.Linear``'s, or one the map builds (``current_weight()``;
-    with ``batch``, only if its plan for ``calls`` products of ``batch`` rows builds it:
-    ``built_weight(batch, calls)``); None for a map that cannot."""
+def _planned_weight(m: nn.Module, batch: int, calls: int) -> Tensor | None:
+    """An ``nn.Linear``'s weight, or the one a map builds when its plan for ``calls`` products
+    of ``batch`` rows prefers it (``built_weight``); None otherwise."""
     if type(m) is nn.Linear:
         return m.weight
-    if batch is None:
-        current_weight = getattr(m, "current_weight", None)
-        return current_weight() if current_weight is not None else None
     built_weight = getattr(m, "built_weight", None)
     return built_weight(batch, calls) if built_weight is not None else None
+
+
+def _current_weight(m: nn.Module) -> Tensor | None:
+    """An ``nn.Linear``'s weight, or the one a map can build (``current_weight``); None otherwise."""
+    if type(m) is nn.Linear:
+        return m.weight
+    current_weight = getattr(m, "current_weight", None)
+    return current_weight() if current_weight is not None else None
 
 
 class LSTM(nn.Module):

@@ -126,7 +126,7 @@ class TTLinear(nn.Module):
         weight = self.built_weight(batch, calls)
         if weight is not None:
             return lambda x: F.linear(x, weight, self.bias)
-        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, False, calls)
+        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._cacheable(), calls)  # the plan built_weight looked up
         cores, pad = list(self.cores), math.prod(self.in_shape) - self.in_features
 
         def contract(x: Tensor) -> Tensor:
@@ -137,9 +137,7 @@ class TTLinear(nn.Module):
     def built_weight(self, batch: int, calls: int = 1) -> Tensor | None:
         """W (out_features, in_features) if ``calls`` products of ``batch`` rows with unchanged
         cores count cheaper through it than through the cores (``linear_plan`` with
-        ``calls``: the calls share W's build, reads and gradient writes), else None.
-
-        """
+        ``calls``: the calls share W's build, reads and gradient writes), else None."""
         if not linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._cacheable(), calls).dense:
             return None
         return self.current_weight()
