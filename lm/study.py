@@ -160,6 +160,15 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
                shape={"embedding_size": r_lstm}, train="scratch", lr=tt_lr),
         Method("tt_paper_scratch_q8", "TT-LSTM+quantized", "tt_paper_scratch stored in 8 bits", quant="q8",
                base="tt_paper_scratch"),
+        Method("tt_paper_ft", "TT-LSTM", f"tt_paper_scratch fine-tuned with the preset's fine-tuning recipe from lr {tt_lr}",
+               base="tt_paper_scratch", train="finetune", lr=tt_lr),
+        Method("tt_paper_ft_q8", "TT-LSTM+quantized", "tt_paper_ft stored in 8 bits", quant="q8", base="tt_paper_ft"),
+        Method("lr_tied_scratch", "LR-LSTM",
+               f"lr_paper_scratch with the embedding and softmax tied (both {r_lstm}-dim), trained from scratch",
+               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}},
+               shape={"embedding_size": r_lstm, "tie_weights": True}, train="scratch"),
+        Method("lr_tied_scratch_q8", "LR-LSTM+quantized", "lr_tied_scratch stored in 8 bits", quant="q8",
+               base="lr_tied_scratch"),
     ]
 
 
@@ -285,8 +294,9 @@ class Study:
             return start
         if m.train == "scratch":
             # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
-            shaped = LanguageModel(replace(dense.config, **m.shape), dense.vocab)
-            shape = compress_model(shaped, counts=self.counts(), **m.compress).config
+            # (untied there: a dense LSTM's output does not match a reshaped embedding)
+            shaped = LanguageModel(replace(dense.config, **{**m.shape, "tie_weights": False}), dense.vocab)
+            shape = replace(compress_model(shaped, counts=self.counts(), **m.compress).config, **m.shape)
             cfg = replace(self.cfg, model=shape, epochs=self.config.scratch_epochs or self.cfg.epochs,
                           lr=m.lr or self.cfg.lr)
             model = scratch_model(cfg, dense.vocab)
