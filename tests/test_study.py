@@ -143,11 +143,13 @@ def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeyp
 
 
 def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_path, short_corpus):
-    _, payload, rows = run_tiny_study(tmp_path, ["tt_paper_scratch_q8"])
-    assert set(rows) == {"tt_paper_scratch", "tt_paper_scratch_q8"}
-    method = next(m for m in methods_for(preset("tiny", hidden_size=24)) if m.name == "tt_paper_scratch")
-    history = json.loads((tmp_path / "runs" / "tt_paper_scratch" / "train" / "results.json").read_text())["history"]
-    assert method.lr != preset("tiny").lr and history[0]["lr"] == method.lr
+    _, payload, rows = run_tiny_study(tmp_path, ["tt_paper_scratch_q8", "tt_paper_ft"])
+    assert set(rows) == {"tt_paper_scratch", "tt_paper_scratch_q8", "tt_paper_ft"}
+    methods = {m.name: m for m in methods_for(preset("tiny", hidden_size=24))}
+    for name, default in [("tt_paper_scratch", preset("tiny").lr), ("tt_paper_ft", study.FINETUNE["tiny"]["lr"])]:
+        history = json.loads((tmp_path / "runs" / name / "train" / "results.json").read_text())["history"]
+        assert methods[name].lr != default and history[0]["lr"] == methods[name].lr
+    method = methods["tt_paper_scratch"]
     model = load_artifact(tmp_path / "runs" / "tt_paper_scratch" / "model.lmz")
     r, hidden = model.config.embedding_size, model.config.hidden_size
     # the TT maps were tensorised for the r-dim embedding, not for the hidden size the preset's embedding has
