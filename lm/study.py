@@ -169,6 +169,9 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
                shape={"embedding_size": r_lstm, "tie_weights": True}, train="scratch"),
         Method("lr_tied_scratch_q8", "LR-LSTM+quantized", "lr_tied_scratch stored in 8 bits", quant="q8",
                base="lr_tied_scratch"),
+        Method("lr_tied_ft", "LR-LSTM", "lr_tied_scratch fine-tuned with the preset's fine-tuning recipe",
+               base="lr_tied_scratch", train="finetune"),
+        Method("lr_tied_ft_q8", "LR-LSTM+quantized", "lr_tied_ft stored in 8 bits", quant="q8", base="lr_tied_ft"),
     ]
 
 

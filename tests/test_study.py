@@ -53,7 +53,7 @@ def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
     # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
     # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
-    assert len(rows) == 37 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert len(rows) == 39 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -161,10 +161,12 @@ def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_p
 
 
 def test_lr_tied_scratch_shares_one_table_between_embedding_and_softmax(tmp_path, short_corpus):
-    _, payload, rows = run_tiny_study(tmp_path, ["lr_tied_scratch_q8", "lr_paper_scratch"])
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_tied_scratch_q8", "lr_tied_ft_q8", "lr_paper_scratch"])
+    for name in ("lr_tied_scratch", "lr_tied_ft", "lr_tied_ft_q8"):  # fine-tuning and 8 bits keep the tie
+        model = load_artifact(tmp_path / "runs" / name / "model.lmz")
+        assert model.config.tie_weights and model.decoder.weight is model.embedding.weight
     model = load_artifact(tmp_path / "runs" / "lr_tied_scratch" / "model.lmz")
     r, vocab = model.config.embedding_size, model.config.vocab_size
-    assert model.config.tie_weights and model.decoder.weight is model.embedding.weight
     assert model.embedding.weight.shape == (vocab, r) and model.decoder.in_features == model.lstm.proj_size == r
     # the table counted and stored once: one vocab x r table fewer than the untied paper model
     assert rows["lr_paper_scratch"]["parameters"] - rows["lr_tied_scratch"]["parameters"] == vocab * r
@@ -187,4 +189,4 @@ def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
-        assert len(methods_for(preset(name))) == 37  # every shipped method passes the checks (they raise)
+        assert len(methods_for(preset(name))) == 39  # every shipped method passes the checks (they raise)
