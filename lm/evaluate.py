@@ -12,25 +12,30 @@ from .model import detach
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, stream: Tensor, chunk: int = 128, progress: bool = False) -> float:
-    """exp of the mean negative log-likelihood of ``stream[1:]`` given everything before.
+def token_losses(model: nn.Module, stream: Tensor, chunk: int = 128, progress: bool = False) -> Tensor:
+    """The negative log-likelihood of each of ``stream[1:]`` given everything before: (len(stream) - 1,).
 
     The stream (1-D ids) is read as one sequence at batch size 1, in chunks of
-    ``chunk`` tokens whose final state starts the next chunk, so each of the
-    ``len(stream) - 1`` targets is counted exactly once.
+    ``chunk`` tokens whose final state starts the next chunk, so each target is
+    scored exactly once. Where a perplexity is worse than expected, this says which
+    stretch of the stream is to blame (e.g. a cell state that runs away on a repeated
+    phrase, which only a long unbroken sequence shows).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     data = stream.to(device).view(-1, 1)
-    state = None
-    total, count = 0.0, 0
+    state, losses = None, []
     for start in tqdm(range(0, data.shape[0] - 1, chunk), desc="eval", disable=not progress, leave=False):
         end = min(start + chunk, data.shape[0] - 1)
         logits, state = model(data[start:end], state)
         state = detach(state)
-        total += nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), data[start + 1 : end + 1].view(-1),
-                                             reduction="sum").item()
-        count += end - start
+        losses.append(nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), data[start + 1 : end + 1].view(-1),
+                                                  reduction="none").double().cpu())
     model.train(was_training)
-    return math.exp(total / count)
+    return torch.cat(losses)
+
+
+def perplexity(model: nn.Module, stream: Tensor, chunk: int = 128, progress: bool = False) -> float:
+    """exp of the mean of ``token_losses(model, stream, chunk)``: every target of the stream counted once."""
+    return math.exp(token_losses(model, stream, chunk, progress).mean().item())

@@ -7,7 +7,7 @@ from torch import nn
 import lm
 from lm.checkpoint import save_model
 from lm.config import ModelConfig, preset
-from lm.evaluate import perplexity
+from lm.evaluate import perplexity, token_losses
 from lm.model import LanguageModel, count_parameters
 
 VOCAB = [f"w{i}" for i in range(50)]
@@ -55,6 +55,10 @@ def test_exact_perplexity_counts_every_token_once():
     expected = math.exp(nn.functional.cross_entropy(logits.view(-1, 50), stream[1:]).item())
     for chunk in (1, 7, 128):
         assert perplexity(model, stream, chunk=chunk) == pytest.approx(expected, rel=1e-5)
+    # token by token: the loss of each target, in stream order, whatever the chunking
+    each = nn.functional.cross_entropy(logits.view(-1, 50), stream[1:], reduction="none").double()
+    for chunk in (1, 7, 128):
+        torch.testing.assert_close(token_losses(model, stream, chunk=chunk), each, rtol=1e-5, atol=1e-5)
 
 
 def test_weight_tying_shares_the_matrix():
