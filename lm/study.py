@@ -48,7 +48,7 @@ class Method:
     trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
     start from another method's finished model instead of the dense one (to export it, or
     fine-tune it); ``shape``: ``ModelConfig`` fields of a from-scratch model (e.g.
-    ``embedding_size``), applied after ``compress`` has set the layer specs; ``distill``:
+    ``embedding_size``, ``tie_weights``), applied after ``compress`` has set the layer specs; ``distill``:
     ``{"alpha", "temperature"}`` of ``lm.distill.Distillation``, fine-tuning with the model
     it starts from (the dense one, or the base) as the teacher; ``lr``: the starting learning
     rate of its training instead of the preset's (scratch) or the fine-tuning recipe's, decayed
