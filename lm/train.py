@@ -67,7 +67,8 @@ def train(
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
     Writes ``out_dir/model.pt`` (the artifact) and ``out_dir/train_state.pt`` after
-    every epoch; ``resume=True`` continues from the last finished epoch. ``distill``
+    every epoch; ``resume=True`` continues from the last finished epoch, with the same config
+    but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). ``distill``
     adds a teacher's soft targets to the loss (``lm.distill``); the reported training
     perplexity stays the cross-entropy's.
     """
@@ -90,8 +91,13 @@ def train(
     start_epoch, history, elapsed = 0, [], 0.0
     if resume and state_path.is_file():
         saved = load_train_state(state_path)
-        if saved["config"] != cfg.to_dict():
+        # the lr schedule does not depend on the number of epochs, so a run may be extended, or cut at an
+        # epoch it has finished; any other change is another run
+        if {**saved["config"], "epochs": cfg.epochs} != cfg.to_dict():
             raise ValueError(f"{state_path} was trained with another config; use a fresh --out directory")
+        if saved["epoch"] + 1 > cfg.epochs:
+            raise ValueError(f"{state_path} has finished {saved['epoch'] + 1} epochs, more than the {cfg.epochs} "
+                             "asked for; use a fresh --out directory")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])

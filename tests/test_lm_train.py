@@ -74,6 +74,24 @@ def test_resume_refuses_another_config(tmp_path, corpus):
     assert again.returncode != 0 and "another config" in again.stderr
 
 
+def test_resume_extends_a_run_or_cuts_it_at_a_finished_epoch(tmp_path, corpus):
+    reference = run_lm("train", *SHORT, "--epochs", "2", "--out", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "grown"
+    for epochs in ("1", "1", "2"):  # trained 1 epoch; resumed at its end, nothing to do; extended to 2
+        done = run_lm("train", *SHORT, "--epochs", epochs, "--out", str(out), "--resume")
+        assert done.returncode == 0, done.stderr
+        if epochs == "1":
+            assert len(json.loads((out / "results.json").read_text())["history"]) == 1
+    a = json.loads((tmp_path / "ref" / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    # the schedule does not depend on its length: 1 epoch then 1 more is the 2-epoch run
+    assert [h["valid_ppl"] for h in b["history"]] == [h["valid_ppl"] for h in a["history"]]
+    assert b["test_ppl"] == a["test_ppl"]
+    cut = run_lm("train", *SHORT, "--epochs", "1", "--out", str(out), "--resume")
+    assert cut.returncode != 0 and "finished 2 epochs" in cut.stderr
+
+
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path, corpus):
     args = ["train", *SHORT, "--epochs", "1", "--device", "cpu"]
     single = run_lm(*args, "--out", str(tmp_path / "one"))

@@ -7,6 +7,7 @@ the real pipeline, run through the command line.
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -184,9 +185,32 @@ def test_lr_tied_scratch_shares_one_table_between_embedding_and_softmax(tmp_path
     ({"train": "fine-tune"}, "train must be"),
     ({"lr": 0.5}, "lr sets the rate of a training run"),
     ({"train": "scratch", "lr": 0.0}, "must be > 0"),
+    ({"train": "finetune", "epochs": 3}, "epochs sets the length of a from-scratch training"),
+    ({"train": "scratch", "epochs": 0}, "must be >= 1"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
         assert len(methods_for(preset(name))) == 39  # every shipped method passes the checks (they raise)
+
+
+def test_medium_tt_paper_scratch_stops_after_the_first_epoch_below_one_percent_of_its_lr():
+    cfg = preset("medium")
+    methods = {m.name: m for m in methods_for(cfg)}
+    tt = methods["tt_paper_scratch"]
+    rates = [replace(cfg, lr=tt.lr).lr_at(epoch) for epoch in range(cfg.epochs)]
+    assert tt.epochs == next(epoch + 1 for epoch, lr in enumerate(rates) if lr < tt.lr / 100) < cfg.epochs
+    assert all(m.epochs is None for m in methods.values() if m.name != "tt_paper_scratch")
+    assert all(m.epochs is None for m in methods_for(preset("small")))  # the small study keeps its recipes
+
+
+def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus, monkeypatch):
+    shipped = study.methods_for
+    monkeypatch.setattr(study, "methods_for", lambda cfg: [
+        replace(m, epochs=1) if m.name == "lr_lstm_scratch" else m for m in shipped(cfg)])
+    main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=2", "--latency-tokens", "5",
+          "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet",
+          "--methods", "lr_lstm_scratch"])
+    trained = json.loads((tmp_path / "runs" / "lr_lstm_scratch" / "train" / "results.json").read_text())
+    assert trained["config"]["epochs"] == 1 and len(trained["history"]) == 1  # the preset says 2
