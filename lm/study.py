@@ -95,11 +95,10 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
     r_emb = max(4, round(h / 4))
     r_tt = max(4, r_lstm // 2)  # at 650, TT rank 64 gives the LSTM about the LR-LSTM r=128's parameters
     tt_lr = 0.25  # TT cores trained from scratch stall at lr 1 (docs/study.md)
-    # medium TT-LSTM: stop after the first epoch whose lr is below 1% of its start (27 of 39): from epoch
-    # 23 on it gained under 0.2 valid PPL an epoch, at 12 min of CPU an epoch (docs/study.md)
+    # medium TT-LSTM: stop after the first epoch whose lr is below 1% of its start (27 of 39), where its
+    # validation perplexity had all but stopped moving; medium tied LR-LSTM: cut after epoch 30 of 39 to fit
+    # the CPU time of the session that ran it (docs/study.md)
     tt_epochs = 27 if h == 650 else None
-    # medium tied LR-LSTM: cut after epoch 30 of 39 to fit the CPU budget of its session; over the same
-    # epochs the untied lr_paper_scratch gained 0.15 valid PPL, which fine-tuning from lr 0.5 washes out
     tied_epochs = 30 if h == 650 else None
     gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
     tt = {"type": "tt", "rank": 16}
