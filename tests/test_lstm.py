@@ -37,6 +37,33 @@ def test_from_torch_reproduces_nn_lstm(batch_first, with_state, proj_size, dtype
     assert_same(*run_both(ref, ours, batch_first, with_state, dtype))
 
 
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_one_step_at_a_time_reproduces_nn_lstm_forward_and_gradients(proj_size, monkeypatch):
+    """Token-by-token steps skip the fused kernel (dense and TT stacks alike) and still match
+    nn.LSTM on the whole sequence, outputs, state and weight gradients."""
+    torch.manual_seed(2)
+    ref = nn.LSTM(4, 6, num_layers=2, proj_size=proj_size, dtype=torch.float64)
+    ours = LSTM.from_torch(ref)
+    kernel, calls = torch.lstm, []
+    monkeypatch.setattr(torch, "lstm", lambda *args: calls.append(1) or kernel(*args))
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    expected = ref(x)
+    state, outs = None, []
+    for step in x:
+        out, state = ours(step[None], state)
+        outs.append(out)
+    assert_same(expected, (torch.cat(outs), state))
+    assert not calls
+    (expected[0].square().sum() + expected[1][1].sum()).backward()
+    (torch.cat(outs).square().sum() + state[1].sum()).backward()
+    names = {"input_map.weight": "weight_ih", "input_map.bias": "bias_ih", "recurrent_map.weight": "weight_hh",
+             "recurrent_map.bias": "bias_hh", "projection.weight": "weight_hr"}
+    grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():  # layers.K.<map>.<param> is nn.LSTM's <param>_lK
+        _, k, rest = name.split(".", 2)
+        torch.testing.assert_close(p.grad, grads[f"{names[rest]}_l{k}"].grad)
+
+
 def test_unbatched_input():
     torch.manual_seed(1)
     ref = nn.LSTM(4, 6, num_layers=2)

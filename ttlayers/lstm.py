@@ -14,7 +14,9 @@ projection feeds both the recurrence and the next layer. When every map of the
 stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
 stack. A layer whose maps can build their weights (``TTLinear.built_weight``) runs the
 same kernel on the built weights when the maps' plans for the whole call prefer them
-(the gradients still reach the cores through the build). Otherwise the input maps of all
+(the gradients still reach the cores through the build). A single time step (token-by-token
+inference) skips the kernel and multiplies by those weights directly: the kernel's per-call
+setup (oneDNN reorders the weights on CPU) costs more than one step at batch 1. Otherwise the input maps of all
 time steps run in one batched call and only the recurrent map runs per step (a map with
 a ``repeated(batch, calls)`` method, such as ``TTLinear``, plans all steps at once).
 """
@@ -22,8 +24,10 @@ a ``repeated(batch, calls)`` method, such as ``TTLinear``, plans all steps at on
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = tuple[Tensor, Tensor]
@@ -135,14 +139,19 @@ class LSTMLayer(nn.Module):
         """
         h, c = state
         weights = self.built_weights(x.shape[1], x.shape[0])
-        if weights is not None:  # the fused kernel on the built weights
+        if weights is not None and x.shape[0] > 1:  # the fused kernel on the built weights
             out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
                                        False, False)
             return out, (h_n[0], c_n[0])
-        input_gates = self.input_map(x)  # all time steps in one call
-        recurrent = self.recurrent_map
-        if hasattr(recurrent, "repeated"):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
-            recurrent = recurrent.repeated(h.shape[0], x.shape[0])
+        if weights is not None:  # one step: two products, cheaper than the kernel's per-call setup
+            w_ih, w_hh, b_ih, b_hh = weights if len(weights) == 4 else weights + [None, None]
+            input_gates = F.linear(x, w_ih, b_ih)
+            recurrent = partial(F.linear, weight=w_hh, bias=b_hh)
+        else:
+            input_gates = self.input_map(x)  # all time steps in one call
+            recurrent = self.recurrent_map
+            if hasattr(recurrent, "repeated"):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
+                recurrent = recurrent.repeated(h.shape[0], x.shape[0])
         outputs = []
         for gates_x in input_gates:
             gates = gates_x + recurrent(h)
@@ -278,7 +287,7 @@ class LSTM(nn.Module):
             raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
 
-        if all(layer.is_dense for layer in self.layers):
+        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1:
             weights = [w for layer in self.layers for w in layer.flat_weights()]
             out, h_n, c_n = torch.lstm(
                 x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False
