@@ -54,6 +54,17 @@ def test_routes():
     check_matches_dense(layer, torch.randn(1, 60, dtype=torch.float64))
 
 
+def test_a_built_weight_is_read_at_batch_1_where_that_measured_faster():
+    """Eval at batch 1 (W cached): the routes the study's TT models measured faster
+    (ttlayers.tt_contract.READ_COST)."""
+    medium_lstm_map = ((20, 13, 10), (13, 10, 5), (1, 64, 50, 1))  # tt_paper_ft: 25x the matvec's FLOPs
+    small_lstm_map = ((10, 10, 8), (8, 5, 5), (1, 16, 16, 1))  # tt_lstm_scratch_lr025
+    small_softmax = ((25, 20, 20), (8, 5, 5), (1, 16, 16, 1))  # tt_embdec_ft: 10000 x 200, rank 16
+    assert linear_plan(1, *medium_lstm_map, True).dense and linear_plan(1, *small_lstm_map, True).dense
+    assert not linear_plan(1, *small_softmax, True).dense
+    assert not linear_plan(1, *medium_lstm_map, False).dense  # building W and writing its gradient: cores
+
+
 def test_repeated_calls_share_one_built_weight_when_cheaper():
     """An LSTM's recurrent map at batch 20: one call contracts with the cores, 35 calls build W once;
     both routes give the layer's output and the same core gradients."""

@@ -19,7 +19,12 @@ the W it reads). On a CPU the intermediates of a TT route (batch x modes x rank)
 memory-bound, and FLOPs alone pick orders that run several times slower than their
 count says (``python -m benchmarks.bench_layers --orders``); and at small batches the
 matmul itself is bound by reading W. ``WRITE_COST`` was
-fitted on measured orders of the benchmark shapes (docs/layers.md). opt_einsum's
+fitted on measured orders of the benchmark shapes (docs/layers.md). Reading an already
+built W (eval, nothing to write back) is charged ``READ_COST`` per element instead: the
+batch-1 token latencies of the study's TT models (the medium ``tt_paper_ft``, whose rank-64
+maps contract with 25x the FLOPs of the matvec, and the small ``tt_paper_scratch``,
+``tt_lstm_scratch_lr025`` and ``tt_embdec_ft``, whose 10000 x 200 softmax is faster through
+its rank-16 cores) each pick the faster route for any value from 13 to 37. opt_einsum's
 dynamic programming minimises the same sum (``minimize="combo"``). The cheaper route
 is taken. Plans depend only on the batch size and the shapes, so they are computed once
 and cached (``functools.lru_cache``); no path search runs per call.
@@ -46,6 +51,7 @@ from torch import Tensor
 Shape = tuple[int, ...]
 
 WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
+READ_COST = 20  # FLOPs charged per element of an already built W that a matmul reads (module docstring)
 _OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
 
 
@@ -217,8 +223,8 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
                 calls: int = 1) -> LinearPlan:
     """The cheaper way to compute ``x @ W.T`` for x of shape (batch, prod(in_shape)).
 
-    ``weight_built`` says that the full W is already at hand (so the dense route
-    costs only the matmul). ``calls``: how many products of this size one W serves
+    ``weight_built`` says that the full W is already at hand and needs no gradient (so the
+    dense route costs only the matmul and W's read, ``READ_COST`` per element). ``calls``: how many products of this size one W serves
     (the time steps of a recurrence). Costs are per product; the calls share the
     W-sized terms (its build, its reads and gradient writes): measured on TT-LSTMs,
     ``python -m benchmarks.bench_layers --recurrence``.
@@ -227,7 +233,7 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
         raise ValueError(f"calls must be >= 1, got {calls}")
     n_out, n_in = prod(out_shape), prod(in_shape)
     dense_flops = 2 * batch * n_out * n_in
-    access = WRITE_COST * n_out * n_in  # W's gradient (or its read)
+    access = (READ_COST if weight_built else WRITE_COST) * n_out * n_in  # W's read, or its gradient
     dense_cost = dense_flops + WRITE_COST * batch * n_out + access // calls
     if not weight_built:
         build = weight_contraction(out_shape, in_shape, ranks)
