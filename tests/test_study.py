@@ -195,7 +195,7 @@ def test_methods_refuse_parts_the_study_would_ignore(fields, message):
         assert len(methods_for(preset(name))) == 39  # every shipped method passes the checks (they raise)
 
 
-def test_medium_from_scratch_lengths_tt_after_the_first_epoch_below_one_percent_of_its_lr():
+def test_medium_tt_paper_scratch_stops_after_the_first_epoch_below_one_percent_of_its_lr():
     cfg = preset("medium")
     methods = {m.name: m for m in methods_for(cfg)}
     tt = methods["tt_paper_scratch"]

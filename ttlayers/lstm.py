@@ -16,8 +16,8 @@ stack. A layer whose maps can build their weights (``TTLinear.built_weight``) ru
 same kernel on the built weights when the maps' plans for the whole call prefer them
 (the gradients still reach the cores through the build). A single time step (token-by-token
 inference) skips the kernel and multiplies by those weights directly: the kernel's per-call
-setup (oneDNN reorders the weights on CPU) costs more than one step at batch 1. Otherwise the input maps of all
-time steps run in one batched call and only the recurrent map runs per step (a map with
+setup (oneDNN reorders the weights on CPU) costs more than one step at batch 1. Otherwise
+the input maps of all time steps run in one batched call and only the recurrent map runs per step (a map with
 a ``repeated(batch, calls)`` method, such as ``TTLinear``, plans all steps at once).
 """
 

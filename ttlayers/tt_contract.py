@@ -224,8 +224,8 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
     """The cheaper way to compute ``x @ W.T`` for x of shape (batch, prod(in_shape)).
 
     ``weight_built`` says that the full W is already at hand and needs no gradient (so the
-    dense route costs only the matmul and W's read, ``READ_COST`` per element). ``calls``: how many products of this size one W serves
-    (the time steps of a recurrence). Costs are per product; the calls share the
+    dense route costs only the matmul and W's read, ``READ_COST`` per element). ``calls``:
+    how many products of this size one W serves (the time steps of a recurrence). Costs are per product; the calls share the
     W-sized terms (its build, its reads and gradient writes): measured on TT-LSTMs,
     ``python -m benchmarks.bench_layers --recurrence``.
     """
