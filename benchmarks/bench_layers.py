@@ -25,7 +25,7 @@ There, 2-thread wall time mostly measures how long one OpenMP thread waits for t
 be scheduled (a 700 x 1024 x 1024 matmul, forward + backward, takes about 1 s of wall time
 with 2 threads against 0.06 s of CPU time with 1), so the default run uses 1 thread and CPU
 time; ``--threads 2 --clock wall`` gives the 2-thread figures, written to
-``results/bench_layers_2threads_wall.json`` and their own table.
+``benchmarks/results/bench_layers_2threads_wall.json`` and their own table.
 
     python -m benchmarks.bench_layers [--rounds 5] [--threads 1] [--clock cpu] [--quick] [--orders | --recurrence] [--docs-only]
 """
@@ -256,7 +256,7 @@ def bench_orders(rounds: int, min_time: float, clock, quick: bool) -> list[dict]
 
 
 def write_docs(name: str, rows: list[dict]) -> None:
-    """The tables of ``results/<name>.json``'s rows into docs/layers.md (markers ``<name>_<part>``)."""
+    """The tables of ``benchmarks/results/<name>.json``'s rows into docs/layers.md (markers ``<name>_<part>``)."""
     part = {p: [{k: v for k, v in r.items() if k != "part"} for r in rows if r.get("part") == p]
             for p in ("linear", "embedding", "lstm")}
     if name.startswith(f"{NAME}_recurrence"):

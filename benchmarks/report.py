@@ -1,19 +1,41 @@
-"""Results files for the benchmarks: JSON stamped with config, seed and commit, and the
-markdown tables in docs/ regenerated from them (between ``<!-- BEGIN name -->`` and
-``<!-- END name -->`` markers), so that no number in the docs is typed in by hand."""
+"""Results files of the library benchmarks: JSON in ``benchmarks/results/`` stamped with config,
+seed, commit and machine, and the markdown tables in docs/ regenerated from them (between
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers), so that no number in the docs is typed
+in by hand. The benchmarks measure ``ttlayers`` alone: nothing here imports ``lm``."""
 
 from __future__ import annotations
 
+import json
+import platform
+import subprocess
+import time
 from pathlib import Path
 
-from lm.results import ROOT, stamp, write_json
+import torch
 
-RESULTS = ROOT / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def git_commit() -> str:
+    """The current commit, with ``-dirty`` appended when tracked files have uncommitted changes."""
+    describe = ["git", "describe", "--always", "--dirty", "--exclude=*"]
+    try:
+        return subprocess.run(describe, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write_results(name: str, rows: list[dict], config: dict, seed: int | None) -> Path:
-    """Write ``results/<name>.json`` holding the rows and their provenance."""
-    return write_json(RESULTS / f"{name}.json", {**stamp(config, seed), "rows": rows})
+    """Write ``benchmarks/results/<name>.json``: the rows, config, seed, commit, date and machine."""
+    machine = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    payload = {"config": config, "seed": seed, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "machine": machine, "rows": rows}
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
 
 
 def markdown_table(rows: list[dict], columns: list[str], fmt: dict[str, str] | None = None) -> str:

@@ -1,4 +1,10 @@
-"""Provenance for results files: every number we publish is stamped with config, seed and commit."""
+"""Results files of ``lm``: every number we publish is stamped with config, seed and commit, and the
+language models' table in README.md and docs/lm.md is regenerated from ``results/lm_*.json``
+(written by ``lm train``) and ``results/eval_*.json`` (``lm eval`` of the same checkpoint, re-run
+later), between ``<!-- BEGIN lm_results -->`` and ``<!-- END lm_results -->``:
+
+    python -m lm.results
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+PUBLISHED = {  # test perplexity: Zaremba et al. 2014 / TensorFlow PTB tutorial
+    "small": "114.5 / 115.9", "medium": "82.7 / 82.07", "large": "78.4 / 78.29", "tiny": "-",
+}
 
 
 def git_commit() -> str:
@@ -41,3 +51,37 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+
+def lm_table() -> str:
+    """The markdown table: one row per ``results/lm_<preset>.json``, with its ``eval_<preset>.json``
+    re-check (test perplexity and commit) in the last column."""
+    lines = ["| preset | valid PPL | test PPL | published test PPL | parameters | checkpoint MB | tokens/s | hours "
+             "| device | seed | commit | lm eval test PPL (commit) |", "|" + "---|" * 12]
+    for path in sorted(RESULTS.glob("lm_*.json")):
+        r = json.loads(path.read_text())
+        name = path.stem.removeprefix("lm_")
+        recheck = RESULTS / f"eval_{name}.json"
+        again = json.loads(recheck.read_text()) if recheck.is_file() else None
+        cells = [name, f"{r['valid_ppl']:.2f}", f"{r['test_ppl']:.2f}", PUBLISHED.get(name, "-"), f"{r['parameters']:,}",
+                 f"{r['checkpoint_bytes'] / 1e6:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['wall_time_s'] / 3600:.2f}",
+                 r["device"], r["seed"], r["commit"], f"{again['test_ppl']:.2f} ({again['commit']})" if again else "-"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Rewrite the ``lm_results`` table between its markers in docs/lm.md and README.md."""
+    table = lm_table()
+    begin, end = "<!-- BEGIN lm_results -->", "<!-- END lm_results -->"
+    for doc in (ROOT / "docs" / "lm.md", ROOT / "README.md"):
+        if begin not in doc.read_text() or end not in doc.read_text():
+            raise ValueError(f"{doc} has no {begin} ... {end} markers")
+        head, rest = doc.read_text().split(begin, 1)
+        doc.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
