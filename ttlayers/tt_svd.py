@@ -30,9 +30,8 @@ def tt_svd(tensor, max_rank: int | Sequence[int] | None = None, rel_eps: float |
         Relative error bound: every unfolding is truncated at
         ``delta = rel_eps / sqrt(d - 1) * ||tensor||_F`` so that
         ``||tensor - tt||_F <= rel_eps * ||tensor||_F``. With ``max_rank`` too, the cap wins.
-
-    With neither, the decomposition is exact (up to rounding) and each rank is the numerical rank
-    of the corresponding unfolding.
+        With neither, the decomposition is exact (up to rounding) and each rank is the numerical
+        rank of the corresponding unfolding.
 
     Returns
     -------
