@@ -53,7 +53,6 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-
 def lm_table() -> str:
     """The markdown table: one row per ``results/lm_<preset>.json``, with its ``eval_<preset>.json``
     re-check (test perplexity and commit) in the last column."""
@@ -76,9 +75,10 @@ def main() -> None:
     table = lm_table()
     begin, end = "<!-- BEGIN lm_results -->", "<!-- END lm_results -->"
     for doc in (ROOT / "docs" / "lm.md", ROOT / "README.md"):
-        if begin not in doc.read_text() or end not in doc.read_text():
+        page = doc.read_text()
+        if begin not in page or end not in page:
             raise ValueError(f"{doc} has no {begin} ... {end} markers")
-        head, rest = doc.read_text().split(begin, 1)
+        head, rest = page.split(begin, 1)
         doc.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
     print(table)
 
