@@ -13,7 +13,7 @@ from pathlib import Path
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
-SITE = ("README.md", "docs/**/*.md", "results/*.md", "results/*.png")
+SITE = ("README.md", "docs/**/*.md", "docs/**/*.png", "results/*.md", "results/*.png")
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
