@@ -1,6 +1,6 @@
 """The compression study: every method on one preset, cached per method and resumable.
 
-``python -m lm study --preset small --checkpoint runs/small/model.pt`` takes a trained
+``python -m lm study --preset small --checkpoint runs/small/model.safetensors`` takes a trained
 dense model (or trains the preset first), then for every method: compresses it,
 fine-tunes or trains it from scratch where the method says so, exports the compact
 artifact, decodes that artifact and measures its exact perplexities. Each finished
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load
+from .checkpoint import ARTIFACT_FILE, MODEL_FILE, load
 from .compression import prune as pruning
 from .compression import report
 from .compression.export import export, load_artifact
@@ -280,7 +280,7 @@ class Study:
         if not (out / "results.json").is_file():
             self.log(f"training the dense {self.config.preset} model in {out}")
             train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
-        return load(out / "model.pt")
+        return load(out / MODEL_FILE)
 
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
@@ -303,7 +303,7 @@ class Study:
     def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
         """The method's model before export: compressed, pruned and trained as its recipe says."""
         out = self.run_dir / m.name / "train"
-        start = load_artifact(self.run_dir / m.base / "model.lmz") if m.base else dense
+        start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
         if m.base and m.train == "none":
             return start
         if m.train == "scratch":
@@ -351,7 +351,7 @@ class Study:
         self.log(f"{m.name}: {m.description}")
         tic = time.time()
         model = self.build(m, dense)
-        info = export(model, self.run_dir / m.name / "model.lmz", m.quant)
+        info = export(model, self.run_dir / m.name / ARTIFACT_FILE, m.quant)
         decoded = load_artifact(info.path)  # every number below is the shipped artifact's
         result = {
             "name": m.name, "family": m.family, "label": m.name, "description": m.description, "recipe": recipe,
@@ -371,7 +371,7 @@ class Study:
     def cached(self, m: Method) -> dict | None:
         """The method's finished result, if it was run with its current recipe."""
         path = self.run_dir / m.name / "result.json"
-        if path.is_file():
+        if path.is_file() and (self.run_dir / m.name / ARTIFACT_FILE).is_file():
             result = json.loads(path.read_text())
             if result.get("recipe") == self.recipe(m):
                 return result
@@ -388,7 +388,7 @@ class Study:
         rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")
-        models = {r["name"]: load_artifact(self.run_dir / r["name"] / "model.lmz") for r in rows}
+        models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
         for name, t in compare(models, tokens=self.config.latency_tokens).items():
             next(r for r in rows if r["name"] == name).update(t)
         return self.write_report(rows)
