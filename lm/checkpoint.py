@@ -33,6 +33,7 @@ MODEL_FILE = "model.safetensors"
 ARTIFACT_FILE = "artifact.safetensors"
 TRAIN_STATE_FILE = "train_state.safetensors"
 MAX_WORD_BYTES = 256  # longest vocabulary entry (UTF-8 bytes)
+VOCAB_RATIO = 64  # most a stored vocabulary may inflate
 LIMITS = {"vocab_size": 10_000_000, "hidden_size": 1_000_000, "num_layers": 64, "embedding_size": 1_000_000}
 MAX_INT, MAX_LIST, MAX_DEPTH = 10**8, 4096, 8  # any integer, list length and nesting depth in a layer spec
 
@@ -53,14 +54,15 @@ def decode_vocab(tensors: dict[str, Tensor], vocab_size: int, name: str | os.Pat
         return None
     if t.dtype != torch.uint8 or t.dim() != 1:
         raise ModelFileError(name, f"the vocabulary tensor is {t.dtype} {tuple(t.shape)}, expected 1-D uint8")
-    limit = vocab_size * (MAX_WORD_BYTES + 1)
+    # a word list compresses a few times, never a thousandfold: the bound keeps a zlib bomb small
+    limit = min(vocab_size * (MAX_WORD_BYTES + 1), VOCAB_RATIO * t.numel() + 4096)
     inflate = zlib.decompressobj()
     try:
         text = inflate.decompress(t.numpy().tobytes(), limit)
     except zlib.error as err:
         raise ModelFileError(name, f"the vocabulary does not decompress ({err})") from None
     if inflate.unconsumed_tail or not inflate.eof:
-        raise ModelFileError(name, f"the vocabulary is longer than {vocab_size} words can be, or truncated")
+        raise ModelFileError(name, f"the vocabulary inflates beyond {limit} bytes, or is truncated")
     try:
         vocab = text.decode().split("\n")
     except UnicodeDecodeError:

@@ -137,11 +137,11 @@ def loads(blob: bytes, name: str | os.PathLike = "<bytes>", kinds: tuple[str, ..
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         foreign = _foreign(blob)
         raise fail(f"not an lm model file: {foreign}" if foreign else f"truncated or corrupted header ({err})") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise fail("not an lm model file (a header without string metadata)")
+        raise fail("corrupted header (its metadata is not a mapping of strings)")
     if meta.get("format") != "lm":
-        raise fail("not an lm model file (safetensors metadata without format 'lm')")
+        raise fail("not an lm model file (a safetensors file without format 'lm' in its metadata)")
     if meta.get("version") != str(VERSION):
         raise fail(f"format version {meta.get('version')!r}; this lm reads version {VERSION}")
     if meta.get("kind") not in kinds:
