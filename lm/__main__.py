@@ -88,28 +88,28 @@ def model_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def directory(text: str) -> Path:
+def directory(text: str) -> str:
     """A directory that exists."""
     path = Path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is {'a file' if path.exists() else 'missing'}; expected a directory")
-    return path
+    return text
 
 
-def out_dir(text: str) -> Path:
+def out_dir(text: str) -> str:
     """A directory to write into (created when missing), not a file."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file; expected a directory")
-    return path
+    return text
 
 
-def out_file(text: str) -> Path:
+def out_file(text: str) -> str:
     """A file to write, not a directory."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected a file path, e.g. {path / 'results.json'}")
-    return path
+    return text
 
 
 # --set: every config field, with what it allows

@@ -272,14 +272,17 @@ class Study:
 
     def dense_model(self) -> LanguageModel:
         if self.config.checkpoint:
+            self.log(f"reusing the dense model {self.config.checkpoint}")
             model = load(self.config.checkpoint)
             if model.vocab is not None and model.vocab != self.corpus.vocab:
                 raise ValueError(f"{self.config.checkpoint} was trained on another vocabulary")
             return model
         out = self.run_dir / "dense" / "train"
-        if not (out / "results.json").is_file():
+        if not (out / "results.json").is_file() or not (out / MODEL_FILE).is_file():
             self.log(f"training the dense {self.config.preset} model in {out}")
             train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
+        else:
+            self.log(f"reusing the dense model trained in {out}")
         return load(out / MODEL_FILE)
 
     def recipe(self, m: Method) -> dict:
@@ -384,7 +387,16 @@ class Study:
             dense = self.dense_model()
         else:  # only from-scratch methods: an untrained dense model gives their shapes
             dense = LanguageModel(self.cfg.model, self.corpus.vocab)
-        done = {m.name: self.run_method(m, dense) for m in self.methods}
+        done, start, spent = {}, time.time(), []
+        todo = {m.name for m in self.methods if self.cached(m) is None}
+        for i, m in enumerate(self.methods, 1):
+            left = len(todo - set(done))  # methods still to run, this one included
+            estimate = f", about {_clock(sum(spent) / len(spent) * left)} left" if spent and left else ""
+            self.log(f"method {i} of {len(self.methods)}: {m.name} (elapsed {_clock(time.time() - start)}{estimate})")
+            tic = time.time()
+            done[m.name] = self.run_method(m, dense)
+            if m.name in todo:
+                spent.append(time.time() - tic)
         rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")
@@ -415,6 +427,11 @@ class Study:
         if self.config.preset in report.FRONT_PRESETS:
             report.write_front(out)
         return payload
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def run_study(config: StudyConfig) -> dict:

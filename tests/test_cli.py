@@ -119,5 +119,6 @@ def test_a_run_directory_opens_like_its_model(places, capsys):
 
 if __name__ == "__main__":
     text = DOCS.read_text()
-    DOCS.write_text(text.replace(docs_table(), render()))
+    head, rest = text.split("<!-- BEGIN cli_errors -->\n")
+    DOCS.write_text(head + "<!-- BEGIN cli_errors -->\n" + render() + rest[rest.index("\n<!-- END cli_errors -->"):])
     sys.exit(0)
