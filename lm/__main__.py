@@ -1,4 +1,4 @@
-"""Command line: ``python -m lm {train,eval,info,study,compress,convert} ...`` (also installed as ``lm``).
+"""Command line: ``python -m lm {train,eval,info,study,compress,convert,ship} ...`` (also installed as ``lm``).
 
 Every number, choice and path is checked when the arguments are parsed: a bad one stops
 with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
@@ -238,6 +238,23 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"{args.old} -> {args.new} ({size} bytes)")
 
 
+def cmd_ship(args: argparse.Namespace) -> None:
+    from .ship import ship
+
+    run_dirs = dict(args.run_dir) or {p: f"runs/study_{p}" for p in PRESETS}
+    manifest = ship(json.loads(Path(args.front).read_text()), run_dirs, args.out, max_mb=args.max_mb)
+    for e in manifest["models"]:
+        print(f"{e['name']}: {e['file'] or e['note']}")
+
+
+def preset_dir(text: str) -> tuple[str, str]:
+    """``PRESET=DIR``."""
+    name, sep, path = text.partition("=")
+    if not sep or name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"expected PRESET=DIR with PRESET one of {sorted(PRESETS)}, got {text!r}")
+    return name, directory(path)
+
+
 # -- the parser --------------------------------------------------------------------------------------------
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` where there is a default to show and the help does not already say it."""
@@ -328,6 +345,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--legacy", action="store_true", required=True,
                    help="confirm that OLD is a legacy torch.save file to convert (required)")
     v.set_defaults(func=cmd_convert)
+
+    h = command("ship", "copy the study front's compact artifacts into models/ and write its manifest.json")
+    h.add_argument("--front", type=Path, default=Path("results/study_front.json"), help="the front's results JSON")
+    h.add_argument("--run-dir", type=preset_dir, action="append", default=[], metavar="PRESET=DIR",
+                   help="a preset's study run directory, repeatable (default: runs/study_<preset> for each)")
+    h.add_argument("--out", type=out_dir, default="models", help="where the artifacts and manifest.json go")
+    h.add_argument("--max-mb", type=positive_float, default=5.0, help="ship only front models up to this size")
+    h.set_defaults(func=cmd_ship)
     return p
 
 
