@@ -91,7 +91,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> int:
     """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``; returns its size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # one writer per file (rank 0); a killed write's leftover is overwritten
     try:
         with open(tmp, "wb") as f:
             f.write(data)
