@@ -92,9 +92,10 @@ def _check_spec(value, where: str, name, depth: int = 0) -> None:
 def model_config(d, name: str | os.PathLike) -> ModelConfig:
     """A ``ModelConfig`` from a file's JSON, its fields' types and sizes checked against ``LIMITS``."""
     known = {f.name: f for f in fields(ModelConfig)}
-    if not isinstance(d, dict) or set(d) - set(known):
-        extra = sorted(set(d) - set(known)) if isinstance(d, dict) else d
-        raise ModelFileError(name, f"the model config is not one this lm knows (unknown: {extra})")
+    if not isinstance(d, dict):
+        raise ModelFileError(name, f"the model config is missing or not a mapping ({type(d).__name__})")
+    if set(d) - set(known):
+        raise ModelFileError(name, f"the model config has fields this lm does not know: {sorted(set(d) - set(known))}")
     for key, value in d.items():
         default = known[key].default
         if key in LIMITS:

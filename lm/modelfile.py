@@ -176,7 +176,7 @@ def read(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> ModelFile:
 def expect(tensors: dict[str, Tensor], key: str, dtype: torch.dtype, shape: tuple[int, ...], name: str) -> Tensor:
     """``tensors[key]``, checked to be of ``dtype`` and ``shape``; ModelFileError naming ``name`` otherwise."""
     t = tensors.get(key)
-    if t is None:
+    if not isinstance(t, Tensor):
         raise ModelFileError(name, f"tensor {key!r} is missing")
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):
         raise ModelFileError(name, f"tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")

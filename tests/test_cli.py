@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lm.__main__ import main, parser
-from lm.checkpoint import save_model
+from lm.checkpoint import load, save_model
+from lm.compression.export import export
 from lm.config import ModelConfig
 from lm.model import LanguageModel
 
@@ -112,9 +113,14 @@ def test_every_option_has_help_and_the_methods_are_listed(capsys):
     assert "tt_paper_ft_q8" in out and "(default: 100)" in out and "(default: small)" in out
 
 
-def test_a_run_directory_opens_like_its_model(places, capsys):
+def test_info_opens_a_run_directory_and_an_artifact(places, capsys):
     main(["info", str(Path(places["MODEL"]).parent)])
     assert '"kind": "checkpoint"' in capsys.readouterr().out
+    artifact = Path(places["EMPTY"]) / "compact.bin"  # by content, whatever the name
+    export(load(places["MODEL"]), artifact, "q8")
+    main(["info", str(artifact)])
+    out = capsys.readouterr().out
+    assert '"kind": "artifact"' in out and f'"file_bytes": {artifact.stat().st_size}' in out
 
 
 if __name__ == "__main__":
