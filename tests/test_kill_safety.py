@@ -32,6 +32,7 @@ def write_atomic(path, data):
     calls[0] += 1
     if calls[0] == stop:
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(f".{path.name}.tmp"), "wb") as f:
             f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
         print("WRITING", path.name, flush=True)
@@ -67,7 +68,8 @@ def run_until_killed(out, kill_after: float | None, kill_at_write: int = 0) -> t
     reader = threading.Thread(target=read)
     reader.start()
     if kill_at_write:
-        assert writing.wait(600), "the run never reached the write to be killed in"
+        while not writing.wait(0.5):
+            assert proc.poll() is None, "the run ended before the write it was to be killed in"
         proc.send_signal(signal.SIGKILL)
     else:
         try:
