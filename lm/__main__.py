@@ -80,10 +80,10 @@ def device(text: str) -> str:
     return text
 
 
-def model_path(text: str) -> Path:
-    """An existing checkpoint or artifact, or a run directory holding one."""
+def model_path(text: str) -> str:
+    """An existing checkpoint or artifact (as typed: the study's recipes hold it), or a run directory holding one."""
     try:
-        return resolve(text)
+        return text if Path(text).is_file() else str(resolve(text))
     except (FileNotFoundError, modelfile.ModelFileError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -189,19 +189,19 @@ def _load(path: Path, map_location: str = "cpu"):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    _, model = _load(args.checkpoint, args.device)
+    _, model = _load(Path(args.checkpoint), args.device)
     corpus = Corpus.load(args.data_dir)
     if model.vocab is not None and model.vocab != corpus.vocab:
         raise SystemExit(f"{args.checkpoint} was trained on another vocabulary than {args.data_dir or 'PTB'}")
     ppl = {split: perplexity(model, getattr(corpus, split), progress=True) for split in args.splits}
     for split, value in ppl.items():
         print(f"{split} ppl {value:.2f}")
-    out = Path(args.results or args.checkpoint.with_name("eval.json"))
+    out = Path(args.results or Path(args.checkpoint).with_name("eval.json"))
     write_json(out, {**stamp({"checkpoint": str(args.checkpoint)}, None), **{f"{s}_ppl": v for s, v in ppl.items()}})
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    f, model = _load(args.checkpoint)
+    f, model = _load(Path(args.checkpoint))
     info = {"file": str(args.checkpoint), "kind": f.kind, "format_version": modelfile.VERSION,
             "parameters": count_parameters(model), "file_bytes": f.bytes, "config": asdict(model.config)}
     print(json.dumps(info, indent=1))
@@ -211,7 +211,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     from .study import StudyConfig, run_study
 
     config = StudyConfig(preset=args.preset, run_dir=args.run_dir or f"runs/study_{args.preset}",
-                         checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                         checkpoint=args.checkpoint,
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
                          latency_tokens=args.latency_tokens,
