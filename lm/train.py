@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_train_state, save_model, save_train_state
+from .checkpoint import MODEL_FILE, TRAIN_STATE_FILE, ModelFileError, load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data import Corpus, batchify, bptt_windows
 from .distill import Distillation
@@ -66,8 +66,8 @@ def train(
 ) -> dict:
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
-    Writes ``out_dir/model.pt`` (the artifact) and ``out_dir/train_state.pt`` after
-    every epoch; ``resume=True`` continues from the last finished epoch, with the same config
+    Writes ``out_dir/model.safetensors`` (the checkpoint) and ``out_dir/train_state.safetensors``
+    (``lm.checkpoint``, written atomically) after every epoch; ``resume=True`` continues from the last finished epoch, with the same config
     but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). ``distill``
     adds a teacher's soft targets to the loss (``lm.distill``); the reported training
     perplexity stays the cross-entropy's.
@@ -77,7 +77,7 @@ def train(
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     device = torch.device(device) if device is not None else _default_device(rank)
     out_dir = Path(out_dir)
-    state_path, model_path = out_dir / "train_state.pt", out_dir / "model.pt"
+    state_path, model_path = out_dir / TRAIN_STATE_FILE, out_dir / MODEL_FILE
 
     corpus = Corpus.load(data_dir)
     train_stream = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
@@ -98,9 +98,12 @@ def train(
         if saved["epoch"] + 1 > cfg.epochs:
             raise ValueError(f"{state_path} has finished {saved['epoch'] + 1} epochs, more than the {cfg.epochs} "
                              "asked for; use a fresh --out directory")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(state_path, f"does not fit the model and optimizer of its config ({err})") from None
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # a copy, so that the caller's teacher keeps its device and mode

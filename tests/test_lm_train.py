@@ -35,13 +35,13 @@ def test_tiny_trains_end_to_end_and_evaluates(tmp_path, corpus):
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["test_ppl"] < 0.6 * unigram_ppl(corpus)  # unigram: about 690
-    assert results["checkpoint_bytes"] == (out / "model.pt").stat().st_size
+    assert results["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
     assert {"valid_ppl", "parameters", "wall_time_s", "tokens_per_s", "device", "config", "seed", "commit"} <= set(results)
     # the checkpoint re-evaluates to the same number
-    evaluated = run_lm("eval", str(out / "model.pt"), "--splits", "test")
+    evaluated = run_lm("eval", str(out / "model.safetensors"), "--splits", "test")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
-    info = run_lm("info", str(out / "model.pt"))
+    info = run_lm("info", str(out / "model.safetensors"))
     assert json.loads(info.stdout)["parameters"] == results["parameters"]
 
 
@@ -54,11 +54,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, corpus):
     proc = subprocess.Popen([sys.executable, "-m", "lm", "train", *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / "train_state.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / "train_state.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "train_state.pt").exists() and not (out / "results.json").exists()
+    assert (out / "train_state.safetensors").exists() and not (out / "results.json").exists()
 
     resumed = run_lm("train", *args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -78,8 +78,8 @@ def test_resume_extends_a_run_or_cuts_it_at_a_finished_epoch(tmp_path, corpus):
     reference = run_lm("train", *SHORT, "--epochs", "2", "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "grown"
-    for epochs in ("1", "1", "2"):  # trained 1 epoch; resumed at its end, nothing to do; extended to 2
-        done = run_lm("train", *SHORT, "--epochs", epochs, "--out", str(out), "--resume")
+    for i, epochs in enumerate(("1", "1", "2")):  # trained 1 epoch; resumed at its end, nothing to do; extended to 2
+        done = run_lm("train", *SHORT, "--epochs", epochs, "--out", str(out), *(["--resume"] if i else []))
         assert done.returncode == 0, done.stderr
         if epochs == "1":
             assert len(json.loads((out / "results.json").read_text())["history"]) == 1
@@ -117,7 +117,7 @@ def test_non_finite_loss_stops_training(tmp_path, corpus):
         model.decoder.bias[0] = float("nan")
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
         train(cfg, tmp_path, model=model, progress=False)
-    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_bad_data_dir_is_a_clear_cli_error(tmp_path):
