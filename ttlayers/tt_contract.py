@@ -20,14 +20,13 @@ memory-bound, and FLOPs alone pick orders that run several times slower than the
 count says (``python -m benchmarks.bench_layers --orders``); and at small batches the
 matmul itself is bound by reading W. ``WRITE_COST`` was
 fitted on measured orders of the benchmark shapes (docs/layers.md). Reading an already
-built W (eval, nothing to write back) is charged ``READ_COST`` per element instead: the
-batch-1 token latencies of the study's TT models (the medium ``tt_paper_ft``, whose rank-64
-maps contract with 25x the FLOPs of the matvec, and the small ``tt_paper_scratch``,
-``tt_lstm_scratch_lr025`` and ``tt_embdec_ft``, whose 10000 x 200 softmax is faster through
-its rank-16 cores) each pick the faster route for any value from 13 to 37. opt_einsum's
-dynamic programming minimises the same sum (``minimize="combo"``). The cheaper route
-is taken. Plans depend only on the batch size and the shapes, so they are computed once
-and cached (``functools.lru_cache``); no path search runs per call.
+built W (eval, nothing to write back) is charged ``READ_COST`` per element instead, chosen
+so that batch-1 inference takes the route measured faster (docs/layers.md, where the
+measurements are). opt_einsum's dynamic programming minimises the same sum
+(``minimize="combo"``). The cheaper route is taken. Plans depend only on the batch size
+and the shapes, so they are computed once and cached (``functools.lru_cache``); no path
+search runs per call, and none while ``torch.compile`` traces (the plans are computed
+eagerly and enter the graph as constants).
 
 A plan runs as a sequence of pairwise products, each compiled once into permute, reshape,
 one ``mm``/``bmm`` and a view (``Pairwise``): a handful of autograd nodes per step, where
