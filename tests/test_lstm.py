@@ -217,3 +217,5 @@ def test_bad_input_names_the_problem():
         LSTM(4, 6, 1, proj_size=6)
     with pytest.raises(ValueError, match="without projections"):
         tt_lstm(nn.LSTM(4, 6, 1, proj_size=2))
+    with pytest.raises(TypeError, match="LSTM holds torch.float32 parameters"):
+        ours(torch.randn(3, 2, 4, dtype=torch.float64))

@@ -121,6 +121,10 @@ def test_bad_input_names_the_problem():
         TTEmbedding(10, 4, 0)
     with pytest.raises(ValueError, match="num_shape"):
         TTEmbedding(100, 4, 2, num_shape=(3, 3))
+    with pytest.raises(ValueError, match=r"^rank must be >= 1"):
+        TTEmbedding.from_embedding(nn.Embedding(10, 4), rank=0)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding"):
+        TTEmbedding.from_embedding(nn.Linear(4, 10), rank=2)
 
 
 @pytest.mark.filterwarnings("ignore:the exact TT-matrix")

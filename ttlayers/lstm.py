@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._tt_layout import check_float_input
+
 State = tuple[Tensor, Tensor]
 
 
@@ -297,6 +299,7 @@ class LSTM(nn.Module):
             raise ValueError(f"LSTM expects a 2-D or 3-D input, got shape {tuple(input.shape)}")
         if input.shape[-1] != self.input_size:
             raise ValueError(f"LSTM expects input features {self.input_size}, got {input.shape[-1]}")
+        check_float_input(input, next(self.parameters()).dtype, "LSTM")
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
         if hx is None:

@@ -35,18 +35,9 @@ class TTEmbedding(TTMatrixModule):
     product of the trailing cores is cached until a core changes.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        rank: int | Sequence[int],
-        *,
-        num_shape: Sequence[int] | None = None,
-        dim_shape: Sequence[int] | None = None,
-        padding_idx: int | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int | Sequence[int], *,
+                 num_shape: Sequence[int] | None = None, dim_shape: Sequence[int] | None = None,
+                 padding_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__(num_embeddings, embedding_dim, rank, num_shape, dim_shape,
                          ("num_embeddings", "embedding_dim", "num_shape", "dim_shape"), device=device, dtype=dtype)
         self.num_embeddings, self.embedding_dim = self.n_rows, self.n_cols
@@ -63,24 +54,14 @@ class TTEmbedding(TTMatrixModule):
         self.init_cores(1.0)
 
     @classmethod
-    def from_embedding(
-        cls,
-        embedding: nn.Embedding,
-        rank: int | Sequence[int] | None = None,
-        rel_eps: float | None = None,
-        num_shape: Sequence[int] | None = None,
-        dim_shape: Sequence[int] | None = None,
-    ) -> "TTEmbedding":
-        """TT-SVD of ``embedding.weight`` (``ttlayers.tt_matrix_svd``): ranks capped at ``rank``,
-        error ``||E - E_tt||_F <= rel_eps ||E||_F``; neither gives an exact copy, and warns
-        when that copy holds more parameters than ``embedding``."""
+    def from_embedding(cls, embedding: nn.Embedding, rank: int | Sequence[int] | None = None, rel_eps: float | None = None,
+                       num_shape: Sequence[int] | None = None, dim_shape: Sequence[int] | None = None) -> "TTEmbedding":
+        """The table of ``embedding`` by TT-SVD, with its ``padding_idx`` (``decompose``: ranks
+        capped at ``rank``, ``||E - E_tt||_F <= rel_eps ||E||_F``, neither: exact)."""
         if not isinstance(embedding, nn.Embedding):
-            raise TypeError(f"from_embedding takes an nn.Embedding, got {type(embedding).__name__}")
-        weight = embedding.weight.detach()
-        out = cls(embedding.num_embeddings, embedding.embedding_dim, 1, num_shape=num_shape, dim_shape=dim_shape,
-                  padding_idx=embedding.padding_idx, device=weight.device, dtype=weight.dtype)
-        out.decompose(weight, rank, rel_eps, rank_name="rank")
-        return out
+            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        return cls.decomposed(embedding.weight, (embedding.num_embeddings, embedding.embedding_dim), rank, rel_eps,
+                              num_shape=num_shape, dim_shape=dim_shape, padding_idx=embedding.padding_idx)
 
     def dense_weight(self) -> Tensor:
         """The table E: (num_embeddings, embedding_dim), differentiable in the cores; the

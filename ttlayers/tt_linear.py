@@ -41,18 +41,9 @@ class TTLinear(TTMatrixModule):
     while tracing (see ``plan``) and nothing is cached.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        rank: int | Sequence[int],
-        *,
-        in_shape: Sequence[int] | None = None,
-        out_shape: Sequence[int] | None = None,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int | Sequence[int], *,
+                 in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None, bias: bool = True,
+                 device=None, dtype=None) -> None:
         super().__init__(out_features, in_features, rank, out_shape, in_shape,
                          ("out_features", "in_features", "out_shape", "in_shape"), device=device, dtype=dtype)
         self.in_features, self.out_features = self.n_cols, self.n_rows
@@ -69,23 +60,14 @@ class TTLinear(TTMatrixModule):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        rank: int | Sequence[int] | None = None,
-        rel_eps: float | None = None,
-        in_shape: Sequence[int] | None = None,
-        out_shape: Sequence[int] | None = None,
-    ) -> "TTLinear":
-        """TT-SVD of ``linear.weight`` (``ttlayers.tt_matrix_svd``): ranks capped at ``rank``,
-        error ``||W - W_tt||_F <= rel_eps ||W||_F``; neither gives an exact copy, and warns
-        when that copy holds more parameters than ``linear``."""
+    def from_linear(cls, linear: nn.Linear, rank: int | Sequence[int] | None = None, rel_eps: float | None = None,
+                    in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None) -> "TTLinear":
+        """A copy of ``linear`` with its weight's TT-SVD as cores and its bias (``decompose``:
+        ranks capped at ``rank``, ``||W - W_tt||_F <= rel_eps ||W||_F``, neither: exact)."""
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear takes an nn.Linear, got {type(linear).__name__}")
-        weight = linear.weight.detach()
-        out = cls(linear.in_features, linear.out_features, 1, in_shape=in_shape, out_shape=out_shape,
-                  bias=linear.bias is not None, device=weight.device, dtype=weight.dtype)
-        out.decompose(weight, rank, rel_eps, rank_name="rank")
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        out = cls.decomposed(linear.weight, (linear.in_features, linear.out_features), rank, rel_eps,
+                             in_shape=in_shape, out_shape=out_shape, bias=linear.bias is not None)
         if linear.bias is not None:
             with torch.no_grad():
                 out.bias.copy_(linear.bias)

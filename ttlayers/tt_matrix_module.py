@@ -71,6 +71,15 @@ class TTMatrixModule(nn.Module):
             nn.init.normal_(core, 0.0, std)
         self._cache = None
 
+    @classmethod
+    def decomposed(cls, weight: Tensor, sizes: tuple[int, int], rank: int | Sequence[int] | None,
+                   rel_eps: float | None, **kwargs):
+        """``cls(*sizes, ...)`` whose cores are the TT-SVD of ``weight`` (``decompose``), on its
+        device and in its dtype; ``kwargs`` go to the constructor."""
+        out = cls(*sizes, 1, device=weight.device, dtype=weight.dtype, **kwargs)
+        out.decompose(weight, rank, rel_eps)
+        return out
+
     def decompose(self, matrix: Tensor, rank: int | Sequence[int] | None, rel_eps: float | None,
                   rank_name: str = "rank") -> None:
         """Replace the cores by the TT-SVD of ``matrix`` (n_rows, n_cols) (``ttlayers.tt_matrix_svd``):
