@@ -32,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan  # torch.export's loop with a dynamic trip count
 
 from ._tt_layout import check_float_input
 
@@ -166,7 +167,8 @@ class LSTMLayer(nn.Module):
         Returns the outputs (seq_len, batch, output_size) and the final state.
         """
         h, c = state
-        weights = self.built_weights(x.shape[1], x.shape[0])
+        exporting = torch.compiler.is_exporting()
+        weights = None if exporting else self.built_weights(x.shape[1], x.shape[0])
         if weights is not None and x.shape[0] > 1:  # the fused kernel on the built weights
             out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
                                        False, False)
@@ -180,16 +182,30 @@ class LSTMLayer(nn.Module):
             recurrent = self.recurrent_map
             if isinstance(recurrent, PlannedMap):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
                 recurrent = recurrent.repeated(h.shape[0], x.shape[0])
+        if exporting:  # a loop over steps would fix seq_len in the graph; scan keeps it dynamic
+            if isinstance(self.recurrent_map, PlannedMap):  # W built once, before the loop (a constant
+                # to the runtime): torch 2.13 cannot lower a TT contraction of symbolic size inside scan
+                recurrent = partial(F.linear, weight=self.recurrent_map.dense_weight(), bias=self.recurrent_map.bias)
+
+            def combine(carry: State, gates_x: Tensor) -> tuple[State, Tensor]:
+                h, c = self._cell(gates_x + recurrent(carry[0]), carry[1])
+                return (h, c), h.clone()  # scan's outputs may not alias its carry
+            (h, c), out = scan(combine, (h, c), input_gates)
+            return out, (h, c)
         outputs = []
         for gates_x in input_gates:
-            gates = gates_x + recurrent(h)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            if self.proj_size:
-                h = self.projection(h)
+            h, c = self._cell(gates_x + recurrent(h), c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
+
+    def _cell(self, gates: Tensor, c: Tensor) -> State:
+        """One step from the gates (batch, 4 * hidden_size) and c: the new (h, c)."""
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        if self.proj_size:
+            h = self.projection(h)
+        return h, c
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
@@ -314,7 +330,7 @@ class LSTM(nn.Module):
             raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
 
-        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1:
+        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_exporting():
             weights = [w for layer in self.layers for w in layer.flat_weights()]
             out, h_n, c_n = torch.lstm(
                 x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False

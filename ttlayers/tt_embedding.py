@@ -77,6 +77,8 @@ class TTEmbedding(TTMatrixModule):
         (i_2..i_d) of the batch, by gathering slices and batched matmuls; or, when the batch
         holds at least half of all possible tails, for all tails at once, by dense products
         of the cores (the same count of multiply-adds within a factor 2, without gathers).
+        While ``torch.compile`` or ``torch.export`` traces, always the latter: the route may
+        not depend on the values of ``indices``.
         """
         n = indices.shape[0]
         head = self.cores[0][0]  # (num_shape[0], dim_shape[0], r_1)
@@ -84,11 +86,14 @@ class TTEmbedding(TTMatrixModule):
             return head[:, :, 0].index_select(0, indices)[:, : self.embedding_dim]
         n_tails = math.prod(self.num_shape[1:])
         tails = indices % n_tails
-        unique, inverse = torch.unique(tails, return_inverse=True)
-        if n_tails <= 2 * unique.numel():
-            tail = self._all_tails_cached().index_select(0, tails)
+        if torch.compiler.is_compiling():  # a route that depends on the values cannot be traced
+            tail = self._all_tails().index_select(0, tails)
         else:
-            tail = self._tails(unique).index_select(0, inverse)
+            unique, inverse = torch.unique(tails, return_inverse=True)
+            if n_tails <= 2 * unique.numel():
+                tail = self._all_tails_cached().index_select(0, tails)
+            else:
+                tail = self._tails(unique).index_select(0, inverse)
         out = torch.bmm(head.index_select(0, indices // n_tails), tail)  # (n, dim_shape[0], prod(dim_shape[1:]))
         return out.reshape(n, out.shape[1] * out.shape[2])[:, : self.embedding_dim]
 
@@ -126,14 +131,18 @@ class TTEmbedding(TTMatrixModule):
     def forward(self, input: Tensor) -> Tensor:
         if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
-        unique, inverse = torch.unique(input.reshape(-1).long(), return_inverse=True)
-        if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
-            raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
-                             f"got values from {int(unique[0])} to {int(unique[-1])}")
-        if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
-            out = self.rows(input.reshape(-1).long()).reshape(*input.shape, self.embedding_dim)
+        flat = input.reshape(-1).long()
+        if torch.compiler.is_compiling():  # no value-dependent route or check in a traced graph
+            out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
         else:
-            out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
+            unique, inverse = torch.unique(flat, return_inverse=True)
+            if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
+                raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
+                                 f"got values from {int(unique[0])} to {int(unique[-1])}")
+            if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
+                out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
+            else:
+                out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
         if self.padding_idx is not None:  # zero, and no gradient to the cores, as nn.Embedding's padding row
             out = out.masked_fill((input == self.padding_idx).unsqueeze(-1), 0.0)
         return out

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._tt_layout import check_float_input
-from .tt_contract import LinearPlan, linear_plan, tt_linear_apply
+from .tt_contract import LinearPlan, planned, tt_linear_apply
 from .tt_matrix_module import TTMatrixModule
 
 
@@ -83,12 +83,12 @@ class TTLinear(TTMatrixModule):
     def plan(self, batch: int, calls: int = 1) -> LinearPlan:
         """The route for ``calls`` products of ``batch`` rows while the cores stay unchanged
         (``ttlayers.tt_contract.linear_plan``: the calls share W's build, reads and gradient
-        writes). A symbolic ``batch`` (tracing with dynamic shapes) is planned as one row: the
-        route must then hold for every size, and batch-1 inference is what an exported layer
-        runs most."""
-        if not isinstance(batch, int):
-            batch = 1
-        return linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._weight_is_constant(), calls)
+        writes). While ``torch.compile`` or ``torch.export`` traces, ``batch`` and ``calls``
+        count as 1, whatever they are: a traced route must hold for every size (the sizes may
+        be symbolic), and batch-1 inference, step by step, is what an exported layer runs most."""
+        if torch.compiler.is_compiling():
+            batch = calls = 1
+        return planned(batch, self.out_shape, self.in_shape, self.ranks, self._weight_is_constant(), calls)
 
     def uses_dense_weight(self, batch: int, calls: int = 1) -> bool:
         """Whether ``calls`` products of ``batch`` rows go through ``dense_weight()`` (``plan``)."""
