@@ -168,7 +168,9 @@ class LSTMLayer(nn.Module):
         """
         h, c = state
         exporting = torch.compiler.is_exporting()
-        weights = None if exporting else self.built_weights(x.shape[1], x.shape[0])
+        # traced (torch.compile, torch.export): no torch.lstm kernel, which inductor cannot compile
+        # for training with dynamic shapes nor torch.export with a dynamic sequence length
+        weights = None if torch.compiler.is_compiling() else self.built_weights(x.shape[1], x.shape[0])
         if weights is not None and x.shape[0] > 1:  # the fused kernel on the built weights
             out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
                                        False, False)
@@ -180,13 +182,12 @@ class LSTMLayer(nn.Module):
         else:
             input_gates = self.input_map(x)  # all time steps in one call
             recurrent = self.recurrent_map
-            if isinstance(recurrent, PlannedMap):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
+            if isinstance(recurrent, PlannedMap) and exporting:  # W built once, before the loop (a constant
+                # to the runtime): torch 2.13 cannot lower a TT contraction of symbolic size inside scan
+                recurrent = partial(F.linear, weight=recurrent.dense_weight(), bias=recurrent.bias)
+            elif isinstance(recurrent, PlannedMap):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
                 recurrent = recurrent.repeated(h.shape[0], x.shape[0])
         if exporting:  # a loop over steps would fix seq_len in the graph; scan keeps it dynamic
-            if isinstance(self.recurrent_map, PlannedMap):  # W built once, before the loop (a constant
-                # to the runtime): torch 2.13 cannot lower a TT contraction of symbolic size inside scan
-                recurrent = partial(F.linear, weight=self.recurrent_map.dense_weight(), bias=self.recurrent_map.bias)
-
             def combine(carry: State, gates_x: Tensor) -> tuple[State, Tensor]:
                 h, c = self._cell(gates_x + recurrent(carry[0]), carry[1])
                 return (h, c), h.clone()  # scan's outputs may not alias its carry
@@ -330,7 +331,7 @@ class LSTM(nn.Module):
             raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
 
-        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_exporting():
+        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_compiling():
             weights = [w for layer in self.layers for w in layer.flat_weights()]
             out, h_n, c_n = torch.lstm(
                 x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False
