@@ -70,7 +70,11 @@ def _in_own_backend(method):
 
 
 class TTTensor(tt_tensor.TTTensor):
-    """tensorly's ``TTTensor`` whose dense forms are computed with the backend of its cores."""
+    """tensorly's ``TTTensor`` built, and its dense forms computed, with the backend of its cores."""
+
+    def __init__(self, factors, inplace=False):
+        with backend_for(factors):
+            super().__init__(factors, inplace)
 
     to_tensor = _in_own_backend(tt_tensor.TTTensor.to_tensor)
     to_unfolding = _in_own_backend(tt_tensor.TTTensor.to_unfolding)
@@ -78,7 +82,11 @@ class TTTensor(tt_tensor.TTTensor):
 
 
 class TTMatrix(tt_matrix.TTMatrix):
-    """tensorly's ``TTMatrix`` whose dense forms are computed with the backend of its cores."""
+    """tensorly's ``TTMatrix`` built, and its dense forms computed, with the backend of its cores."""
+
+    def __init__(self, factors, inplace=False):
+        with backend_for(factors):
+            super().__init__(factors, inplace)
 
     to_tensor = _in_own_backend(tt_matrix.TTMatrix.to_tensor)
     to_matrix = _in_own_backend(tt_matrix.TTMatrix.to_matrix)
@@ -88,6 +96,4 @@ class TTMatrix(tt_matrix.TTMatrix):
 
 def build(cls: type[TTTensor] | type[TTMatrix], factors: list[torch.Tensor], backend: str) -> TTTensor | TTMatrix:
     """``cls(factors)`` with the factors converted to the array type of ``backend``."""
-    factors = [from_torch(f, backend) for f in factors]
-    with backend_for(factors):
-        return cls(factors)
+    return cls([from_torch(f, backend) for f in factors])
