@@ -13,8 +13,8 @@ The matrix is float64 and scaled to entries below 1 (see :mod:`ttlayers._precisi
   at worst, and the eigensolver's backward error, ``k eps ||G||_2``). By Ky Fan's inequality the
   tail computed from the eigenvalues is then within ``r nu`` of ``D(r)``, and the subspace it
   gives discards at most ``D(r) + 2 r nu``. The Gram path is taken only when these bounds
-  *certify* the result: the discarded energy is within the budget and no smaller rank would do,
-  or, when the cap binds, the error is within ``sqrt(floor)`` of the optimum's.
+  *certify* the result: the rank is the one the budget and cap call for (no smaller rank would
+  do), and the error is within ``sqrt(floor)`` of the best rank-``r`` error (within budget).
 * **SVD** otherwise: a QR of the matrix (long side down to ``k``) then the SVD of the ``k x k``
   triangle, or the SVD of the matrix when it is nearly square. Backward stable: the singular
   values are accurate to about ``sqrt(max(m, n)) eps64 ||M||_F`` (not its square root), so any
@@ -78,15 +78,16 @@ def _gram_split(matrix, cap, budget, floor):
     tails = (sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])).cpu()  # D(r) to within r nu
     ranks = torch.arange(len(tails), dtype=torch.float64)
     sure = (tails + 3 * ranks * nu <= budget)[1:].nonzero()  # D(r) + 2 r nu <= budget for sure
-    rank = int(sure[0]) + 1 if len(sure) else None
-    if rank is not None and rank <= cap:
+    rank = int(sure[0]) + 1 if len(sure) else cap + 1
+    if rank <= cap:  # the budget sets the rank: unless rank - 1 might do too
         if rank > 1 and float(tails[rank - 1]) - (rank - 1) * nu <= budget:
-            return None  # rank - 1 might do
-    else:
-        rank = cap
-        low = float(tails[cap]) - cap * nu  # D(cap) >= low
-        if low <= budget or 2 * cap * nu > floor + 2 * math.sqrt(floor * low):
-            return None  # a smaller rank might do, or the error is not certified near-optimal
+            return None
+    elif float(tails[cap]) - cap * nu <= budget:  # the cap binds, unless a smaller rank might do
+        return None
+    rank = min(rank, cap)
+    low = max(float(tails[rank]) - rank * nu, 0.0)  # D(rank) >= low
+    if 2 * rank * nu > floor + 2 * math.sqrt(floor * low):
+        return None  # not certified within round-off of the best rank-r error
     left, right = _project(matrix, evecs[:, :rank], wide)
     return left, right, max(sq_norm - float(right.square().sum()), 0.0)
 
@@ -94,17 +95,18 @@ def _gram_split(matrix, cap, budget, floor):
 def _svd_split(matrix, cap, budget):
     m, n = matrix.shape
     wide = m <= n
-    if max(m, n) >= QR_FIRST * min(m, n):
+    qr_first = max(m, n) >= QR_FIRST * min(m, n)
+    if qr_first:  # the k x k triangle has the Gram of the short side: Gram = vh^T diag(s^2) vh
         triangle = torch.linalg.qr(matrix.T if wide else matrix, mode="r")[1]
-        _, s, vh = torch.linalg.svd(triangle)  # Gram = vh^T diag(s^2) vh
-        basis = vh.T
+        _, s, vh = torch.linalg.svd(triangle)
     else:
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
     energy = s.square().cpu()
     tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r] = D(r)
     rank = _rank(tails, cap, budget)
-    if max(m, n) >= QR_FIRST * min(m, n):
-        left, right = _project(matrix, basis[:, :rank], wide)
-    else:
-        left, right = u[:, :rank], s[:rank, None] * vh[:rank]
+    if qr_first:
+        left, right = _project(matrix, vh[:rank].T, wide)
+    else:  # right = left^T matrix, not s vh: the projection reconstructs to a few eps, s vh to ~50
+        left = u[:, :rank]
+        right = left.T @ matrix
     return left, right, float(tails[rank])
