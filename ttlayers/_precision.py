@@ -72,6 +72,10 @@ def to_work(array: torch.Tensor) -> tuple[torch.Tensor, int]:
 def times_power_of_two(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
     """``tensor * 2**exponent``, exact in float64 (in two halves, since ``2**exponent`` alone may
     not be representable)."""
+    if exponent == 0:
+        return tensor
+    if abs(exponent) < 1000:
+        return tensor * 2.0 ** exponent
     half = exponent // 2
     return tensor * 2.0 ** half * 2.0 ** (exponent - half)
 
