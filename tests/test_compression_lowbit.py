@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.compression.lowbit import (dequantize_rows, fake_quantize, pack_codes, packed_bytes, quantize_rows,
-                                   unpack_codes)
+from lm.compression.lowbit import (decode_rows, dequantize_rows, encode_rows, fake_quantize, pack_codes, packed_bytes,
+                                   quantize_rows, unpack_codes)
 
 
 @settings(max_examples=40, deadline=None)
@@ -71,6 +71,8 @@ def test_constant_rows_and_bad_input():
         quantize_rows(torch.ones(3, 2), 2, axis=2)
     with pytest.raises(ValueError, match="bits"):
         quantize_rows(torch.ones(3, 2), 0)
+    with pytest.raises(ValueError, match="float16"):
+        quantize_rows(torch.tensor([[0.0, 1e6]]), 2)
     with pytest.raises(ValueError, match="lo and hi"):
         dequantize_rows(torch.zeros(3, 2, dtype=torch.uint8), torch.zeros(2), torch.zeros(2), 2)
 
@@ -86,3 +88,14 @@ def test_fake_quantize_gradient_is_straight_through_inside_the_range():
     inside = (t.detach() >= lo[:, None]) & (t.detach() <= hi[:, None])
     assert not inside[:, -1].any() and inside.float().mean() > 0.5  # the outliers (and the tails) were clipped
     assert torch.equal(t.grad, upstream * inside)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_encode_decode_rows_stores_the_quantized_values_exactly(bits):
+    t = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(4))
+    packed, scale = encode_rows(t, bits, axis=1)
+    assert packed.numel() == packed_bytes(t.numel(), bits) and scale.shape == (2, 5) and scale.dtype == torch.float16
+    values = decode_rows(packed, scale, bits, tuple(t.shape), axis=1)
+    assert torch.equal(values, dequantize_rows(*quantize_rows(t, bits, 1), bits, 1))
+    again = encode_rows(values, bits, axis=1)
+    assert torch.equal(again[0], packed) and torch.equal(again[1], scale)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lm.compression.export import export, export_bytes, load_artifact
 from lm.compression.groupreduce import BlockLowRankEmbedding, BlockLowRankLinear
 from lm.compression.lowbit import dequantize_rows, quantize_rows
 from lm.compression.qat import bake, enable_qat, is_qat, row_axes
@@ -148,3 +149,39 @@ def test_qat_refuses_bad_bits_and_a_second_enable():
     enable_qat(model, 3)
     with pytest.raises(ValueError, match="already in QAT"):
         enable_qat(model, 3)
+
+
+def lm_for_export(**kw) -> LanguageModel:
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=256, num_layers=1, **kw), [f"w{i}" for i in range(300)])
+    model.init_uniform(0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_low_bit_artifact_stores_the_qat_baked_weights_exactly(tmp_path, bits):
+    for spec in ({}, {"lstm": {"type": "lr_lstm", "rank": 32}, "embedding_size": 32, "tie_weights": True}):
+        model = bake(enable_qat(lm_for_export(**spec), bits))
+        info = export(model, tmp_path / "m.lmz", f"q{bits}")
+        loaded = load_artifact(info.path)
+        assert info.bytes == info.path.stat().st_size
+        stored = loaded.state_dict()
+        assert set(stored) == set(model.state_dict())
+        for name, a in model.state_dict().items():
+            assert torch.equal(a, stored[name]), name
+        assert {e for n, e in info.encodings.items() if n in row_axes(model)} == {f"q{bits}"}
+
+
+def test_two_bit_artifact_is_about_a_quarter_of_an_eight_bit_one():
+    model = lm_for_export()
+    (_, q8), (_, q2), (_, q4) = (export_bytes(model, q) for q in ("q8", "q2", "q4"))
+    # per row along its axis, two float16 (lo, hi); biases stay float32 (a few percent of the bytes here)
+    assert 0.25 < q2.bytes / q8.bytes < 0.3 and 0.5 < q4.bytes / q8.bytes < 0.55
+    for name, t in model.state_dict().items():
+        expected = -(-t.numel() * 2 // 8) + 4 * t.shape[0] if t.dim() >= 2 else 4 * t.numel()
+        assert q2.tensor_bytes[name] == expected, name
+
+
+def test_export_refuses_a_model_in_qat_mode():
+    with pytest.raises(ValueError, match="bake"):
+        export_bytes(enable_qat(lm_for_export(), 2), "q2")

@@ -8,6 +8,10 @@ the cheapest of its allowed encodings:
 * ``q8``: the paper's 8-bit scheme, one byte per number plus ``lo`` and ``step``
   (float32) for the tensor; ``q8c``: the same per output row (a ``lo`` and a
   ``step`` per row);
+* ``q2``, ``q3``, ``q4``: weights (``lm.compression.qat.row_axes``) in 2, 3 or 4 bits
+  per number (``lm.compression.lowbit``): ``lo`` and ``hi`` (float16) of each row along
+  the tensor's row ``axis`` (in its table entry), then the codes packed into bytes. A
+  model trained with ``lm.compression.qat`` at that many bits is stored exactly;
 * sparse: a bitmask of the nonzero entries (one bit per entry, ``numpy.packbits``)
   followed by the nonzero values only, as ``f32`` or ``q8``. Chosen whenever it is
   smaller than the dense encoding, which happens above ~3% zeros for float32 values.
@@ -32,10 +36,12 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..model import LanguageModel
+from . import lowbit, qat
 from .quantize import dequantize, quantize_uniform
 
 MAGIC = b"LMZ1"
-QUANT = (None, "q8", "q8c")
+LOW_BITS = {"q2": 2, "q3": 3, "q4": 4}
+QUANT = (None, "q8", "q8c", *LOW_BITS)
 
 
 @dataclass
@@ -61,12 +67,24 @@ def _encode_values(values: Tensor, quant: str | None) -> tuple[str, bytes]:
     return ("q8c" if per_channel else "q8"), _f32(lo.reshape(-1)) + _f32(step.reshape(-1)) + codes.numpy().tobytes()
 
 
-def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True) -> tuple[dict, bytes]:
-    """The cheapest encoding of ``t``: (table entry without offset, payload bytes)."""
+def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True,
+                  axis: int | None = None) -> tuple[dict, bytes]:
+    """The cheapest encoding of ``t``: (table entry without offset, payload bytes).
+
+    With a low-bit ``quant`` (``"q2"``, ``"q3"``, ``"q4"``), a tensor with a row ``axis``
+    (``lm.compression.qat.row_axes``) is stored as its packed codes and per-row scales,
+    never sparse; one without (biases) in float32.
+    """
     if quant not in QUANT:
         raise ValueError(f"quant must be one of {QUANT}, got {quant!r}")
     if not t.is_floating_point():
         raise ValueError(f"only floating-point tensors can be exported, got {t.dtype}")
+    if quant in LOW_BITS:
+        if axis is None:
+            return encode_tensor(t, None, allow_sparse)
+        packed, scale = lowbit.encode_rows(t, LOW_BITS[quant], axis)
+        return ({"shape": list(t.shape), "codec": quant, "axis": axis, "sparse": False},
+                scale.numpy().astype("<f2").tobytes() + packed.numpy().tobytes())
     codec, blob = _encode_values(t, quant)
     entry = {"shape": list(t.shape), "codec": codec, "sparse": False}
     if allow_sparse and t.numel() > 0:
@@ -103,6 +121,11 @@ def decode_tensor(entry: dict, buf: memoryview) -> Tensor:
         out = torch.zeros(numel)
         out[mask] = _decode_values(buf[nbits:], entry["codec"], entry["nnz"], 1)
         return out.view(shape)
+    if entry["codec"] in LOW_BITS:
+        rows = shape[entry["axis"]]
+        scale = torch.from_numpy(np.frombuffer(buf, dtype="<f2", count=2 * rows).copy()).view(2, rows)
+        packed = torch.from_numpy(np.frombuffer(buf, dtype=np.uint8, offset=4 * rows).copy())
+        return lowbit.decode_rows(packed, scale, LOW_BITS[entry["codec"]], tuple(shape), entry["axis"])
     rows = shape[0] if shape else 1
     return _decode_values(buf, entry["codec"], numel, rows).view(shape)
 
@@ -117,6 +140,9 @@ def _check_exportable(model: nn.Module) -> None:
 def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: bool = True) -> tuple[bytes, ArtifactInfo]:
     """The artifact of ``model`` as bytes, and its accounting."""
     _check_exportable(model)
+    if qat.is_qat(model):
+        raise ValueError("the model is in QAT mode: call lm.compression.qat.bake(model) before exporting")
+    axes = qat.row_axes(model)
     table, chunks, offset = [], [], 0
     info = ArtifactInfo(None, 0)
     seen: dict[tuple[int, tuple], str] = {}
@@ -126,7 +152,7 @@ def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: b
             table.append({"name": name, "alias": seen[key]})
             continue
         seen[key] = name
-        entry, blob = encode_tensor(t, quant, allow_sparse)
+        entry, blob = encode_tensor(t, quant, allow_sparse, axes.get(name))
         table.append({"name": name, **entry, "offset": offset, "nbytes": len(blob)})
         chunks.append(blob)
         offset += len(blob)
@@ -143,7 +169,8 @@ def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: b
 
 def export(model: LanguageModel, path: str | os.PathLike, quant: str | None = None,
            allow_sparse: bool = True) -> ArtifactInfo:
-    """Write the compact artifact of ``model`` to ``path``; ``quant`` is None, ``"q8"`` or ``"q8c"``."""
+    """Write the compact artifact of ``model`` to ``path``; ``quant`` is None, ``"q8"``, ``"q8c"``, or
+    ``"q2"`` / ``"q3"`` / ``"q4"`` (weights in packed codes with per-row ranges, biases float32)."""
     data, info = export_bytes(model, quant, allow_sparse)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

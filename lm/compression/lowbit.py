@@ -6,7 +6,9 @@ Each row gets its own range ``[lo, hi]`` and the levels
 
     v_k = lerp(lo, hi, k / (2**bits - 1)),   k = 0 .. 2**bits - 1,
 
-so a row costs ``bits`` bits per number plus two float32 (``lo``, ``hi``). ``torch.lerp``
+so a row costs ``bits`` bits per number plus two float16 (``lo``, ``hi``: float32 would be a
+fifth of a 2-bit row of 128 numbers). ``lo`` and ``hi`` are rounded to float16 before the
+codes are chosen, so the grid is the one stored. ``torch.lerp``
 returns ``lo`` at k = 0 and ``hi`` at the last code exactly, which makes the scheme
 idempotent: the quantized values requantize to the same codes, ``lo`` and ``hi``, bit for
 bit, so an artifact of a model trained with ``fake_quantize`` stores exactly its weights.
@@ -66,7 +68,8 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
     Returns
     -------
     codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)``
-    lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level
+    lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level, each
+        a float16 number
     """
     levels = 2 ** _check_bits(bits)
     x = _rows(t, axis)
@@ -75,6 +78,7 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
     best = None
     for clip in CLIP:
         lo, hi = lo0 + (1 - clip) * (mean - lo0), hi0 - (1 - clip) * (hi0 - mean)  # exactly the extremes at 1
+        lo, hi = lo.half().float(), hi.half().float()  # the stored scales: the grid is the one decoded
         codes, values = _grid(x, lo, hi, levels)
         err = (values - x).square().sum(dim=1)
         if best is None:
@@ -84,6 +88,9 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
         best = [torch.where(better[:, None], codes, best[0]), torch.where(better, lo, best[1]),
                 torch.where(better, hi, best[2]), torch.where(better, err, best[3])]
     codes, lo, hi, _ = best
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
+                         "in which the row ranges are stored")
     shape = (t.shape[axis],) + tuple(s for d, s in enumerate(t.shape) if d != axis % t.dim())
     return codes.to(torch.uint8).reshape(shape).movedim(0, axis), lo, hi
 
@@ -139,9 +146,29 @@ def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
     return (stream.view(count, bits) << torch.arange(bits)).sum(dim=1).to(torch.uint8)
 
 
+def encode_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor]:
+    """What an artifact stores of ``t`` at ``bits`` bits per row along ``axis``.
+
+    Returns the packed codes, uint8 (``packed_bytes(t.numel(), bits)``,) in the C order of
+    ``t``, and the scales, float16 (2, rows): each row's ``lo`` and ``hi``.
+    """
+    codes, lo, hi = quantize_rows(t, bits, axis)
+    return pack_codes(codes, bits), torch.stack([lo, hi]).half()
+
+
+def decode_rows(packed: Tensor, scale: Tensor, bits: int, shape: tuple[int, ...], axis: int = 0) -> Tensor:
+    """float32 tensor of ``shape`` from ``encode_rows``' packed codes and (2, rows) float16 scales."""
+    count = 1
+    for n in shape:
+        count *= n
+    codes = unpack_codes(packed, bits, count).view(shape)
+    return dequantize_rows(codes, scale[0], scale[1], bits, axis)
+
+
 def packed_bytes(count: int, bits: int) -> int:
     """Bytes of ``count`` packed codes of ``bits`` bits."""
     return -(-count * _check_bits(bits) // 8)
 
 
-__all__ = ["quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes"]
+__all__ = ["quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes",
+           "encode_rows", "decode_rows"]
