@@ -153,7 +153,8 @@ def test_qat_refuses_bad_bits_and_a_second_enable():
 
 def lm_for_export(**kw) -> LanguageModel:
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=256, num_layers=1, **kw), [f"w{i}" for i in range(300)])
+    config = ModelConfig(vocab_size=300, hidden_size=256, num_layers=1, **kw)
+    model = LanguageModel(config, [f"w{i}" for i in range(300)])
     model.init_uniform(0.1)
     return model.eval()
 

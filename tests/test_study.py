@@ -241,6 +241,7 @@ def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path
     recipe = result["recipe"]
     assert recipe["method"]["qat_bits"] == 2 and recipe["method"]["quant"] == "q2"
     # methods without the field keep the cache keys they had before it existed
-    assert "qat_bits" not in json.loads((tmp_path / "runs" / "lr_tied_ft" / "result.json").read_text())["recipe"]["method"]
+    base = json.loads((tmp_path / "runs" / "lr_tied_ft" / "result.json").read_text())
+    assert "qat_bits" not in base["recipe"]["method"]
     qat_trained = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "train" / "results.json").read_text())
     assert qat_trained["config"]["epochs"] == study.FINETUNE["tiny"]["epochs"]

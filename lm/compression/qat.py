@@ -89,23 +89,15 @@ def is_qat(model: nn.Module) -> bool:
 def bake(model: nn.Module) -> nn.Module:
     """Take ``model`` out of QAT (in place): each weight becomes its quantized value.
 
-    The original ``nn.Parameter`` objects are kept (tied weights stay tied) and
-    overwritten with the values the QAT forward pass used. Returns ``model``.
+    ``parametrize`` writes the value into the original ``nn.Parameter`` object, so tied
+    weights stay tied (the second name requantizes the first's output to itself).
+    Returns ``model``.
     """
-    baked: dict[int, tuple[Tensor, Tensor]] = {}
     for module in list(model.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        for name in list(module.parametrizations):
-            plist = module.parametrizations[name]
-            if not all(isinstance(f, FakeQuantize) for f in plist):
-                continue
-            original = plist.original
-            if id(original) not in baked:
-                baked[id(original)] = (original, getattr(module, name).detach().clone())
-            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
-    for original, value in baked.values():
-        original.copy_(value)
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                if all(isinstance(f, FakeQuantize) for f in module.parametrizations[name]):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 
 
