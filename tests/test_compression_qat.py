@@ -163,7 +163,7 @@ def lm_for_export(**kw) -> LanguageModel:
 def test_low_bit_artifact_stores_the_qat_baked_weights_exactly(tmp_path, bits):
     for spec in ({}, {"lstm": {"type": "lr_lstm", "rank": 32}, "embedding_size": 32, "tie_weights": True}):
         model = bake(enable_qat(lm_for_export(**spec), bits))
-        info = export(model, tmp_path / "m.lmz", f"q{bits}")
+        info = export(model, tmp_path / "m.safetensors", f"q{bits}")
         loaded = load_artifact(info.path)
         assert info.bytes == info.path.stat().st_size
         stored = loaded.state_dict()
