@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lm.checkpoint import load, save_model
 from lm.compression.export import export, export_bytes, load_artifact
 from lm.compression.groupreduce import BlockLowRankEmbedding, BlockLowRankLinear
 from lm.compression.lowbit import dequantize_rows, quantize_rows
@@ -186,3 +187,23 @@ def test_two_bit_artifact_is_about_a_quarter_of_an_eight_bit_one():
 def test_export_refuses_a_model_in_qat_mode():
     with pytest.raises(ValueError, match="bake"):
         export_bytes(enable_qat(lm_for_export(), 2), "q2")
+
+
+def test_baking_one_copy_leaves_the_other_in_qat():
+    model = enable_qat(lm_for_export(tie_weights=True, embedding_size=256), 2)
+    twin = copy.deepcopy(model)  # e.g. the ASGD average of a QAT run: torch shares its parametrized classes
+    bake(model)
+    tokens = torch.randint(0, 300, (3, 2))
+    assert is_qat(twin) and not is_qat(model)
+    torch.testing.assert_close(twin(tokens)[0], model(tokens)[0])
+
+
+def test_checkpoint_of_a_model_in_qat_holds_the_quantized_weights(tmp_path):
+    model = enable_qat(lm_for_export(tie_weights=True, embedding_size=256), 3)
+    save_model(model, tmp_path / "model.safetensors")
+    loaded = load(tmp_path / "model.safetensors")
+    baked = bake(copy.deepcopy(model))
+    assert is_qat(model) and loaded.decoder.weight is loaded.embedding.weight
+    assert set(loaded.state_dict()) == set(baked.state_dict())
+    for name, value in baked.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -95,6 +95,11 @@ def bake(model: nn.Module) -> nn.Module:
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
+            # the parametrized class is shared with every deep copy of the module (an ASGD average,
+            # a copied model): remove from a private copy of it, or the copies would lose their weights
+            cls = module.__class__
+            module.__class__ = type(cls.__name__, cls.__bases__,
+                                    {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
             for name in list(module.parametrizations):
                 if all(isinstance(f, FakeQuantize) for f in module.parametrizations[name]):
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
