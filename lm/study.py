@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .checkpoint import ARTIFACT_FILE, MODEL_FILE, load
 from .compression import prune as pruning
+from .compression import qat
 from .compression import report
 from .compression.export import export, load_artifact
 from .compression.latency import compare
@@ -53,7 +54,10 @@ class Method:
     it starts from (the dense one, or the base) as the teacher; ``lr``: the starting learning
     rate of its training instead of the preset's (scratch) or the fine-tuning recipe's, decayed
     on the same schedule; ``epochs``: the length of a from-scratch training instead of the
-    preset's (the same schedule, cut or extended).
+    preset's (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware
+    training at that many bits per weight (``lm.compression.qat``: every weight on its per-row
+    grid, straight-through gradients) and export the packed codes (``quant`` must then be
+    ``f"q{qat_bits}"``).
     """
 
     name: str
@@ -68,6 +72,7 @@ class Method:
     distill: dict | None = None
     lr: float | None = None
     epochs: int | None = None
+    qat_bits: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse recipes whose parts the study would silently ignore."""
@@ -86,6 +91,10 @@ class Method:
         if self.epochs is not None and (self.train != "scratch" or self.epochs < 1):
             raise ValueError(f"{self.name}: epochs sets the length of a from-scratch training and must be >= 1, "
                              f"got epochs={self.epochs} with train={self.train!r}")
+        if self.qat_bits is not None and (self.train != "finetune" or self.prune or self.quant != f"q{self.qat_bits}"):
+            raise ValueError(f"{self.name}: qat_bits fine-tunes in quantization-aware training and exports its codes: "
+                             f"it needs train='finetune', no pruning and quant='q{self.qat_bits}', got "
+                             f"train={self.train!r}, prune={self.prune!r}, quant={self.quant!r}")
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
@@ -183,6 +192,14 @@ def methods_for(cfg: TrainConfig) -> list[Method]:
         Method("lr_tied_ft", "LR-LSTM", "lr_tied_scratch fine-tuned with the preset's fine-tuning recipe",
                base="lr_tied_scratch", train="finetune"),
         Method("lr_tied_ft_q8", "LR-LSTM+quantized", "lr_tied_ft stored in 8 bits", quant="q8", base="lr_tied_ft"),
+        *[Method(f"lr_tied_ft_q{b}", "LR-LSTM+quantized", f"lr_tied_ft stored in {b} bits per weight, per-row ranges, "
+                 f"no retraining (the control of lr_tied_ft_qat{b})", quant=f"q{b}", base="lr_tied_ft") for b in (4, 2)],
+        *[Method(f"lr_tied_ft_qat{b}", "LR-LSTM+QAT", f"lr_tied_ft fine-tuned again in quantization-aware training at "
+                 f"{b} bits per weight (per-row ranges), stored packed", base="lr_tied_ft", train="finetune", qat_bits=b,
+                 quant=f"q{b}") for b in (4, 3, 2)],
+        *[Method(f"tt_paper_ft_qat{b}", "TT-LSTM+QAT", f"tt_paper_ft fine-tuned again in quantization-aware training at "
+                 f"{b} bits per weight (per-row ranges) from lr {tt_lr}, stored packed", base="tt_paper_ft",
+                 train="finetune", qat_bits=b, quant=f"q{b}", lr=tt_lr) for b in (4, 3, 2)],
     ]
 
 
@@ -249,10 +266,13 @@ class Study:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
         # dependencies first: every base, and dense unless every method starts from scratch or from a base
-        order = [n for n in names if n != "dense"]
-        for n in list(order):
-            if known[n].base and known[n].base not in order:
-                order.insert(order.index(n), known[n].base)
+        order, i = [n for n in names if n != "dense"], 0
+        while i < len(order):  # a base's own base too (chains such as lr_tied_scratch -> lr_tied_ft -> its QAT)
+            base = known[order[i]].base
+            if base and base not in order:
+                order.insert(i, base)
+            else:
+                i += 1
         self.needs_dense = bool(config.checkpoint) or "dense" in names or any(
             not known[n].base and known[n].train != "scratch" for n in order)
         self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
@@ -288,7 +308,8 @@ class Study:
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
         method = asdict(m)
-        for key in ("shape", "distill", "lr", "epochs"):  # recipes written before methods had these fields stay valid
+        # recipes written before methods had these fields stay valid
+        for key in ("shape", "distill", "lr", "epochs", "qat_bits"):
             if not method[key]:
                 del method[key]
         r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
@@ -324,6 +345,8 @@ class Study:
         lr = m.lr or self.finetune["lr"]
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])
+        if m.qat_bits:
+            qat.enable_qat(model, m.qat_bits)
         gradual = m.prune and m.prune.get("gradual")
         if m.prune and not gradual:
             pruning.prune_model(model, m.prune["amount"], m.prune["layers"], m.prune.get("scope", "layer"))
@@ -340,6 +363,8 @@ class Study:
                   progress=self.config.progress, model=model, distill=kd)
         if m.prune:
             pruning.finalize(model)
+        if m.qat_bits:
+            qat.bake(model)
         if m.train == "finetune":
             set_dropout(model, start.config.dropout)
         return model.eval()

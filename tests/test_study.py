@@ -18,6 +18,8 @@ from lm.__main__ import main
 from lm.budget import families, fit
 from lm.checkpoint import save_model
 from lm.compression.export import artifact_size, load_artifact
+from lm.compression.lowbit import dequantize_rows, quantize_rows
+from lm.compression.qat import row_axes
 from lm.compression.prune import finalized_copy
 from lm.compression.report import MB, pareto_front
 from lm.config import ModelConfig, preset
@@ -54,7 +56,7 @@ def test_tiny_study_every_method(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, None)
     # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
     # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
-    assert len(rows) == 39 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert len(rows) == 47 and all(1 < r["test_ppl"] < math.inf for r in rows.values())
 
 
 def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
@@ -187,12 +189,16 @@ def test_lr_tied_scratch_shares_one_table_between_embedding_and_softmax(tmp_path
     ({"train": "scratch", "lr": 0.0}, "must be > 0"),
     ({"train": "finetune", "epochs": 3}, "epochs sets the length of a from-scratch training"),
     ({"train": "scratch", "epochs": 0}, "must be >= 1"),
+    ({"train": "finetune", "qat_bits": 2}, "qat_bits fine-tunes"),
+    ({"quant": "q2", "qat_bits": 2}, "qat_bits fine-tunes"),
+    ({"train": "finetune", "quant": "q4", "qat_bits": 2}, "quant='q2'"),
+    ({"train": "finetune", "quant": "q2", "qat_bits": 2, "prune": {"amount": 0.5, "layers": ["decoder"]}}, "no pruning"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
-        assert len(methods_for(preset(name))) == 39  # every shipped method passes the checks (they raise)
+        assert len(methods_for(preset(name))) == 47  # every shipped method passes the checks (they raise)
 
 
 def test_medium_tt_paper_scratch_stops_after_the_first_epoch_below_one_percent_of_its_lr():
@@ -215,3 +221,27 @@ def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus,
           "--methods", "lr_lstm_scratch"])
     trained = json.loads((tmp_path / "runs" / "lr_lstm_scratch" / "train" / "results.json").read_text())
     assert trained["config"]["epochs"] == 1 and len(trained["history"]) == 1  # the preset says 2
+
+
+def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
+    names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/test_compression_qat.py
+    _, payload, rows = run_tiny_study(tmp_path, names)
+    for name, bits in zip(names, (2, 2)):
+        model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
+        axes = row_axes(model)
+        assert {rows[name]["encodings"][n] for n in axes if n in rows[name]["encodings"]} == {f"q{bits}"}
+        for key, axis in axes.items():  # the decoded weights lie on their rows' 2**bits levels
+            w = model.state_dict()[key]
+            assert torch.equal(dequantize_rows(*quantize_rows(w, bits, axis), bits, axis), w)
+            assert max(r.unique().numel() for r in w.movedim(axis, 0)) <= 2**bits
+        assert 1 < rows[name]["test_ppl"] < 10_000
+    embedding = rows["lr_tied_ft_qat2"]["config"]["embedding_size"] * 10_000  # the tied table's numbers
+    result = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "result.json").read_text())
+    assert result["tensor_bytes"]["embedding.weight"] == embedding * 2 // 8 + 4 * 10_000  # codes and float16 ranges
+    recipe = result["recipe"]
+    assert recipe["method"]["qat_bits"] == 2 and recipe["method"]["quant"] == "q2"
+    # methods without the field keep the cache keys they had before it existed
+    base = json.loads((tmp_path / "runs" / "lr_tied_ft" / "result.json").read_text())
+    assert "qat_bits" not in base["recipe"]["method"]
+    qat_trained = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "train" / "results.json").read_text())
+    assert qat_trained["config"]["epochs"] == study.FINETUNE["tiny"]["epochs"]
