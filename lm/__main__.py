@@ -1,4 +1,4 @@
-"""Command line: ``python -m lm {train,eval,info,study,compress} ...`` (also installed as ``lm``)."""
+"""Command line: ``python -m lm {train,eval,info,study,compress,export,predict,score} ...`` (also installed as ``lm``)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,36 @@ def cmd_compress(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "candidates"}, indent=1))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .onnx_export import export_onnx
+    from .runtime import load_model
+
+    out = Path(args.out or Path(args.model).with_suffix(".int8.onnx" if args.int8 else ".onnx"))
+    info = export_onnx(load_model(args.model), out, int8=args.int8, tt=args.tt)
+    print(f"{info.path}: {info.bytes} bytes ({'int8' if info.int8 else 'float32'}, TT layers as {info.tt})")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .runtime import open_runtime, predict
+
+    for word, p in predict(open_runtime(args.model, args.runtime), args.text, args.top):
+        print(f"{word}\t{p:.4f}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from .runtime import open_runtime, score
+
+    result = score(open_runtime(args.model, args.runtime), Path(args.file).read_text())
+    print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lm", description="LSTM language models on PTB, and their compression.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +174,29 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--search-tokens", type=int, default=20_000, help="validation tokens scored per candidate")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_compress, device="cpu")
+
+    x = sub.add_parser("export", help="export a model's streaming step (ids, state -> logits, state) to ONNX")
+    x.add_argument("model", help="a checkpoint or a compact artifact")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--int8", action="store_true", help="quantize with onnxruntime's dynamic int8 quantizer")
+    x.add_argument("--tt", choices=["cores", "dense"], default="cores",
+                   help="TT layers as products with their cores, or with their built weights")
+    x.add_argument("--out", help="output file (default: the model's path with .onnx or .int8.onnx)")
+    x.set_defaults(func=cmd_export)
+
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                         help="eager torch, or onnxruntime (an .onnx file, or the model exported on the fly)")
+    r = sub.add_parser("predict", parents=[runtime], help="next-word suggestions after a text")
+    r.add_argument("model", help="a checkpoint, a compact artifact or (with --runtime onnx) an exported .onnx")
+    r.add_argument("text")
+    r.add_argument("--top", type=_positive, default=5, help="how many suggestions")
+    r.set_defaults(func=cmd_predict)
+
+    o = sub.add_parser("score", parents=[runtime], help="per-token perplexity of a text file")
+    o.add_argument("model", help="a checkpoint, a compact artifact or (with --runtime onnx) an exported .onnx")
+    o.add_argument("file")
+    o.set_defaults(func=cmd_score)
     return p
 
 

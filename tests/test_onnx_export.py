@@ -1,0 +1,124 @@
+"""ONNX export of the streaming step, float32 and int8, and the runtimes that run it (lm.onnx_export, lm.runtime)."""
+
+import numpy as np
+import pytest
+import torch
+
+from lm.compression.surgery import compress_model
+from lm.config import ModelConfig
+from lm.inference import inference_form
+from lm.model import LanguageModel
+from lm.runtime import OnnxRuntime, TorchRuntime, predict, score
+
+ort = pytest.importorskip("onnxruntime")
+from lm.onnx_export import export_onnx, read_metadata  # noqa: E402  (needs onnx, installed with onnxruntime)
+
+VOCAB = ["<unk>", "<eos>", "the"] + [f"w{i}" for i in range(57)]
+GR = {"type": "groupreduce", "groups": 3, "ratio": 2, "alpha": 0.5}
+# every map type of the study in three models: dense; TT embedding, TT-LSTM, low-rank softmax;
+# GroupReduce embedding and softmax around an LR-LSTM
+SPECS = {
+    "dense": {},
+    "tt": {"embedding": {"type": "tt", "rank": 3}, "lstm": {"type": "tt_lstm", "rank": 3},
+           "decoder": {"type": "low_rank", "rank": 4}},
+    "lr": {"embedding": GR, "lstm": {"type": "lr_lstm", "rank": 4}, "decoder": GR},
+}
+
+
+def tiny(kind: str) -> LanguageModel:
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=12, num_layers=2), VOCAB)
+    model.init_uniform(0.3)
+    counts = torch.arange(60, 0, -1).float()
+    return compress_model(model.eval(), **SPECS[kind], counts=counts).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """kind -> (model, its float32 ONNX export): exported once for the module (an export takes seconds)."""
+    out = tmp_path_factory.mktemp("onnx")
+    return {kind: (tiny(kind), export_onnx(tiny(kind), out / f"{kind}.onnx")) for kind in SPECS}
+
+
+def steps(run, ids: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Logits of every step of ``ids`` (steps, batch), the state carried."""
+    state, out = run.initial_state(batch), []
+    for t in ids:
+        logits, state = run.step(t, state)
+        out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(SPECS) + ["tt_softmax"])
+def test_inference_form_computes_the_same_model(kind):
+    model = tiny(kind) if kind in SPECS else compress_model(tiny("dense"), decoder={"type": "tt", "rank": 3})
+    tokens = torch.randint(0, 60, (5, 3), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = model(tokens)
+        for tt in ("cores", "dense"):
+            got, _ = inference_form(model, tt)(tokens)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_onnx_step_matches_torch_at_several_batch_sizes(kind, exported):
+    model, info = exported[kind]
+    assert info.bytes == info.path.stat().st_size and not info.int8
+    onnx_run, torch_run = OnnxRuntime(info.path), TorchRuntime(model)
+    for batch in (1, 4):
+        ids = np.random.default_rng(batch).integers(0, 60, (6, batch))
+        for got, want in zip(steps(onnx_run, ids, batch), steps(torch_run, ids, batch)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert read_metadata(info.path)["vocab"].split("\n") == VOCAB
+
+
+def test_int8_export_runs_int8_products_close_to_float(exported, tmp_path, capsys):
+    import onnx
+
+    from lm.__main__ import main
+    from lm.compression.export import export
+
+    model, plain = exported["tt"]
+    export(model, tmp_path / "tt.lmz")  # a compact artifact exports as a checkpoint does
+    main(["export", str(tmp_path / "tt.lmz"), "--format", "onnx", "--int8"])
+    path = tmp_path / "tt.int8.onnx"
+    assert str(path) in capsys.readouterr().out
+    graph = onnx.load(path).graph
+    ops = {n.op_type for n in graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "Gemm" not in ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    ids = np.random.default_rng(0).integers(0, 60, (6, 2))
+    for got, want in zip(steps(OnnxRuntime(path), ids, 2), steps(OnnxRuntime(plain.path), ids, 2)):
+        np.testing.assert_allclose(got, want, atol=0.1 * np.abs(want).max())
+    assert read_metadata(path)["vocab"].split("\n") == VOCAB
+
+
+def test_predict_and_score_agree_between_runtimes(exported, tmp_path, capsys):
+    from lm.__main__ import main
+    from lm.checkpoint import save_model
+
+    model, info = exported["dense"]
+    save_model(model, tmp_path / "model.pt")
+    text = tmp_path / "text.txt"
+    text.write_text("the w1 w2 qqq\nw5 the\n")
+    answers = {}
+    for runtime, path in (("torch", tmp_path / "model.pt"), ("onnx", info.path)):
+        main(["predict", str(path), "The w3", "--top", "3", "--runtime", runtime])
+        main(["score", str(path), str(text), "--runtime", runtime])
+        answers[runtime] = capsys.readouterr().out
+    assert answers["torch"] == answers["onnx"]
+    main(["predict", str(tmp_path / "model.pt"), "The w3", "--top", "3", "--runtime", "onnx"])  # exported on the fly
+    assert capsys.readouterr().out == answers["torch"].split("tokens")[0]
+    run = TorchRuntime(model)
+    assert len(predict(run, "the", 3)) == 3 and all(w != "<unk>" for w, _ in predict(run, "the", 59))
+    result = score(run, text.read_text())
+    assert result["tokens"] == 8 and len(result["nll"]) == 8
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="top"):
+        predict(TorchRuntime(tiny("dense")), "the", 0)
+    with pytest.raises(ValueError, match="tt must be"):
+        inference_form(tiny("dense"), "fused")
+    with pytest.raises(ValueError, match="no words"):
+        score(TorchRuntime(tiny("dense")), "")
