@@ -71,7 +71,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     config = StudyConfig(preset=args.preset, run_dir=args.run_dir or f"runs/study_{args.preset}", checkpoint=args.checkpoint,
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
-                         latency_tokens=args.latency_tokens,
+                         latency_tokens=args.latency_tokens, onnx=args.onnx,
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
@@ -160,6 +160,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-lr", type=float)
     s.add_argument("--scratch-epochs", type=int, help="epochs of the from-scratch runs (default: the preset's)")
     s.add_argument("--latency-tokens", type=int, default=100, help="tokens timed per model and pass")
+    s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")
     s.add_argument("--eval-tokens", type=int, help="score only a prefix of valid/test (smoke runs; default: exact)")
     s.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set hidden_size=32 --set max_train_tokens=20000")

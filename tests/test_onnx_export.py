@@ -122,3 +122,17 @@ def test_bad_arguments_are_refused():
         inference_form(tiny("dense"), "fused")
     with pytest.raises(ValueError, match="no words"):
         score(TorchRuntime(tiny("dense")), "")
+
+
+def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it():
+    from lm.compression.latency import compare
+    from lm.compression.report import markdown
+
+    t = compare({"tt": tiny("tt")}, tokens=3, repeats=1, onnx=True)["tt"]
+    assert all(t[k] > 0 for k in ("eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes", "onnx_int8_bytes"))
+    row = {"name": "tt", "label": "tt", "family": "TT", "description": "d", "size_mb": 0.01, "test_ppl": 50.0,
+           "valid_ppl": 50.0, "parameters": 1, "nonzero": 1, **t}
+    page = markdown({"rows": [row], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
+                     "plot": "p.png", "targets": []})
+    assert "ms/token ORT int8 | ONNX int8 MB |" in page
+    assert f"| {t['ort_ms']:.3f} | {t['ort_int8_ms']:.3f} | {t['onnx_int8_bytes'] / 1e6:.3f} |" in page
