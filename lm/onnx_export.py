@@ -21,6 +21,7 @@ skips, are first rewritten as ``MatMul`` + ``Add``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -64,6 +65,26 @@ class OnnxInfo:
     bytes: int
     int8: bool
     tt: str
+
+
+def _fold_transposes(graph) -> None:
+    """Replace every ``Transpose`` of a constant by the transposed constant. The exporter leaves one where
+    a weight is shared (a softmax tied to the embedding reads it transposed): it would transpose the
+    whole table at every step, and the quantizer would not see the product behind it."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in inits:
+            perm = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "perm"), None)
+            value = np.transpose(numpy_helper.to_array(inits[node.input[0]]), perm)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def _gemm_to_matmul(graph) -> None:
@@ -134,6 +155,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
                                     output_names=list(OUTPUTS), verbose=False, optimize=True,
                                     dynamic_shapes={"ids": {0: batch}, "h": {1: batch}, "c": {1: batch}})
     proto = program.model_proto
+    _fold_transposes(proto.graph)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -141,8 +163,12 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
         with tempfile.TemporaryDirectory() as tmp:
             plain = Path(tmp) / "float32.onnx"
             onnx.save(proto, plain)
-            quantize_dynamic(plain, Path(tmp) / "int8.onnx", weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
+            logging.disable(logging.WARNING)  # its advice to pre-process (shape inference) the graph first
+            try:
+                quantize_dynamic(plain, Path(tmp) / "int8.onnx", weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
+            finally:
+                logging.disable(logging.NOTSET)
             proto = onnx.load(Path(tmp) / "int8.onnx")
     _set_metadata(proto, model, tt, int8)
     tmp_path = path.with_name(path.name + ".tmp")
