@@ -11,7 +11,9 @@ model in which every factorised layer is such a graph, computing the same functi
 * ``TTEmbedding`` -> ``TTRows`` (cores: one gathered slice per core, chained by small
   batched products) or ``nn.Embedding`` (the built table);
 * ``BlockLowRankEmbedding`` (GroupReduce) -> ``BlockRows``: every block looked up with
-  clamped ids and masked, no data-dependent control flow.
+  clamped ids and masked, no data-dependent control flow;
+* ``ttlayers.LSTM`` -> ``UnrolledLSTM``: the steps written out, each layer's two maps and
+  its cell, so that a traced step is plain products (no fused kernel, no ``scan`` loop).
 
 Dense maps, ``LowRankLinear`` (two products) and ``BlockLowRankLinear`` are left as they are.
 The forms hold buffers, not parameters: they are for inference only.
@@ -25,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ttlayers import TTEmbedding, TTLinear
+from ttlayers import LSTM, TTEmbedding, TTLinear
 
 from .compression.groupreduce import BlockLowRankEmbedding
 from .model import LanguageModel
@@ -138,6 +140,40 @@ class BlockRows(nn.Module):
         return out.reshape(*ids.shape, self.embedding_dim)
 
 
+class UnrolledLSTM(nn.Module):
+    """``ttlayers.LSTM`` (eval mode) with its time steps unrolled: per step and layer,
+    ``gates = input_map(x_t) + recurrent_map(h)``, torch's (i, f, g, o) cell, and the projection
+    if any. Traced for one step, the graph is the layers' products and the gate arithmetic.
+
+    ``forward(input (seq_len, batch, input_size), (h_0, c_0) or None)`` -> ``output, (h_n, c_n)`` as ``LSTM``.
+    """
+
+    def __init__(self, lstm: LSTM) -> None:
+        super().__init__()
+        if lstm.batch_first:
+            raise ValueError("UnrolledLSTM takes (seq_len, batch, features) inputs; got a batch_first LSTM")
+        self.layers = lstm.layers
+        self.num_layers, self.hidden_size, self.output_size = lstm.num_layers, lstm.hidden_size, lstm.output_size
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if hx is None:
+            batch = input.shape[1]
+            hx = (input.new_zeros(self.num_layers, batch, self.output_size),
+                  input.new_zeros(self.num_layers, batch, self.hidden_size))
+        hs, cs = list(hx[0].unbind(0)), list(hx[1].unbind(0))
+        outputs = []
+        for x in input.unbind(0):
+            for k, layer in enumerate(self.layers):
+                i, f, g, o = (layer.input_map(x) + layer.recurrent_map(hs[k])).chunk(4, dim=-1)
+                cs[k] = torch.sigmoid(f) * cs[k] + torch.sigmoid(i) * torch.tanh(g)
+                x = torch.sigmoid(o) * torch.tanh(cs[k])
+                if layer.proj_size:
+                    x = layer.projection(x)
+                hs[k] = x
+            outputs.append(x)
+        return torch.stack(outputs), (torch.stack(hs), torch.stack(cs))
+
+
 def _dense_linear(layer: TTLinear) -> nn.Linear:
     out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     with torch.no_grad():
@@ -165,6 +201,8 @@ def _replacement(module: nn.Module, tt: str) -> nn.Module | None:
         return TTRows(module) if tt == "cores" and module.padding_idx is None else _dense_embedding(module)
     if isinstance(module, BlockLowRankEmbedding):
         return BlockRows(module)
+    if isinstance(module, LSTM):
+        return UnrolledLSTM(module)
     return None
 
 
