@@ -1,48 +1,195 @@
-"""Command line: ``python -m lm {train,eval,info,study,compress,export,predict,score} ...`` (also installed as ``lm``)."""
+"""Command line: ``python -m lm {train,eval,info,study,compress,convert,ship,export,predict,score} ...`` (also installed as ``lm``).
+
+Every number, choice and path is checked when the arguments are parsed: a bad one stops
+with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
+(``tests/test_cli.py`` holds the table of bad inputs and their messages, which
+docs/lm.md repeats).
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import json
+import math
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from .checkpoint import load
-from .config import PRESETS, preset
+import torch
+
+from . import modelfile
+from .checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, load, model_from_file, resolve
+from .config import PRESETS, ModelConfig, TrainConfig, preset
 from .data import Corpus, DataError
 from .evaluate import perplexity
-from .model import count_parameters
+from .model import DECODERS, EMBEDDINGS, LSTMS, count_parameters
 from .results import stamp, write_json
 from .train import TrainingDiverged, train
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+# -- argument types: each returns the parsed value or raises ArgumentTypeError saying what is allowed ---------
+def _number(text: str, kind: type, low: float, low_open: bool = False, high: float | None = None,
+            high_open: bool = False):
     try:
-        return key.strip().replace("-", "_"), ast.literal_eval(value)
+        value = kind(text)
+    except ValueError:
+        value = None
+    ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = "a whole number" if kind is int else "a finite number"
+        show = (lambda x: str(int(x))) if kind is int else (lambda x: f"{x:g}")
+        bounds = f"{'>' if low_open else '>='} {show(low)}" + (
+            f" and {'<' if high_open else '<='} {show(high)}" if high is not None else "")
+        raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 1)
+
+
+def token_count(text: str) -> int:
+    return _number(text, int, 2)
+
+
+def seed(text: str) -> int:
+    return _number(text, int, 0, high=2**32 - 1)
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0, low_open=True)
+
+
+def device(text: str) -> str:
+    """cpu, cuda or cuda:i where this machine has it."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:INDEX, got {text!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine "
+                                             f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:INDEX, got {text!r}")
+    return text
+
+
+def model_path(text: str) -> str:
+    """An existing checkpoint or artifact (as typed: the study's recipes hold it), or a run directory holding one."""
+    try:
+        return text if Path(text).is_file() else str(resolve(text))
+    except (FileNotFoundError, modelfile.ModelFileError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def directory(text: str) -> str:
+    """A directory that exists."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is {'a file' if path.exists() else 'missing'}; expected a directory")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """A directory to write into (created when missing), not a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; expected a directory")
+    return text
+
+
+def out_file(text: str) -> str:
+    """A file to write, not a directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected a file path, e.g. {path / 'results.json'}")
+    return text
+
+
+# --set: every config field, with what it allows
+_LAYERS = {"embedding": EMBEDDINGS, "lstm": LSTMS, "decoder": DECODERS}
+FIELD_RULES = {
+    "epochs": (positive_int, "a whole number >= 1"), "batch_size": (positive_int, "a whole number >= 1"),
+    "bptt": (positive_int, "a whole number >= 1"), "hidden_size": (positive_int, "a whole number >= 1"),
+    "num_layers": (positive_int, "a whole number >= 1"), "vocab_size": (positive_int, "a whole number >= 1"),
+    "decay_start": (lambda t: _number(t, int, 0), "a whole number >= 0"), "seed": (seed, "a whole number >= 0"),
+    "max_train_tokens": (token_count, "a whole number >= 2, or None"),
+    "embedding_size": (positive_int, "a whole number >= 1, or None"),
+    "lr": (positive_float, "a finite number > 0"), "init_scale": (positive_float, "a finite number > 0"),
+    "clip": (positive_float, "a finite number > 0"),
+    "lr_decay": (lambda t: _number(t, float, 0, low_open=True, high=1), "a number in (0, 1]"),
+    "dropout": (lambda t: _number(t, float, 0, high=1, high_open=True), "a probability in [0, 1)"),
+}
+NULLABLE = {"max_train_tokens", "embedding_size"}
+
+
+def override(text: str) -> tuple[str, object]:
+    """``key=value`` for a config field, the value checked against the field's rule (or its type)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    known = {f.name: f for f in (*fields(TrainConfig), *fields(ModelConfig)) if f.name != "model"}
+    if not sep or key not in known:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {', '.join(sorted(known))}; got {text!r}")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        return key.strip().replace("-", "_"), value
+        value = raw
+    if value is None and key in NULLABLE:
+        return key, None
+    if key in FIELD_RULES:
+        check, allowed = FIELD_RULES[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise argparse.ArgumentTypeError(f"{key} must be {allowed}, got {raw!r}")
+        try:
+            return key, check(str(value))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{key} must be {allowed}, got {raw!r}") from None
+    if key in _LAYERS:
+        if not isinstance(value, dict) or value.get("type", "dense") not in _LAYERS[key]:
+            raise argparse.ArgumentTypeError(f"{key} must be a layer spec like {{'type': 'dense'}} with type one of "
+                                             f"{sorted(_LAYERS[key])}, got {raw!r}")
+        return key, value
+    default = getattr(TrainConfig(), key, None) if key in {f.name for f in fields(TrainConfig)} \
+        else getattr(ModelConfig(), key)
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    if kinds and not (isinstance(value, kinds) and (isinstance(value, bool) == isinstance(default, bool))):
+        raise argparse.ArgumentTypeError(f"{key} must be a {type(default).__name__}, got {raw!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{key} must be finite, got {raw!r}")
+    return key, value
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+# -- commands ----------------------------------------------------------------------------------------------
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = dict(args.set)
     for name in ("epochs", "seed", "max_train_tokens"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    cfg = preset(args.preset, **overrides)
+    return preset(args.preset, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.preset}")
-    results = train(cfg, out, data_dir=args.data_dir, resume=args.resume, device=args.device,
+    results = train(args.config, out, data_dir=args.data_dir, resume=args.resume, device=args.device,
                     results_path=args.results, progress=not args.quiet)
     if results:
-        print(f"valid ppl {results['valid_ppl']:.2f}  test ppl {results['test_ppl']:.2f}  "
-              f"-> {out / 'model.pt'}")
+        print(f"valid ppl {results['valid_ppl']:.2f}  test ppl {results['test_ppl']:.2f}  -> {out / MODEL_FILE}")
+
+
+def _load(path: Path, map_location: str = "cpu"):
+    f = modelfile.read(path, ("checkpoint", "artifact", "train_state"))
+    return f, model_from_file(f, path).to(map_location)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    model = load(args.checkpoint, map_location=args.device)
+    _, model = _load(Path(args.checkpoint), args.device)
     corpus = Corpus.load(args.data_dir)
     if model.vocab is not None and model.vocab != corpus.vocab:
         raise SystemExit(f"{args.checkpoint} was trained on another vocabulary than {args.data_dir or 'PTB'}")
@@ -54,21 +201,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    model = load(args.checkpoint)
-    info = {
-        "parameters": count_parameters(model),
-        "file_bytes": Path(args.checkpoint).stat().st_size,
-        "config": asdict(model.config),
-    }
+    f, model = _load(Path(args.checkpoint))
+    info = {"file": str(args.checkpoint), "kind": f.kind, "format_version": modelfile.VERSION,
+            "parameters": count_parameters(model), "file_bytes": f.bytes, "config": asdict(model.config)}
     print(json.dumps(info, indent=1))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
     from .study import StudyConfig, run_study
 
-    config = StudyConfig(preset=args.preset, run_dir=args.run_dir or f"runs/study_{args.preset}", checkpoint=args.checkpoint,
+    config = StudyConfig(preset=args.preset, run_dir=args.run_dir or f"runs/study_{args.preset}",
+                         checkpoint=args.checkpoint,
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
                          latency_tokens=args.latency_tokens, onnx=args.onnx,
@@ -90,12 +233,26 @@ def cmd_compress(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "candidates"}, indent=1))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    size = convert_legacy(args.old, args.new)
+    print(f"{args.old} -> {args.new} ({size} bytes)")
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    from .ship import ship
+
+    run_dirs = dict(args.run_dir) or {p: f"runs/study_{p}" for p in PRESETS}
+    manifest = ship(json.loads(Path(args.front).read_text()), run_dirs, args.out, max_mb=args.max_mb)
+    for e in manifest["models"]:
+        print(f"{e['name']}: {e['file'] or e['note']}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .onnx_export import export_onnx
-    from .runtime import load_model
 
-    out = Path(args.out or Path(args.model).with_suffix(".int8.onnx" if args.int8 else ".onnx"))
-    info = export_onnx(load_model(args.model), out, int8=args.int8, tt=args.tt)
+    model = Path(args.model)
+    out = Path(args.out or model.with_name(model.name.split(".")[0] + (".int8.onnx" if args.int8 else ".onnx")))
+    info = export_onnx(load(model), out, int8=args.int8, tt=args.tt)
     print(f"{info.path}: {info.bytes} bytes ({'int8' if info.int8 else 'float32'}, TT layers as {info.tt})")
 
 
@@ -113,97 +270,186 @@ def cmd_score(args: argparse.Namespace) -> None:
     print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def runnable_model(text: str) -> str:
+    """A model file or run directory (``model_path``), or an exported ``.onnx`` file."""
+    if text.endswith(".onnx"):
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} is {'a directory' if Path(text).exists() else 'missing'}; "
+                                             "expected an .onnx file written by `lm export`")
+        return text
+    return model_path(text)
+
+
+def in_file(text: str) -> str:
+    """A file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is {'a directory' if path.exists() else 'missing'}; expected a file")
+    return text
+
+
+def preset_dir(text: str) -> tuple[str, str]:
+    """``PRESET=DIR``."""
+    name, sep, path = text.partition("=")
+    if not sep or name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"expected PRESET=DIR with PRESET one of {sorted(PRESETS)}, got {text!r}")
+    return name, directory(path)
+
+
+# -- the parser --------------------------------------------------------------------------------------------
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a default to show and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def method_names() -> list[str]:
+    from .study import methods_for
+
+    return [m.name for m in methods_for(PRESETS["small"])]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lm", description="LSTM language models on PTB, and their compression.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="lm", description="LSTM language models on PTB, and their compression.",
+                                formatter_class=_Help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="directory with ptb.{train,valid,test}.txt (default: $PTB_DIR, the cache, a download)")
-    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    common.add_argument("--data-dir", type=directory,
+                        help="directory with ptb.{train,valid,test}.txt (default: $PTB_DIR, the cache, a download)")
+    common.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:INDEX (default: cuda if available)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
+    sets = "override a preset field, e.g. --set hidden_size=128 --set lr=0.5 (repeatable)"
 
-    t = sub.add_parser("train", parents=[common], help="train a Zaremba-style LSTM language model")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    t.add_argument("--out", help="run directory (default runs/<preset>)")
-    t.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
-    t.add_argument("--results", help="results JSON path (default <out>/results.json)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--max-train-tokens", type=int)
-    t.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set hidden_size=128 --set lr=0.5")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    def command(name: str, help: str, parents=()) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, parents=list(parents), help=help, description=help, formatter_class=_Help)
+        c.set_defaults(parser=c)
+        return c
+
+    t = command("train", "train a Zaremba-style LSTM language model", [common, quiet])
+    t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size and recipe")
+    t.add_argument("--out", type=out_dir, help="run directory (default: runs/<preset>)")
+    t.add_argument("--resume", action="store_true",
+                   help=f"continue from the last finished epoch in --out (needs its {TRAIN_STATE_FILE})")
+    t.add_argument("--results", type=out_file, help="results JSON path (default: <out>/results.json)")
+    t.add_argument("--epochs", type=positive_int, help="number of epochs, >= 1 (default: the preset's)")
+    t.add_argument("--seed", type=seed, help="random seed, >= 0 (default: the preset's)")
+    t.add_argument("--max-train-tokens", type=token_count,
+                   help="train on this many first tokens of PTB's training split, >= 2 (default: the preset's)")
+    t.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", parents=[common], help="exact valid/test perplexity of a checkpoint")
-    e.add_argument("checkpoint")
-    e.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["train", "valid", "test"])
-    e.add_argument("--results", help="results JSON path (default: eval.json beside the checkpoint)")
+    e = command("eval", "exact valid/test perplexity of a checkpoint or compact artifact", [common])
+    e.add_argument("checkpoint", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
+    e.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["train", "valid", "test"],
+                   help="splits to score")
+    e.add_argument("--results", type=out_file, help="results JSON path (default: eval.json beside the model file)")
     e.set_defaults(func=cmd_eval, device="cpu")
 
-    i = sub.add_parser("info", help="parameters, file size and config of a checkpoint")
-    i.add_argument("checkpoint")
+    i = command("info", "kind, parameters, file size and config of a checkpoint or compact artifact")
+    i.add_argument("checkpoint", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
     i.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("study", parents=[common], help="the compression study: every method, cached, with a report")
-    s.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    s.add_argument("--checkpoint", help="trained dense model (default: train the preset in <run-dir>/dense)")
-    s.add_argument("--run-dir", help="where the methods' runs are cached (default runs/study_<preset>)")
-    s.add_argument("--report-dir", help="where study_<preset>.{json,md,png} go (default: the repository's results/)")
-    s.add_argument("--methods", nargs="+", help="run only these methods (default: all)")
-    s.add_argument("--finetune-epochs", type=int)
-    s.add_argument("--finetune-lr", type=float)
-    s.add_argument("--scratch-epochs", type=int, help="epochs of the from-scratch runs (default: the preset's)")
-    s.add_argument("--latency-tokens", type=int, default=100, help="tokens timed per model and pass")
+    names = method_names()
+    s = command("study", "the compression study: every method, cached, with a report", [common, quiet])
+    s.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size and recipe")
+    s.add_argument("--checkpoint", type=model_path,
+                   help="trained dense model to reuse (default: train the preset in <run-dir>/dense, or reuse it there)")
+    s.add_argument("--run-dir", type=out_dir, help="where the methods' runs are cached (default: runs/study_<preset>)")
+    s.add_argument("--report-dir", type=out_dir,
+                   help="where study_<preset>.{json,md,png} go (default: the repository's results/)")
+    s.add_argument("--methods", nargs="+", choices=names, metavar="METHOD",
+                   help="run only these methods (default: all): " + ", ".join(names))
+    s.add_argument("--finetune-epochs", type=positive_int, help="fine-tuning epochs, >= 1 (default: the preset's recipe)")
+    s.add_argument("--finetune-lr", type=positive_float, help="fine-tuning learning rate, > 0 (default: the preset's recipe)")
+    s.add_argument("--scratch-epochs", type=positive_int, help="epochs of the from-scratch runs, >= 1 (default: the preset's)")
+    s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
     s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")
-    s.add_argument("--eval-tokens", type=int, help="score only a prefix of valid/test (smoke runs; default: exact)")
-    s.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. --set hidden_size=32 --set max_train_tokens=20000")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--eval-tokens", type=token_count,
+                   help="score only this many first tokens of valid/test, >= 2 (smoke runs; default: all, exactly)")
+    s.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)
     s.set_defaults(func=cmd_study, device="cpu")
 
-    c = sub.add_parser("compress", parents=[common], help="compress a checkpoint to a size budget, then fine-tune")
-    c.add_argument("checkpoint")
-    c.add_argument("--budget-mb", type=float, required=True, help="artifact size budget in MB (10^6 bytes)")
-    c.add_argument("--out", help="output directory (default: compressed_<budget>MB beside the checkpoint)")
-    c.add_argument("--finetune-epochs", type=int, default=None, help="default: the study's recipe for the preset size")
-    c.add_argument("--search-tokens", type=int, default=20_000, help="validation tokens scored per candidate")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c = command("compress", "compress a checkpoint to a size budget, then fine-tune", [common, quiet])
+    c.add_argument("checkpoint", type=model_path, help="trained dense model file or run directory")
+    c.add_argument("--budget-mb", type=positive_float, required=True, help="artifact size budget in MB (10^6 bytes), > 0")
+    c.add_argument("--out", type=out_dir, help="output directory (default: compressed_<budget>MB beside the checkpoint)")
+    c.add_argument("--finetune-epochs", type=positive_int, help="default: the study's recipe for the preset size")
+    c.add_argument("--search-tokens", type=token_count, default=20_000, help="validation tokens scored per candidate")
     c.set_defaults(func=cmd_compress, device="cpu")
 
-    x = sub.add_parser("export", help="export a model's streaming step (ids, state -> logits, state) to ONNX")
-    x.add_argument("model", help="a checkpoint or a compact artifact")
-    x.add_argument("--format", choices=["onnx"], default="onnx")
+    v = command("convert", "convert a checkpoint of the retired torch.save format (read with weights_only=True)")
+    v.add_argument("old", type=Path, help="the legacy .pt file (a file you trust)")
+    v.add_argument("new", type=out_file, help=f"the new model file, e.g. {MODEL_FILE}")
+    v.add_argument("--legacy", action="store_true", required=True,
+                   help="confirm that OLD is a legacy torch.save file to convert (required)")
+    v.set_defaults(func=cmd_convert)
+
+    h = command("ship", "copy the study front's compact artifacts into models/ and write its manifest.json")
+    h.add_argument("--front", type=Path, default=Path("results/study_front.json"), help="the front's results JSON")
+    h.add_argument("--run-dir", type=preset_dir, action="append", default=[], metavar="PRESET=DIR",
+                   help="a preset's study run directory, repeatable (default: runs/study_<preset> for each)")
+    h.add_argument("--out", type=out_dir, default="models", help="where the artifacts and manifest.json go")
+    h.add_argument("--max-mb", type=positive_float, default=5.0, help="ship only front models up to this size")
+    h.set_defaults(func=cmd_ship)
+
+    x = command("export", "export a model's streaming step (ids, state -> logits, state) to ONNX, with its vocabulary")
+    x.add_argument("model", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format")
     x.add_argument("--int8", action="store_true", help="quantize with onnxruntime's dynamic int8 quantizer")
     x.add_argument("--tt", choices=["cores", "dense"], default="cores",
-                   help="TT layers as products with their cores, or with their built weights")
-    x.add_argument("--out", help="output file (default: the model's path with .onnx or .int8.onnx)")
+                   help="TT layers as products with their cores (TT size) or with their built weights (one product)")
+    x.add_argument("--out", type=out_file, help="the .onnx file (default: beside the model, NAME.onnx or NAME.int8.onnx)")
     x.set_defaults(func=cmd_export)
 
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                          help="eager torch, or onnxruntime (an .onnx file, or the model exported on the fly)")
-    r = sub.add_parser("predict", parents=[runtime], help="next-word suggestions after a text")
-    r.add_argument("model", help="a checkpoint, a compact artifact or (with --runtime onnx) an exported .onnx")
-    r.add_argument("text")
-    r.add_argument("--top", type=_positive, default=5, help="how many suggestions")
+    runnable = f"model file, run directory with {MODEL_FILE} or {ARTIFACT_FILE}, or (--runtime onnx) an exported .onnx"
+    r = command("predict", "next-word suggestions after a text", [runtime])
+    r.add_argument("model", type=runnable_model, help=runnable)
+    r.add_argument("text", help="the words typed so far")
+    r.add_argument("--top", type=positive_int, default=5, help="how many suggestions, >= 1")
     r.set_defaults(func=cmd_predict)
 
-    o = sub.add_parser("score", parents=[runtime], help="per-token perplexity of a text file")
-    o.add_argument("model", help="a checkpoint, a compact artifact or (with --runtime onnx) an exported .onnx")
-    o.add_argument("file")
+    o = command("score", "per-token perplexity of a text file", [runtime])
+    o.add_argument("model", type=runnable_model, help=runnable)
+    o.add_argument("file", type=in_file, help="a text file, one sentence a line")
     o.set_defaults(func=cmd_score)
     return p
 
 
+def _check(args: argparse.Namespace) -> None:
+    """The checks that need several arguments at once; ``parser.error`` on failure."""
+    if args.command in ("train", "study"):
+        try:
+            config = _train_config(args) if args.command == "train" else preset(args.preset, **dict(args.set))
+        except (ValueError, TypeError) as err:
+            args.parser.error(str(err))
+        if config.max_train_tokens is not None and config.max_train_tokens < 2 * config.batch_size:
+            args.parser.error(f"max_train_tokens {config.max_train_tokens} is too few for batch_size "
+                              f"{config.batch_size}: at least {2 * config.batch_size} (two tokens per stream)")
+        args.config = config
+    if args.command in ("predict", "score") and args.model.endswith(".onnx") and args.runtime != "onnx":
+        args.parser.error(f"{args.model} is an ONNX file: run it with --runtime onnx")
+    if args.command in ("export", "predict", "score") and (args.command == "export" or args.runtime == "onnx"):
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            args.parser.error("onnxruntime is not installed: pip install 'ttlayers[export]' (or -e '.[export]')")
+    if args.command == "train" and args.resume:
+        state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
+        if not state.is_file():
+            args.parser.error(f"--resume: nothing to resume, {state} does not exist (train without --resume to start)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    _check(args)
     try:
         args.func(args)
     except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load
+from .checkpoint import ARTIFACT_FILE, load
 from .compression import prune as pruning
 from .compression.export import artifact_size, export, load_artifact
 from .compression.report import MB
@@ -107,7 +107,7 @@ def compress_to_budget(checkpoint: str | os.PathLike, budget_mb: float, out_dir:
                        search_tokens: int = 20_000, progress: bool = True) -> dict:
     """Compress the model at ``checkpoint`` to at most ``budget_mb`` MB (10^6 bytes) at the best validation PPL.
 
-    Writes ``out_dir/model.lmz`` (the artifact) and ``out_dir/result.json``; returns the result.
+    Writes ``out_dir/artifact.safetensors`` (the artifact) and ``out_dir/result.json``; returns the result.
     """
     if budget_mb <= 0:
         raise ValueError(f"budget_mb must be positive, got {budget_mb}")
@@ -142,7 +142,7 @@ def compress_to_budget(checkpoint: str | os.PathLike, budget_mb: float, out_dir:
         train(cfg, out / "train", data_dir=data_dir, resume=True, progress=progress, model=model)
         set_dropout(model, dense.config.dropout)
     pruning.finalize(model)
-    info = export(model.eval(), out / "model.lmz", best["quant"])
+    info = export(model.eval(), out / ARTIFACT_FILE, best["quant"])
     decoded = load_artifact(info.path)
     result = {
         **stamp({"checkpoint": str(checkpoint), "budget_mb": budget_mb, "search_tokens": search_tokens,

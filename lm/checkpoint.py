@@ -1,52 +1,297 @@
-"""Checkpoints: the model artifact (config, vocabulary, weights) and the training state.
+"""Checkpoints: the model (config, vocabulary, weights) and the training state, as safe files.
 
 ``lm.load(path)`` is the loading contract other code relies on: it returns the
-``LanguageModel`` in eval mode, with ``model.vocab`` the list of words by id.
+``LanguageModel`` in eval mode, with ``model.vocab`` the list of words by id. It opens a
+checkpoint (``save_model``) and a compact artifact (``lm.compression.export``) alike, by
+their contents, and a run directory holding one of them. Both are ``lm.modelfile`` files;
+the model is built only after its config has been checked against limits and its tensors'
+shapes against the config (on the meta device, which allocates nothing). A file lm cannot
+trust raises ``ModelFileError`` (a ``ValueError``) naming it and what is wrong.
+
+Nothing here unpickles a file. ``convert_legacy`` reads a checkpoint of the retired
+``torch.save`` format with ``torch.load(weights_only=True)`` (tensors and plain containers
+only), for a user who asks for it (``lm convert --legacy``).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict
+import zlib
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from . import modelfile
 from .config import ModelConfig
 from .model import LanguageModel
+from .modelfile import ModelFileError, expect
+
+MODEL_FILE = "model.safetensors"
+ARTIFACT_FILE = "artifact.safetensors"
+TRAIN_STATE_FILE = "train_state.safetensors"
+MAX_WORD_BYTES = 256  # longest vocabulary entry (UTF-8 bytes)
+VOCAB_RATIO = 64  # most a stored vocabulary may inflate
+LIMITS = {"vocab_size": 10_000_000, "hidden_size": 1_000_000, "num_layers": 64, "embedding_size": 1_000_000}
+MAX_INT, MAX_LIST, MAX_DEPTH = 10**8, 4096, 8  # any integer, list length and nesting depth in a layer spec
 
 
-def _atomic_save(obj, path: Path) -> None:
-    """Write through a temporary file so that a kill never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# -- the model's parts ---------------------------------------------------------------------------
+def encode_vocab(vocab: list[str] | None) -> dict[str, Tensor]:
+    """The vocabulary as a zlib-compressed uint8 tensor (none for a model without one)."""
+    if vocab is None:
+        return {}
+    data = zlib.compress("\n".join(vocab).encode(), 9)
+    return {"__vocab__": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
 
 
+def decode_vocab(tensors: dict[str, Tensor], vocab_size: int, name: str | os.PathLike) -> list[str] | None:
+    """Inverse of ``encode_vocab``; the decompression stops at what ``vocab_size`` words can take."""
+    t = tensors.pop("__vocab__", None)
+    if t is None:
+        return None
+    if t.dtype != torch.uint8 or t.dim() != 1:
+        raise ModelFileError(name, f"the vocabulary tensor is {t.dtype} {tuple(t.shape)}, expected 1-D uint8")
+    # a word list compresses a few times, never a thousandfold: the bound keeps a zlib bomb small
+    limit = min(vocab_size * (MAX_WORD_BYTES + 1), VOCAB_RATIO * t.numel() + 4096)
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(t.numpy().tobytes(), limit)
+    except zlib.error as err:
+        raise ModelFileError(name, f"the vocabulary does not decompress ({err})") from None
+    if inflate.unconsumed_tail or not inflate.eof:
+        raise ModelFileError(name, f"the vocabulary inflates beyond {limit} bytes, or is truncated")
+    try:
+        vocab = text.decode().split("\n")
+    except UnicodeDecodeError:
+        raise ModelFileError(name, "the vocabulary is not UTF-8") from None
+    if len(vocab) != vocab_size:
+        raise ModelFileError(name, f"the vocabulary has {len(vocab)} words, the config says {vocab_size}")
+    return vocab
+
+
+def _check_spec(value, where: str, name, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ModelFileError(name, f"config {where} is nested deeper than {MAX_DEPTH}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_spec(v, f"{where}.{k}", name, depth + 1)
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST:
+            raise ModelFileError(name, f"config {where} has {len(value)} entries, more than {MAX_LIST}")
+        for i, v in enumerate(value):
+            _check_spec(v, f"{where}[{i}]", name, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ModelFileError(name, f"config {where} = {value} is beyond {MAX_INT}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ModelFileError(name, f"config {where} = {value} is not finite")
+
+
+def model_config(d, name: str | os.PathLike) -> ModelConfig:
+    """A ``ModelConfig`` from a file's JSON, its fields' types and sizes checked against ``LIMITS``."""
+    known = {f.name: f for f in fields(ModelConfig)}
+    if not isinstance(d, dict):
+        raise ModelFileError(name, f"the model config is missing or not a mapping ({type(d).__name__})")
+    if set(d) - set(known):
+        raise ModelFileError(name, f"the model config has fields this lm does not know: {sorted(set(d) - set(known))}")
+    for key, value in d.items():
+        default = known[key].default
+        if key in LIMITS:
+            ok = (value is None and key == "embedding_size") or (
+                type(value) is int and 1 <= value <= LIMITS[key])
+            if not ok:
+                raise ModelFileError(name, f"config {key} = {value!r}, expected an integer in 1..{LIMITS[key]}")
+        elif key == "dropout":
+            if type(value) not in (int, float) or not 0 <= value < 1:
+                raise ModelFileError(name, f"config dropout = {value!r}, expected a number in [0, 1)")
+        elif isinstance(default, bool) and type(value) is not bool:
+            raise ModelFileError(name, f"config {key} = {value!r}, expected true or false")
+        elif key in ("embedding", "lstm", "decoder"):
+            if not isinstance(value, dict) or not isinstance(value.get("type", "dense"), str):
+                raise ModelFileError(name, f"config {key} = {value!r} is not a layer spec")
+        _check_spec(value, key, name)
+    return ModelConfig(**d)
+
+
+def build(config: dict, tensors: dict[str, Tensor], aliases: dict, vocab: list[str] | None,
+          name: str | os.PathLike) -> LanguageModel:
+    """The model of ``config`` holding ``tensors`` (float32, one per parameter, tied ones in
+    ``aliases``), in eval mode; everything is checked before the model is allocated."""
+    cfg = model_config(config, name)
+    try:
+        with torch.device("meta"):  # shapes without allocation
+            shapes = {k: (tuple(v.shape), v.dtype) for k, v in LanguageModel(cfg).state_dict().items()}
+    except Exception as err:  # noqa: BLE001 - any failure of an untrusted spec is the file's fault
+        raise ModelFileError(name, f"the model config does not build a model ({type(err).__name__}: {err})") from None
+    if not isinstance(aliases, dict) or not all(
+            isinstance(a, str) and isinstance(b, str) and b in tensors for a, b in aliases.items()):
+        raise ModelFileError(name, "malformed alias table")
+    state = {**tensors, **{a: tensors[b] for a, b in aliases.items()}}
+    if set(state) != set(shapes):
+        missing, extra = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
+        raise ModelFileError(name, f"the tensors do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, (shape, dtype) in shapes.items():
+        expect(state, key, dtype, shape, name)
+    model = LanguageModel(cfg, vocab)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tied tensors stored once: (distinct tensors, alias -> stored name)."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in state.items():
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = t
+    return tensors, aliases
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
 def save_model(model: LanguageModel, path: str | os.PathLike) -> int:
-    """Save the model artifact; returns its size in bytes."""
+    """Save the model as a checkpoint (float32 weights, config, vocabulary); returns its size in bytes."""
+    tensors, aliases = dedupe(model.state_dict())
+    meta = {"config": asdict(model.config), "aliases": aliases}
+    return modelfile.write(path, "checkpoint", meta, {**tensors, **encode_vocab(model.vocab)})
+
+
+def model_from_file(f: modelfile.ModelFile, name: str | os.PathLike) -> LanguageModel:
+    """The model held by a checkpoint or an artifact that ``modelfile`` has read."""
+    if f.kind == "artifact":
+        from .compression.export import model_from_artifact  # the export module imports this one
+
+        return model_from_artifact(f, name)
+    if f.kind != "checkpoint":
+        raise ModelFileError(name, f"is a {f.kind}, not a model (load the {MODEL_FILE} beside it)")
+    config = f.meta.get("config")
+    vocab = decode_vocab(f.tensors, model_config(config, name).vocab_size, name)
+    return build(config, f.tensors, f.meta.get("aliases", {}), vocab, name)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """``path``, or the model file in the run directory ``path``."""
     path = Path(path)
-    _atomic_save({"config": asdict(model.config), "vocab": model.vocab, "state_dict": model.state_dict()}, path)
-    return path.stat().st_size
+    if path.is_dir():
+        found = [path / n for n in (MODEL_FILE, ARTIFACT_FILE) if (path / n).is_file()]
+        if not found:
+            raise ModelFileError(path, f"is a directory without a model file ({MODEL_FILE} or {ARTIFACT_FILE})")
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    return path
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
-    """The language model saved at ``path``, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    blob = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{path} is not an lm model checkpoint (expected config, vocab and state_dict)")
-    model = LanguageModel(ModelConfig(**blob["config"]), blob.get("vocab"))
-    model.load_state_dict(blob["state_dict"])
-    return model.to(map_location).eval()
+    """The language model saved at ``path`` (a checkpoint, an artifact or a run directory), in eval mode."""
+    path = resolve(path)
+    model = model_from_file(modelfile.read(path, ("checkpoint", "artifact", "train_state")), path)
+    return model.to(map_location)
 
 
-def save_train_state(state: dict, path: str | os.PathLike) -> None:
-    _atomic_save(state, Path(path))
+# -- training state ------------------------------------------------------------------------------
+def _flatten(obj, tensors: dict[str, Tensor]):
+    """A JSON-able tree of ``obj``; tensors move to ``tensors`` (tuples and non-string keys are tagged)."""
+    if isinstance(obj, Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _flatten(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_flatten(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"a training state holds tensors, containers and numbers, not {type(obj).__name__}")
+
+
+def _unflatten(tree, tensors: dict[str, Tensor], name, depth: int = 0):
+    if depth > 32:
+        raise ModelFileError(name, "training state nested too deeply")
+    if isinstance(tree, list):
+        return [_unflatten(v, tensors, name, depth + 1) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tags = [k for k in tree if k.startswith("__")]
+    if not tags:
+        return {k: _unflatten(v, tensors, name, depth + 1) for k, v in tree.items()}
+    if len(tree) != 1:
+        raise ModelFileError(name, f"malformed training state (tags {tags} among other keys)")
+    tag, value = next(iter(tree.items()))
+    if tag == "__tensor__" and isinstance(value, str) and value in tensors:
+        return tensors.pop(value)  # each tensor once
+    if tag == "__tuple__" and isinstance(value, list):
+        return tuple(_unflatten(v, tensors, name, depth + 1) for v in value)
+    if tag == "__items__" and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
+        out = {}
+        for k, v in value:
+            k = _unflatten(k, tensors, name, depth + 1)
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise ModelFileError(name, "malformed training state (a key that is not a number or a string)")
+            out[k] = _unflatten(v, tensors, name, depth + 1)
+        return out
+    raise ModelFileError(name, f"malformed training state (bad {tag} entry)")
+
+
+TRAIN_STATE_KEYS = {"config": dict, "model": dict, "optimizer": dict, "rng": Tensor, "epoch": int, "history": list,
+                    "elapsed": float}
+
+
+def save_train_state(state: dict, path: str | os.PathLike) -> int:
+    """Save what resuming needs (config, model and optimizer state, RNG, epoch, history); returns the bytes."""
+    tensors: dict[str, Tensor] = {}
+    tree = _flatten(state, tensors)
+    return modelfile.write(path, "train_state", {"state": tree}, tensors)
 
 
 def load_train_state(path: str | os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The training state saved at ``path``, its structure checked (ModelFileError otherwise)."""
+    f = modelfile.read(path, ("train_state",))
+    state = _unflatten(f.meta.get("state"), f.tensors, path)
+    if f.tensors:
+        raise ModelFileError(path, f"unreferenced tensors {sorted(f.tensors)[:3]}")
+    if not isinstance(state, dict):
+        raise ModelFileError(path, "malformed training state (not a mapping)")
+    for key, kind in TRAIN_STATE_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
+            raise ModelFileError(path, f"training state {key!r} is missing or not a {kind.__name__}")
+    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or state["epoch"] < 0:
+        raise ModelFileError(path, "training state has a malformed RNG state or epoch")
+    if not all(isinstance(t, Tensor) for t in state["model"].values()):
+        raise ModelFileError(path, "training state 'model' is not a state dict of tensors")
+    return state
+
+
+# -- the retired format --------------------------------------------------------------------------
+def convert_legacy(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Convert a ``torch.save`` checkpoint of an earlier lm (``{"config", "vocab", "state_dict"}``) or
+    training state into this format; returns the new file's size.
+
+    Read with ``torch.load(weights_only=True)``, which restores tensors and plain containers
+    only and refuses anything else; convert only files you trust all the same.
+    """
+    try:
+        blob = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever torch refuses, the user must hear which file
+        raise ModelFileError(src, f"not a legacy lm checkpoint torch can read safely ({type(err).__name__}: {err})") from None
+    if isinstance(blob, dict) and {"config", "state_dict"} <= set(blob):
+        vocab = blob.get("vocab")
+        model = build(blob["config"], dict(blob["state_dict"]), {}, vocab, src)
+        return save_model(model, dst)
+    if isinstance(blob, dict) and set(TRAIN_STATE_KEYS) <= set(blob):
+        return save_train_state(blob, dst)
+    raise ModelFileError(src, "not a legacy lm checkpoint or training state")
+
+
+__all__ = ["load", "save_model", "save_train_state", "load_train_state", "convert_legacy", "resolve", "build",
+           "model_config", "encode_vocab", "decode_vocab", "dedupe", "MODEL_FILE", "ARTIFACT_FILE", "TRAIN_STATE_FILE",
+           "ModelFileError"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .regularize import Regularization
+
 
 def dense() -> dict:
     return {"type": "dense"}
@@ -34,7 +36,13 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Zaremba's recipe: SGD at ``lr``, decayed by ``lr_decay`` every epoch after ``decay_start``."""
+    """Zaremba's recipe: SGD at ``lr``, decayed by ``lr_decay`` every epoch after ``decay_start``.
+
+    The fields from ``dropout_input`` on add Merity et al. (2018)'s regularisation
+    (``lm.regularize``) and averaged SGD; all are off by default, and a field at its default
+    is left out of ``to_dict``, so that the configs (and the cached runs keyed on them) of
+    the recipes that do not use them stay as they were.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     init_scale: float = 0.1
@@ -47,12 +55,47 @@ class TrainConfig:
     clip: float = 5.0
     seed: int = 1234
     max_train_tokens: int | None = None  # train on a prefix of the corpus (tests, smoke runs)
+    dropout_input: float = 0.0  # locked (variational) dropout on the embedding output
+    dropout_hidden: float = 0.0  # locked dropout between LSTM layers
+    dropout_output: float = 0.0  # locked dropout on the last LSTM output, before the decoder
+    dropout_embedding: float = 0.0  # whole words dropped from the embedding matrix
+    weight_drop: float = 0.0  # DropConnect on every recurrent weight W_hh, one mask per bptt window
+    ar: float = 0.0  # activation regularisation: ar * mean(dropped last-layer output ** 2)
+    tar: float = 0.0  # temporal activation regularisation: tar * mean((h_t - h_{t-1}) ** 2)
+    weight_decay: float = 0.0  # L2 penalty in SGD
+    # averaged SGD: averaging starts at epoch asgd_start (counted from 1), or after the first epoch whose validation
+    # is worse than the best of those more than asgd_nonmono epochs before it (NT-ASGD), whichever comes first
+    asgd_start: int | None = None
+    asgd_nonmono: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is a dropout probability in [0, 1), got {getattr(self, name)}")
+        for name in ("ar", "tar", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("asgd_start", "asgd_nonmono"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+    def regularization(self) -> Regularization | None:
+        """The training-time regularisers, or None when all are off (the model's plain forward)."""
+        r = Regularization(self.dropout_input, self.dropout_hidden, self.dropout_output, self.dropout_embedding,
+                           self.weight_drop, self.ar, self.tar)
+        return None if r == Regularization() else r
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_decay ** max(epoch + 1 - self.decay_start, 0)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as plain data, without the optional fields (``OPTIONAL``) at their defaults."""
+        d = asdict(self)
+        for f in fields(self):
+            if f.name in OPTIONAL and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -60,6 +103,10 @@ class TrainConfig:
         model = ModelConfig(**d.pop("model"))
         return cls(model=model, **d)
 
+
+# TrainConfig fields added after runs were cached: to_dict leaves them out at their defaults
+OPTIONAL = frozenset({"dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop", "ar",
+                      "tar", "weight_decay", "asgd_start", "asgd_nonmono"})
 
 PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
@@ -70,6 +117,19 @@ PRESETS: dict[str, TrainConfig] = {
                          lr_decay=0.5, decay_start=4, clip=5.0),
     "medium": TrainConfig(ModelConfig(hidden_size=650, num_layers=2, dropout=0.5), init_scale=0.05, bptt=35, epochs=39,
                           lr_decay=0.8, decay_start=6, clip=5.0),
+    # Zaremba's medium size, tied, with AWD-LSTM's regularisation (Merity et al. 2018's PTB settings) and NT-ASGD,
+    # at AWD-LSTM's constant learning rate; averaging from epoch asgd_start at the latest (docs/lm.md)
+    "medium_awd": TrainConfig(
+        ModelConfig(hidden_size=650, num_layers=2, tie_weights=True), init_scale=0.05, bptt=35, epochs=60,
+        lr=1.0, lr_decay=1.0, decay_start=1, clip=5.0, dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
+        dropout_embedding=0.1, weight_drop=0.5, ar=2.0, tar=1.0, weight_decay=1.2e-6, asgd_nonmono=5, asgd_start=45,
+    ),
+    # the same recipe on the tiny model, for tests and smoke runs (averages from its second epoch)
+    "tiny_awd": TrainConfig(
+        ModelConfig(hidden_size=64, num_layers=2, tie_weights=True), init_scale=0.1, epochs=2, lr=1.0, lr_decay=1.0,
+        decay_start=1, max_train_tokens=200_000, dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
+        dropout_embedding=0.1, weight_drop=0.5, ar=2.0, tar=1.0, weight_decay=1.2e-6, asgd_nonmono=5, asgd_start=2,
+    ),
     "large": TrainConfig(ModelConfig(hidden_size=1500, num_layers=2, dropout=0.65), init_scale=0.04, bptt=35, epochs=55,
                          lr_decay=1 / 1.15, decay_start=14, clip=10.0),
 }

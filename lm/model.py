@@ -3,6 +3,8 @@
 Dropout acts on the non-recurrent connections only: the embedding output, between
 LSTM layers, and the last LSTM output. Each of the three parts is built from a layer
 spec (see ``lm.config``), so that dense, low-rank and TT variants share one class.
+In training, ``forward(..., regularization=...)`` adds Merity et al.'s regularisers
+(``lm.regularize``); they leave the parameters and the eval-mode model unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from ttlayers.lstm import LSTM
 
 from .config import ModelConfig
+from .regularize import Regularization, activation_penalty, embedding_dropout, locked_dropout, lstm_forward
 
 State = tuple[Tensor, Tensor]
 
@@ -42,6 +45,8 @@ class LanguageModel(nn.Module):
     ``forward(tokens, state=None)``: tokens (seq_len, batch) of ids -> logits
     (seq_len, batch, vocab_size) and the LSTM state ``(h, c)``, each
     (num_layers, batch, hidden). ``vocab`` is the list of words indexed by id.
+    ``forward(tokens, state, regularization)`` (training) also returns the activation
+    penalty, a scalar (``lm.regularize.activation_penalty``).
     """
 
     def __init__(self, config: ModelConfig, vocab: list[str] | None = None) -> None:
@@ -66,12 +71,27 @@ class LanguageModel(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -scale, scale)
 
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(
+        self, tokens: Tensor, state: State | None = None, regularization: Regularization | None = None
+    ) -> tuple[Tensor, State] | tuple[Tensor, State, Tensor]:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (seq_len, batch), got shape {tuple(tokens.shape)}")
+        if regularization is not None:
+            return self._regularized(tokens, state, regularization)
         x = self.drop(self.embedding(tokens))
         out, state = self.lstm(x, state)
         return self.decoder(self.drop(out)), state
+
+    def _regularized(self, tokens: Tensor, state: State | None, r: Regularization) -> tuple[Tensor, State, Tensor]:
+        """The forward with ``r``'s regularisers added to the model's own dropout (training only)."""
+        if not self.training:
+            logits, state = self.forward(tokens, state)
+            return logits, state, logits.new_zeros(())
+        x = embedding_dropout(self.embedding(tokens), tokens, self.config.vocab_size, r.embedding)
+        x = locked_dropout(self.drop(x), r.input)
+        raw, state = lstm_forward(self.lstm, x, state, r.hidden, r.weight)
+        out = locked_dropout(self.drop(raw), r.output)
+        return self.decoder(out), state, activation_penalty(raw, out, r.ar, r.tar)
 
 
 def detach(state: State) -> State:

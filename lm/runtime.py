@@ -4,7 +4,7 @@ Both runtimes expose one streaming step, ``step(ids, state) -> (logits, state)``
 arrays (ids (batch,) int64, logits (batch, vocab_size) float32), so that ``predict``
 and ``score`` run the same code on either and give the same answers:
 
-* ``TorchRuntime(model)``: a ``LanguageModel`` (checkpoint or compact artifact);
+* ``TorchRuntime(model)``: a ``LanguageModel`` (``lm.load``: a checkpoint or a compact artifact);
 * ``OnnxRuntime(path)``: a file written by ``lm.onnx_export.export_onnx``, run by
   onnxruntime on the CPU; its vocabulary comes from the file's metadata.
 
@@ -81,18 +81,20 @@ Runtime = TorchRuntime | OnnxRuntime
 
 
 def open_runtime(model: str | os.PathLike, runtime: str = "torch", threads: int = 1) -> Runtime:
-    """``runtime`` "torch": the model file ``lm.load`` reads; "onnx": an exported ``.onnx``, or a model
-    file exported on the fly (float32, to a temporary file)."""
+    """``runtime`` "torch": what ``lm.load`` reads (a checkpoint, an artifact, a run directory);
+    "onnx": an exported ``.onnx``, or such a model exported on the fly (float32, to a temporary file)."""
+    from .checkpoint import load
+
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}")
-    if runtime == "onnx" and path.suffix == ".onnx":
-        return OnnxRuntime(path, threads)
     if path.suffix == ".onnx":
-        raise ValueError(f"{path} is an ONNX file: run it with runtime 'onnx'")
-    loaded = load_model(path)
+        if runtime != "onnx":
+            raise ValueError(f"{path} is an ONNX file: run it with runtime 'onnx'")
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        return OnnxRuntime(path, threads)
+    loaded = load(path)
     if runtime == "torch":
         return TorchRuntime(loaded)
     import tempfile
@@ -101,16 +103,6 @@ def open_runtime(model: str | os.PathLike, runtime: str = "torch", threads: int 
 
     with tempfile.TemporaryDirectory() as tmp:
         return OnnxRuntime(export_onnx(loaded, Path(tmp) / "model.onnx").path, threads)
-
-
-def load_model(path: str | os.PathLike) -> LanguageModel:
-    """A checkpoint (``lm.load``) or a compact artifact (``lm.compression.export``), by content."""
-    from .checkpoint import load
-    from .compression.export import MAGIC, load_artifact
-
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC))
-    return load_artifact(path) if head == MAGIC else load(path)
 
 
 def words_to_ids(text: str, vocab: list[str]) -> list[int]:
@@ -161,4 +153,4 @@ def score(runtime: Runtime, text: str) -> dict:
     return {"tokens": len(ids), "perplexity": math.exp(sum(nll) / len(nll)), "nll": nll}
 
 
-__all__ = ["TorchRuntime", "OnnxRuntime", "open_runtime", "load_model", "predict", "score", "words_to_ids"]
+__all__ = ["TorchRuntime", "OnnxRuntime", "open_runtime", "predict", "score", "words_to_ids"]

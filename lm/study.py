@@ -1,13 +1,14 @@
 """The compression study: every method on one preset, cached per method and resumable.
 
-``python -m lm study --preset small --checkpoint runs/small/model.pt`` takes a trained
+``python -m lm study --preset small --checkpoint runs/small/model.safetensors`` takes a trained
 dense model (or trains the preset first), then for every method: compresses it,
 fine-tunes or trains it from scratch where the method says so, exports the compact
 artifact, decodes that artifact and measures its exact perplexities. Each finished
 method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
 its recipe is unchanged; fine-tuning resumes after a kill, losing at most one epoch.
 A final pass times every artifact side by side (one token, batch 1, one thread,
-eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and writes the results JSON, the markdown report and the Pareto plot.
+eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and
+writes the results JSON, the markdown report and the Pareto plot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load
+from .checkpoint import ARTIFACT_FILE, MODEL_FILE, load
 from .compression import prune as pruning
 from .compression import report
 from .compression.export import export, load_artifact
@@ -273,15 +274,18 @@ class Study:
 
     def dense_model(self) -> LanguageModel:
         if self.config.checkpoint:
+            self.log(f"reusing the dense model {self.config.checkpoint}")
             model = load(self.config.checkpoint)
             if model.vocab is not None and model.vocab != self.corpus.vocab:
                 raise ValueError(f"{self.config.checkpoint} was trained on another vocabulary")
             return model
         out = self.run_dir / "dense" / "train"
-        if not (out / "results.json").is_file():
+        if not (out / "results.json").is_file() or not (out / MODEL_FILE).is_file():
             self.log(f"training the dense {self.config.preset} model in {out}")
             train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
-        return load(out / "model.pt")
+        else:
+            self.log(f"reusing the dense model trained in {out}")
+        return load(out / MODEL_FILE)
 
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
@@ -304,7 +308,7 @@ class Study:
     def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
         """The method's model before export: compressed, pruned and trained as its recipe says."""
         out = self.run_dir / m.name / "train"
-        start = load_artifact(self.run_dir / m.base / "model.lmz") if m.base else dense
+        start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
         if m.base and m.train == "none":
             return start
         if m.train == "scratch":
@@ -352,7 +356,7 @@ class Study:
         self.log(f"{m.name}: {m.description}")
         tic = time.time()
         model = self.build(m, dense)
-        info = export(model, self.run_dir / m.name / "model.lmz", m.quant)
+        info = export(model, self.run_dir / m.name / ARTIFACT_FILE, m.quant)
         decoded = load_artifact(info.path)  # every number below is the shipped artifact's
         result = {
             "name": m.name, "family": m.family, "label": m.name, "description": m.description, "recipe": recipe,
@@ -372,7 +376,7 @@ class Study:
     def cached(self, m: Method) -> dict | None:
         """The method's finished result, if it was run with its current recipe."""
         path = self.run_dir / m.name / "result.json"
-        if path.is_file():
+        if path.is_file() and (self.run_dir / m.name / ARTIFACT_FILE).is_file():
             result = json.loads(path.read_text())
             if result.get("recipe") == self.recipe(m):
                 return result
@@ -385,11 +389,20 @@ class Study:
             dense = self.dense_model()
         else:  # only from-scratch methods: an untrained dense model gives their shapes
             dense = LanguageModel(self.cfg.model, self.corpus.vocab)
-        done = {m.name: self.run_method(m, dense) for m in self.methods}
+        done, start, spent = {}, time.time(), []
+        todo = {m.name for m in self.methods if self.cached(m) is None}
+        for i, m in enumerate(self.methods, 1):
+            left = len(todo - set(done))  # methods still to run, this one included
+            estimate = f", about {_clock(sum(spent) / len(spent) * left)} left" if spent and left else ""
+            self.log(f"method {i} of {len(self.methods)}: {m.name} (elapsed {_clock(time.time() - start)}{estimate})")
+            tic = time.time()
+            done[m.name] = self.run_method(m, dense)
+            if m.name in todo:
+                spent.append(time.time() - tic)
         rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")
-        models = {r["name"]: load_artifact(self.run_dir / r["name"] / "model.lmz") for r in rows}
+        models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
         onnx = self.config.onnx
         if onnx is None:
             import importlib.util
@@ -421,6 +434,11 @@ class Study:
         if self.config.preset in report.FRONT_PRESETS:
             report.write_front(out)
         return payload
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def run_study(config: StudyConfig) -> dict:

@@ -1,5 +1,8 @@
 """Training with Zaremba et al.'s recipe: SGD, truncated BPTT over contiguous streams,
-gradient clipping, per-epoch learning-rate decay, a checkpoint every epoch.
+gradient clipping, per-epoch learning-rate decay, a checkpoint every epoch; optionally
+with Merity et al.'s regularisers (``lm.regularize``) and averaged SGD (ASGD: the weights
+averaged over every step from a fixed epoch, or from the one after validation stopped
+improving (NT-ASGD); evaluation and the saved model then use the average).
 
 Runs data-parallel under ``torchrun`` (DDP over NCCL on CUDA, gloo on CPU): the
 batch's contiguous streams are split between the processes.
@@ -16,14 +19,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from .checkpoint import load_train_state, save_model, save_train_state
+from .checkpoint import MODEL_FILE, TRAIN_STATE_FILE, ModelFileError, load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data import Corpus, batchify, bptt_windows
 from .distill import Distillation
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
+from .regularize import nt_asgd_triggered
 from .results import stamp, write_json
 
 
@@ -66,8 +71,9 @@ def train(
 ) -> dict:
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
-    Writes ``out_dir/model.pt`` (the artifact) and ``out_dir/train_state.pt`` after
-    every epoch; ``resume=True`` continues from the last finished epoch, with the same config
+    Writes ``out_dir/model.safetensors`` (the checkpoint: the averaged weights once ASGD averages)
+    and ``out_dir/train_state.safetensors`` (the SGD weights, and the average if any; ``lm.checkpoint``,
+    both written atomically) after every epoch; ``resume=True`` continues from the last finished epoch, with the same config
     but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). ``distill``
     adds a teacher's soft targets to the loss (``lm.distill``); the reported training
     perplexity stays the cross-entropy's.
@@ -77,7 +83,7 @@ def train(
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     device = torch.device(device) if device is not None else _default_device(rank)
     out_dir = Path(out_dir)
-    state_path, model_path = out_dir / "train_state.pt", out_dir / "model.pt"
+    state_path, model_path = out_dir / TRAIN_STATE_FILE, out_dir / MODEL_FILE
 
     corpus = Corpus.load(data_dir)
     train_stream = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
@@ -87,7 +93,9 @@ def train(
     if model is None:
         model = build_model(cfg, corpus.vocab)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    regularization = cfg.regularization()
+    average: AveragedModel | None = None  # the ASGD average of the weights, once averaging started
     start_epoch, history, elapsed = 0, [], 0.0
     if resume and state_path.is_file():
         saved = load_train_state(state_path)
@@ -98,9 +106,15 @@ def train(
         if saved["epoch"] + 1 > cfg.epochs:
             raise ValueError(f"{state_path} has finished {saved['epoch'] + 1} epochs, more than the {cfg.epochs} "
                              "asked for; use a fresh --out directory")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+            if "average" in saved:
+                average = AveragedModel(model, use_buffers=False)
+                average.load_state_dict(saved["average"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(state_path, f"does not fit the model and optimizer of its config ({err})") from None
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # a copy, so that the caller's teacher keeps its device and mode
@@ -111,15 +125,22 @@ def train(
         lr = cfg.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if average is None and cfg.asgd_start is not None and epoch + 1 >= cfg.asgd_start:
+            average = AveragedModel(model, use_buffers=False)
         net.train()
         state, teacher_state, total, count, tic = None, None, 0.0, 0, time.time()
         bar = tqdm(bptt_windows(train_data, cfg.bptt), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=2.0, disable=not progress or rank != 0)
         for step, (inputs, targets) in enumerate(bar):
-            logits, state = net(inputs, state)
+            if regularization is None:
+                logits, state = net(inputs, state)
+            else:
+                logits, state, penalty = net(inputs, state, regularization)
             state = detach(state)
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
             value = loss.item()  # the cross-entropy, reported
+            if regularization is not None and (regularization.ar or regularization.tar):
+                loss = loss + penalty
             if teacher is not None:
                 with torch.no_grad():
                     soft, teacher_state = teacher(inputs, teacher_state)
@@ -134,6 +155,8 @@ def train(
             (loss * inputs.shape[0]).backward()  # summed over time, averaged over the batch (Zaremba)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             total += value * targets.numel()
             count += targets.numel()
             if step % 10 == 0:
@@ -141,20 +164,29 @@ def train(
                 bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}", tok_s=f"{rate:.0f}")
         seconds = time.time() - tic
         elapsed += seconds
-        valid_ppl = perplexity(model, corpus.valid)
+        averaged = average is not None and int(average.n_averaged) > 0
+        evaluated = average.module if averaged else model  # the model evaluated and saved
+        valid_ppl = perplexity(evaluated, corpus.valid)
         history.append({"epoch": epoch + 1, "lr": lr, "train_ppl": math.exp(total / count), "valid_ppl": valid_ppl,
-                        "tokens_per_s": count * world / seconds})
+                        "tokens_per_s": count * world / seconds,
+                        **({"averaged": averaged} if cfg.asgd_start or cfg.asgd_nonmono else {})})
+        if average is None and cfg.asgd_nonmono and nt_asgd_triggered([h["valid_ppl"] for h in history],
+                                                                      cfg.asgd_nonmono):
+            average = AveragedModel(model, use_buffers=False)  # averages from the next step on
         if rank == 0:
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: lr {lr:.4g}  train ppl {math.exp(total / count):.2f}  "
                            f"valid ppl {valid_ppl:.2f}  {count * world / seconds:.0f} tok/s")
-            save_model(model, model_path)
+            save_model(evaluated, model_path)
             save_train_state({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed},
+                              "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
+                              **({"average": average.state_dict()} if average is not None else {})},
                              state_path)
         if world > 1:
             dist.barrier()
 
+    if average is not None and int(average.n_averaged) > 0:  # the caller's model ends with the averaged weights
+        model.load_state_dict(average.module.state_dict())
     test_ppl = perplexity(model, corpus.test)
     results = {
         **stamp(cfg.to_dict(), cfg.seed),

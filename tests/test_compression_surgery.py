@@ -38,8 +38,8 @@ def test_compressed_models_rebuild_from_config(case, tmp_path):
     tokens = torch.randint(0, 120, (7, 2))
     out = c(tokens)[0]
     torch.testing.assert_close(decode(export_bytes(c)[0])(tokens)[0], out, rtol=0, atol=0)
-    save_model(c, tmp_path / "c.pt")
-    torch.testing.assert_close(lm.load(tmp_path / "c.pt")(tokens)[0], out, rtol=0, atol=0)
+    save_model(c, tmp_path / "c.safetensors")
+    torch.testing.assert_close(lm.load(tmp_path / "c.safetensors")(tokens)[0], out, rtol=0, atol=0)
     assert (int8_dynamic(c)(tokens)[0] - out).abs().max() < 0.1  # int8 execution runs on every architecture
     c.train()
     c(torch.randperm(120).view(60, 2))[0].sum().backward()  # every word, so every GroupReduce block

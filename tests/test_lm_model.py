@@ -69,9 +69,9 @@ def test_weight_tying_shares_the_matrix():
 
 def test_load_contract_round_trip(tmp_path):
     model = small_model()
-    size = save_model(model, tmp_path / "model.pt")
-    assert size == (tmp_path / "model.pt").stat().st_size
-    loaded = lm.load(tmp_path / "model.pt")
+    size = save_model(model, tmp_path / "model.safetensors")
+    assert size == (tmp_path / "model.safetensors").stat().st_size
+    loaded = lm.load(tmp_path / "model.safetensors")
     assert not loaded.training and loaded.vocab == VOCAB
     tokens = torch.randint(0, 50, (6, 2))
     torch.testing.assert_close(loaded(tokens)[0], model.eval()(tokens)[0])
@@ -81,7 +81,7 @@ def test_load_rejects_other_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         lm.load(tmp_path / "missing.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an lm model checkpoint"):
+    with pytest.raises(ValueError, match="other.pt: not an lm model file: a torch.save"):
         lm.load(tmp_path / "other.pt")
 
 

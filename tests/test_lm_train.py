@@ -35,13 +35,13 @@ def test_tiny_trains_end_to_end_and_evaluates(tmp_path, corpus):
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["test_ppl"] < 0.6 * unigram_ppl(corpus)  # unigram: about 690
-    assert results["checkpoint_bytes"] == (out / "model.pt").stat().st_size
+    assert results["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
     assert {"valid_ppl", "parameters", "wall_time_s", "tokens_per_s", "device", "config", "seed", "commit"} <= set(results)
     # the checkpoint re-evaluates to the same number
-    evaluated = run_lm("eval", str(out / "model.pt"), "--splits", "test")
+    evaluated = run_lm("eval", str(out / "model.safetensors"), "--splits", "test")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
-    info = run_lm("info", str(out / "model.pt"))
+    info = run_lm("info", str(out / "model.safetensors"))
     assert json.loads(info.stdout)["parameters"] == results["parameters"]
 
 
@@ -54,11 +54,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, corpus):
     proc = subprocess.Popen([sys.executable, "-m", "lm", "train", *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / "train_state.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / "train_state.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "train_state.pt").exists() and not (out / "results.json").exists()
+    assert (out / "train_state.safetensors").exists() and not (out / "results.json").exists()
 
     resumed = run_lm("train", *args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -78,8 +78,8 @@ def test_resume_extends_a_run_or_cuts_it_at_a_finished_epoch(tmp_path, corpus):
     reference = run_lm("train", *SHORT, "--epochs", "2", "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "grown"
-    for epochs in ("1", "1", "2"):  # trained 1 epoch; resumed at its end, nothing to do; extended to 2
-        done = run_lm("train", *SHORT, "--epochs", epochs, "--out", str(out), "--resume")
+    for i, epochs in enumerate(("1", "1", "2")):  # trained 1 epoch; resumed at its end, nothing to do; extended to 2
+        done = run_lm("train", *SHORT, "--epochs", epochs, "--out", str(out), *(["--resume"] if i else []))
         assert done.returncode == 0, done.stderr
         if epochs == "1":
             assert len(json.loads((out / "results.json").read_text())["history"]) == 1
@@ -93,7 +93,9 @@ def test_resume_extends_a_run_or_cuts_it_at_a_finished_epoch(tmp_path, corpus):
 
 
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path, corpus):
-    args = ["train", *SHORT, "--epochs", "1", "--device", "cpu"]
+    # lr 0.1: at the preset's lr 1, 50 early SGD steps amplify the rounding differences of the
+    # two reductions chaotically (valid PPL 977 against 1035 on one machine, within 2% on another)
+    args = ["train", *SHORT, "--epochs", "1", "--device", "cpu", "--set", "lr=0.1"]
     single = run_lm(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -104,9 +106,8 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path, corpus):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["device"] == "cpu x2"
     # the gradient of the mean over 2 x 10 streams equals that over 20: the same training up to
-    # rounding, which 50 early SGD steps at lr 1 amplify to a few tenths of a percent (changing only
-    # the thread count of one process moves this valid perplexity by 0.4%)
-    assert two["valid_ppl"] == pytest.approx(one["valid_ppl"], rel=0.02)
+    # rounding (measured: a relative 1.4e-8 apart)
+    assert two["valid_ppl"] == pytest.approx(one["valid_ppl"], rel=1e-5)
 
 
 def test_non_finite_loss_stops_training(tmp_path, corpus):
@@ -116,7 +117,7 @@ def test_non_finite_loss_stops_training(tmp_path, corpus):
         model.decoder.bias[0] = float("nan")
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
         train(cfg, tmp_path, model=model, progress=False)
-    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_bad_data_dir_is_a_clear_cli_error(tmp_path):

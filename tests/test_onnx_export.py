@@ -87,9 +87,9 @@ def test_int8_export_runs_int8_products_close_to_float(exported, tmp_path, capsy
     from lm.compression.export import export
 
     model, plain = exported["tt"]
-    export(model, tmp_path / "tt.lmz")  # a compact artifact exports as a checkpoint does
-    main(["export", str(tmp_path / "tt.lmz"), "--format", "onnx", "--int8"])
-    path = tmp_path / "tt.int8.onnx"
+    export(model, tmp_path / "artifact.safetensors")  # a compact artifact exports as a checkpoint does
+    main(["export", str(tmp_path), "--format", "onnx", "--int8"])  # a run directory holding it
+    path = tmp_path / "artifact.int8.onnx"
     assert str(path) in capsys.readouterr().out
     graph = onnx.load(path).graph
     ops = {n.op_type for n in graph.node}
@@ -106,21 +106,38 @@ def test_predict_and_score_agree_between_runtimes(exported, tmp_path, capsys):
     from lm.checkpoint import save_model
 
     model, info = exported["dense"]
-    save_model(model, tmp_path / "model.pt")
+    save_model(model, tmp_path / "model.safetensors")
     text = tmp_path / "text.txt"
     text.write_text("the w1 w2 qqq\nw5 the\n")
     answers = {}
-    for runtime, path in (("torch", tmp_path / "model.pt"), ("onnx", info.path)):
+    for runtime, path in (("torch", tmp_path / "model.safetensors"), ("onnx", info.path)):
         main(["predict", str(path), "The w3", "--top", "3", "--runtime", runtime])
         main(["score", str(path), str(text), "--runtime", runtime])
         answers[runtime] = capsys.readouterr().out
     assert answers["torch"] == answers["onnx"]
-    main(["predict", str(tmp_path / "model.pt"), "The w3", "--top", "3", "--runtime", "onnx"])  # exported on the fly
+    main(["predict", str(tmp_path), "The w3", "--top", "3", "--runtime", "onnx"])  # a run directory, exported on the fly
     assert capsys.readouterr().out == answers["torch"].split("tokens")[0]
     run = TorchRuntime(model)
     assert len(predict(run, "the", 3)) == 3 and all(w != "<unk>" for w, _ in predict(run, "the", 59))
     result = score(run, text.read_text())
     assert result["tokens"] == 8 and len(result["nll"]) == 8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "{onnx}", "the", "--top", "0"], "--top: expected a whole number >= 1"),
+    (["predict", "{onnx}", "the"], "is an ONNX file: run it with --runtime onnx"),
+    (["predict", "{tmp}/missing.onnx", "the", "--runtime", "onnx"], "missing.onnx' is missing"),
+    (["score", "{onnx}", "{tmp}/nothing.txt", "--runtime", "onnx"], "nothing.txt' is missing; expected a file"),
+    (["export", "{onnx}", "--format", "tflite"], "invalid choice: 'tflite'"),
+    (["export", "{onnx}", "--tt", "fused"], "invalid choice: 'fused'"),
+])
+def test_the_cli_refuses_bad_arguments(argv, message, exported, tmp_path, capsys):
+    from lm.__main__ import main
+
+    argv = [a.format(onnx=exported["dense"][1].path, tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_arguments_are_refused():

@@ -62,7 +62,7 @@ def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
     assert set(rows) == {"dense", "groupreduce_ft", *SOME}
     assert payload["commit"] and payload["seed"] is not None and payload["config"]["study"]["preset"] == "tiny"
     for name, r in rows.items():
-        artifact = tmp_path / "runs" / name / "model.lmz"
+        artifact = tmp_path / "runs" / name / "artifact.safetensors"
         assert r["size_bytes"] == artifact.stat().st_size and r["size_mb"] == r["size_bytes"] / MB
         assert 1 < r["test_ppl"] < 10_000 and r["eager_ms"] > 0 and r["int8_ms"] > 0
     dense = rows["dense"]
@@ -89,16 +89,16 @@ def test_compress_to_a_budget(tmp_path, short_corpus, capsys):
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(hidden_size=24, num_layers=1), short_corpus.vocab)
     model.init_uniform(0.1)
-    save_model(model, tmp_path / "dense.pt")
+    save_model(model, tmp_path / "dense.safetensors")
     dense_mb = sum(p.numel() for p in model.parameters()) * 4 / MB
     budget = round(dense_mb / 6, 3)
-    main(["compress", str(tmp_path / "dense.pt"), "--budget-mb", str(budget), "--out", str(tmp_path / "out"),
+    main(["compress", str(tmp_path / "dense.safetensors"), "--budget-mb", str(budget), "--out", str(tmp_path / "out"),
           "--finetune-epochs", "1", "--search-tokens", "500", "--quiet"])
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["size_bytes"] <= budget * MB
-    assert (tmp_path / "out" / "model.lmz").stat().st_size == result["size_bytes"]
+    assert (tmp_path / "out" / "artifact.safetensors").stat().st_size == result["size_bytes"]
     assert {c["family"] for c in result["candidates"]} >= {"pruned", "groupreduce"}
-    assert load_artifact(tmp_path / "out" / "model.lmz").vocab == short_corpus.vocab
+    assert load_artifact(tmp_path / "out" / "artifact.safetensors").vocab == short_corpus.vocab
     assert '"size_mb"' in capsys.readouterr().out
 
 
@@ -130,12 +130,12 @@ def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeyp
     assert set(rows) == {"lr_paper_scratch", "lr_paper_scratch_q8", "lr_paper_kd"}
     assert not (tmp_path / "runs" / "dense").exists()
     # lr_paper_kd fine-tunes its base with the base as the teacher
-    base = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz").state_dict()
+    base = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "artifact.safetensors").state_dict()
     assert len(teachers) == 1 and all(torch.equal(v, base[k]) for k, v in teachers[0].state_dict().items())
-    tuned = load_artifact(tmp_path / "runs" / "lr_paper_kd" / "model.lmz").state_dict()
+    tuned = load_artifact(tmp_path / "runs" / "lr_paper_kd" / "artifact.safetensors").state_dict()
     assert not torch.equal(tuned["embedding.weight"], base["embedding.weight"])
     assert rows["lr_paper_scratch_q8"]["size_bytes"] < rows["lr_paper_scratch"]["size_bytes"] / 3
-    model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "model.lmz")
+    model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "artifact.safetensors")
     r = model.lstm.proj_size
     # the paper's LR-LSTM: an r-dim embedding feeds the first layer, the softmax reads the r-dim projection
     assert model.config.embedding_size == r and model.embedding.weight.shape == (model.config.vocab_size, r)
@@ -151,7 +151,7 @@ def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_p
         history = json.loads((tmp_path / "runs" / name / "train" / "results.json").read_text())["history"]
         assert methods[name].lr != default and history[0]["lr"] == methods[name].lr
     method = methods["tt_paper_scratch"]
-    model = load_artifact(tmp_path / "runs" / "tt_paper_scratch" / "model.lmz")
+    model = load_artifact(tmp_path / "runs" / "tt_paper_scratch" / "artifact.safetensors")
     r, hidden = model.config.embedding_size, model.config.hidden_size
     # the TT maps were tensorised for the r-dim embedding, not for the hidden size the preset's embedding has
     assert model.embedding.weight.shape == (model.config.vocab_size, r) and r != hidden
@@ -164,9 +164,9 @@ def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_p
 def test_lr_tied_scratch_shares_one_table_between_embedding_and_softmax(tmp_path, short_corpus):
     _, payload, rows = run_tiny_study(tmp_path, ["lr_tied_scratch_q8", "lr_tied_ft_q8", "lr_paper_scratch"])
     for name in ("lr_tied_scratch", "lr_tied_ft", "lr_tied_ft_q8"):  # fine-tuning and 8 bits keep the tie
-        model = load_artifact(tmp_path / "runs" / name / "model.lmz")
+        model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
         assert model.config.tie_weights and model.decoder.weight is model.embedding.weight
-    model = load_artifact(tmp_path / "runs" / "lr_tied_scratch" / "model.lmz")
+    model = load_artifact(tmp_path / "runs" / "lr_tied_scratch" / "artifact.safetensors")
     r, vocab = model.config.embedding_size, model.config.vocab_size
     assert model.embedding.weight.shape == (vocab, r) and model.decoder.in_features == model.lstm.proj_size == r
     # the table counted and stored once: one vocab x r table fewer than the untied paper model

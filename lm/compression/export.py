@@ -1,28 +1,28 @@
 """The compact model artifact: the bytes a compressed model would ship in.
 
-Layout: ``b"LMZ1"``, a little-endian uint32 header length, a JSON header (model
-config, tensor table), then the payload. Every tensor of the state dict is stored in
-the cheapest of its allowed encodings:
+An artifact is an ``lm.modelfile`` file of kind ``"artifact"`` (safetensors, with a
+format version and a checksum; nothing in it runs code). Every tensor of the state dict
+is stored in the cheapest of its allowed encodings, as one or more safetensors tensors:
 
-* ``f32``: float32 values;
-* ``q8``: the paper's 8-bit scheme, one byte per number plus ``lo`` and ``step``
-  (float32) for the tensor; ``q8c``: the same per output row (a ``lo`` and a
-  ``step`` per row);
-* sparse: a bitmask of the nonzero entries (one bit per entry, ``numpy.packbits``)
-  followed by the nonzero values only, as ``f32`` or ``q8``. Chosen whenever it is
-  smaller than the dense encoding, which happens above ~3% zeros for float32 values.
+* ``f32``: the float32 values, under the tensor's name;
+* ``q8``: the paper's 8-bit scheme, one byte per number (``NAME:codes``, uint8) plus
+  ``NAME:scale`` (float32 ``lo`` and ``step``, shape (2, 1)); ``q8c``: the same per output
+  row (``NAME:scale`` of shape (2, rows));
+* sparse: a bitmask of the nonzero entries (``NAME:mask``, one bit per entry,
+  ``numpy.packbits``) and the nonzero values only (``NAME:values`` as ``f32``, or
+  ``NAME:codes`` and ``NAME:scale`` as ``q8``). Chosen whenever it is smaller than the dense
+  encoding, which happens above ~3% zeros for float32 values.
 
-The vocabulary (zlib-compressed, newline-separated) is part of the artifact, so the
-size is what a user downloads to run the model. ``load_artifact`` decodes it back
-into a ``LanguageModel``: the perplexities we report are those of the decoded model.
+The metadata holds the model config and the table of encodings (tied tensors are stored
+once, as aliases); the vocabulary is a zlib-compressed uint8 tensor, so the size is what a
+user downloads to run the model. ``lm.load`` (or ``load_artifact``) decodes it back into a
+``LanguageModel``, checking every part's dtype and shape against the table and the table
+against the config first: the perplexities we report are those of the decoded model.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,17 +30,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from .. import modelfile
+from ..checkpoint import build, dedupe, encode_vocab, decode_vocab, model_config
 from ..model import LanguageModel
+from ..modelfile import ModelFileError, expect
 from .quantize import dequantize, quantize_uniform
 
-MAGIC = b"LMZ1"
 QUANT = (None, "q8", "q8c")
+CODECS = ("f32", "q8", "q8c")
 
 
 @dataclass
 class ArtifactInfo:
-    """What ``export`` wrote: total bytes, and bytes per tensor (payload only)."""
+    """What ``export`` wrote: total bytes, and bytes per tensor (its parts' data only)."""
 
     path: Path | None
     bytes: int
@@ -48,26 +50,27 @@ class ArtifactInfo:
     encodings: dict[str, str] = field(default_factory=dict)
 
 
-def _f32(t: Tensor) -> bytes:
-    return t.detach().float().contiguous().numpy().astype("<f4").tobytes()
-
-
-def _encode_values(values: Tensor, quant: str | None) -> tuple[str, bytes]:
-    """Dense encoding of ``values`` (any shape): (codec, bytes)."""
+def _encode_values(values: Tensor, quant: str | None) -> tuple[str, dict[str, Tensor]]:
+    """Dense encoding of ``values`` (any shape): (codec, parts by suffix)."""
+    values = values.detach().float()
     if quant is None:
-        return "f32", _f32(values)
+        return "f32", {"": values}
     per_channel = quant == "q8c" and values.dim() > 1
     codes, lo, step = quantize_uniform(values, per_channel)
-    return ("q8c" if per_channel else "q8"), _f32(lo.reshape(-1)) + _f32(step.reshape(-1)) + codes.numpy().tobytes()
+    return ("q8c" if per_channel else "q8"), {":codes": codes, ":scale": torch.stack([lo.reshape(-1), step.reshape(-1)])}
 
 
-def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True) -> tuple[dict, bytes]:
-    """The cheapest encoding of ``t``: (table entry without offset, payload bytes)."""
+def _nbytes(parts: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in parts.values())
+
+
+def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True) -> tuple[dict, dict[str, Tensor]]:
+    """The cheapest encoding of ``t``: (table entry, parts: tensors keyed by the suffix they get after its name)."""
     if quant not in QUANT:
         raise ValueError(f"quant must be one of {QUANT}, got {quant!r}")
     if not t.is_floating_point():
         raise ValueError(f"only floating-point tensors can be exported, got {t.dtype}")
-    codec, blob = _encode_values(t, quant)
+    codec, parts = _encode_values(t, quant)
     entry = {"shape": list(t.shape), "codec": codec, "sparse": False}
     if allow_sparse and t.numel() > 0:
         mask = t.detach() != 0
@@ -75,36 +78,42 @@ def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True
         if 0 < nnz < t.numel():
             # sparse values are quantized per tensor: rows of a bitmask-coded tensor have no fixed length
             s_codec, values = _encode_values(t.detach()[mask], None if quant is None else "q8")
-            bits = np.packbits(mask.reshape(-1).numpy()).tobytes()
-            if len(bits) + len(values) < len(blob):
-                return {**entry, "codec": s_codec, "sparse": True, "nnz": nnz}, bits + values
-    return entry, blob
+            bits = torch.from_numpy(np.packbits(mask.reshape(-1).numpy()))
+            if bits.numel() + _nbytes(values) < _nbytes(parts):
+                return ({**entry, "codec": s_codec, "sparse": True, "nnz": nnz},
+                        {":mask": bits, **({":values": values[""]} if s_codec == "f32" else values)})
+    return entry, parts
 
 
-def _decode_values(buf: memoryview, codec: str, count: int, rows: int) -> Tensor:
+def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...], name: str) -> Tensor:
+    """float32 values of ``shape`` from the parts of one encoding, each checked first."""
     if codec == "f32":
-        return torch.from_numpy(np.frombuffer(buf, dtype="<f4", count=count).copy())
-    n_scales = rows if codec == "q8c" else 1
-    scales = np.frombuffer(buf, dtype="<f4", count=2 * n_scales).copy()
-    codes = torch.from_numpy(np.frombuffer(buf, dtype=np.uint8, count=count, offset=8 * n_scales).copy())
-    lo, step = torch.from_numpy(scales[:n_scales]), torch.from_numpy(scales[n_scales:])
+        return expect(parts, ":values" if ":values" in parts else "", torch.float32, shape, name).clone()
+    rows = shape[0] if codec == "q8c" else 1
+    codes = expect(parts, ":codes", torch.uint8, shape, name)
+    lo, step = expect(parts, ":scale", torch.float32, (2, rows), name)
     if codec == "q8c":
-        return dequantize(codes.view(rows, -1), lo, step).reshape(-1)
+        return dequantize(codes.view(rows, -1), lo, step).reshape(shape)
     return dequantize(codes, lo[0], step[0])
 
 
-def decode_tensor(entry: dict, buf: memoryview) -> Tensor:
-    """Inverse of ``encode_tensor`` (float32)."""
-    shape = entry["shape"]
-    numel = int(np.prod(shape)) if shape else 1
-    if entry["sparse"]:
-        nbits = (numel + 7) // 8
-        mask = torch.from_numpy(np.unpackbits(np.frombuffer(buf, dtype=np.uint8, count=nbits))[:numel].astype(bool))
-        out = torch.zeros(numel)
-        out[mask] = _decode_values(buf[nbits:], entry["codec"], entry["nnz"], 1)
-        return out.view(shape)
-    rows = shape[0] if shape else 1
-    return _decode_values(buf, entry["codec"], numel, rows).view(shape)
+def decode_tensor(entry: dict, parts: dict[str, Tensor], name: str = "<tensor>") -> Tensor:
+    """Inverse of ``encode_tensor`` (float32); a part of the wrong dtype or shape raises ``ModelFileError``."""
+    shape = tuple(entry["shape"])
+    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    codec = entry.get("codec")
+    if codec not in CODECS or (codec == "q8c" and (len(shape) < 2 or entry["sparse"])):
+        raise ModelFileError(name, f"unknown encoding {codec!r} for shape {list(shape)}")
+    if not entry["sparse"]:
+        return _decode_values(parts, codec, shape, name)
+    bits = expect(parts, ":mask", torch.uint8, ((numel + 7) // 8,), name)
+    unpacked = np.unpackbits(bits.numpy())
+    nnz = int(unpacked[:numel].sum())
+    if unpacked[numel:].any() or nnz != entry.get("nnz"):
+        raise ModelFileError(name, f"the sparse mask of {entry.get('nnz')} entries sets {nnz} (or padding bits)")
+    out = torch.zeros(numel)
+    out[torch.from_numpy(unpacked[:numel].astype(bool))] = _decode_values(parts, codec, (nnz,), name)
+    return out.view(shape)
 
 
 def _check_exportable(model: nn.Module) -> None:
@@ -117,68 +126,63 @@ def _check_exportable(model: nn.Module) -> None:
 def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: bool = True) -> tuple[bytes, ArtifactInfo]:
     """The artifact of ``model`` as bytes, and its accounting."""
     _check_exportable(model)
-    table, chunks, offset = [], [], 0
+    stored, aliases = dedupe(model.state_dict())  # tied weights are stored once
+    table, tensors = {}, {}
     info = ArtifactInfo(None, 0)
-    seen: dict[tuple[int, tuple], str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), tuple(t.shape))
-        if key in seen:  # tied weights are stored once
-            table.append({"name": name, "alias": seen[key]})
-            continue
-        seen[key] = name
-        entry, blob = encode_tensor(t, quant, allow_sparse)
-        table.append({"name": name, **entry, "offset": offset, "nbytes": len(blob)})
-        chunks.append(blob)
-        offset += len(blob)
-        info.tensor_bytes[name] = len(blob)
+    for name, t in stored.items():
+        entry, parts = encode_tensor(t, quant, allow_sparse)
+        table[name] = entry
+        tensors.update({name + suffix: part for suffix, part in parts.items()})
+        info.tensor_bytes[name] = _nbytes(parts)
         info.encodings[name] = ("sparse " if entry["sparse"] else "") + entry["codec"]
-    vocab = zlib.compress("\n".join(model.vocab).encode(), 9) if model.vocab is not None else b""
-    header = {"format": 1, "config": asdict(model.config), "tensors": table,
-              "vocab": {"offset": offset, "nbytes": len(vocab)} if vocab else None}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    data = MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks) + vocab
+    meta = {"config": asdict(model.config), "tensors": table, "aliases": aliases}
+    data = modelfile.dumps("artifact", meta, {**tensors, **encode_vocab(model.vocab)})
     info.bytes = len(data)
     return data, info
 
 
 def export(model: LanguageModel, path: str | os.PathLike, quant: str | None = None,
            allow_sparse: bool = True) -> ArtifactInfo:
-    """Write the compact artifact of ``model`` to ``path``; ``quant`` is None, ``"q8"`` or ``"q8c"``."""
+    """Write the compact artifact of ``model`` to ``path`` (atomically); ``quant`` is None, ``"q8"`` or ``"q8c"``."""
     data, info = export_bytes(model, quant, allow_sparse)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    info.path = path
+    info.path = Path(path)
+    modelfile.write_atomic(path, data)
     return info
 
 
-def decode(data: bytes) -> LanguageModel:
+def model_from_artifact(f: modelfile.ModelFile, name: str | os.PathLike) -> LanguageModel:
+    """The model of an artifact ``modelfile`` has read; the table is checked against the config
+    (shapes from the meta device) before any tensor is decoded."""
+    config = model_config(f.meta.get("config"), name)
+    vocab = decode_vocab(f.tensors, config.vocab_size, name)
+    table = f.meta.get("tensors")
+    if not isinstance(table, dict):
+        raise ModelFileError(name, "malformed tensor table")
+    try:
+        with torch.device("meta"):
+            shapes = {k: list(v.shape) for k, v in LanguageModel(config).state_dict().items()}
+    except Exception as err:  # noqa: BLE001 - any failure of an untrusted spec is the file's fault
+        raise ModelFileError(name, f"the model config does not build a model ({type(err).__name__}: {err})") from None
+    state, used = {}, set()
+    for key, entry in table.items():
+        if not isinstance(entry, dict) or shapes.get(key) != entry.get("shape") or type(entry.get("sparse")) is not bool:
+            raise ModelFileError(name, f"table entry {key!r} does not match the config's {shapes.get(key)}")
+        parts = {k[len(key):]: t for k, t in f.tensors.items() if k == key or k.startswith(key + ":")}
+        used.update(key + suffix for suffix in parts)
+        state[key] = decode_tensor(entry, parts, str(name))
+    if used != set(f.tensors):
+        raise ModelFileError(name, f"tensors outside the table: {sorted(set(f.tensors) - used)[:3]}")
+    return build(asdict(config), state, f.meta.get("aliases", {}), vocab, name)
+
+
+def decode(data: bytes, name: str = "<artifact>") -> LanguageModel:
     """The ``LanguageModel`` held by an artifact's bytes, in eval mode (float32)."""
-    if data[:4] != MAGIC:
-        raise ValueError("not an lm compact artifact (bad magic bytes)")
-    (head_len,) = struct.unpack("<I", data[4:8])
-    header = json.loads(data[8 : 8 + head_len])
-    payload = memoryview(data)[8 + head_len :]
-    vocab = None
-    if header["vocab"]:
-        v = header["vocab"]
-        vocab = zlib.decompress(payload[v["offset"] : v["offset"] + v["nbytes"]]).decode().split("\n")
-    model = LanguageModel(ModelConfig(**header["config"]), vocab)
-    state: dict[str, Tensor] = {}
-    for entry in header["tensors"]:
-        if "alias" in entry:
-            state[entry["name"]] = state[entry["alias"]]
-        else:
-            state[entry["name"]] = decode_tensor(entry, payload[entry["offset"] : entry["offset"] + entry["nbytes"]])
-    model.load_state_dict(state)
-    return model.eval()
+    return model_from_artifact(modelfile.loads(data, name, ("artifact",)), name)
 
 
 def load_artifact(path: str | os.PathLike) -> LanguageModel:
     """The model stored by ``export`` at ``path``, in eval mode."""
-    return decode(Path(path).read_bytes())
+    return model_from_artifact(modelfile.read(path, ("artifact",)), path)
 
 
 def artifact_size(model: LanguageModel, quant: str | None = None) -> int:
@@ -187,4 +191,4 @@ def artifact_size(model: LanguageModel, quant: str | None = None) -> int:
 
 
 __all__ = ["ArtifactInfo", "export", "export_bytes", "decode", "load_artifact", "artifact_size", "encode_tensor",
-           "decode_tensor"]
+           "decode_tensor", "model_from_artifact"]

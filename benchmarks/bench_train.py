@@ -1,0 +1,85 @@
+"""Training speed of presets on one thread, side by side: a few hundred SGD steps of each on
+the start of PTB's training split, timed in CPU seconds of this process (what one thread does
+with a core to itself, however busy the machine) and wall seconds, and the hours that makes
+for the preset's full schedule (training steps only; evaluation not counted).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --presets medium medium_awd --steps 300
+
+Writes results/bench_train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.optim.swa_utils import AveragedModel  # noqa: E402
+
+from benchmarks.report import RESULTS  # noqa: E402
+from lm.config import preset  # noqa: E402
+from lm.data import Corpus, batchify, bptt_windows  # noqa: E402
+from lm.model import detach  # noqa: E402
+from lm.results import stamp, write_json  # noqa: E402
+from lm.train import build_model  # noqa: E402
+
+
+def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
+    """``steps`` training steps of preset ``name`` as ``lm.train`` takes them (with the ASGD
+    average's update after each step if ``averaged``)."""
+    cfg = preset(name)
+    model = build_model(cfg, corpus.vocab).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    regularization = cfg.regularization()
+    average = AveragedModel(model, use_buffers=False) if averaged else None
+    data = batchify(corpus.train[: steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
+    state, tokens = None, 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for inputs, targets in bptt_windows(data, cfg.bptt):
+        out = model(inputs, state) if regularization is None else model(inputs, state, regularization)
+        logits, state = out[0], detach(out[1])
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        if regularization is not None:
+            loss = loss + out[2]
+        optimizer.zero_grad(set_to_none=True)
+        (loss * inputs.shape[0]).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
+        tokens += targets.numel()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    epoch_tokens = (corpus.train.numel() // cfg.batch_size - 1) * cfg.batch_size
+    return {"preset": name, "asgd_phase": averaged, "steps": math.ceil((data.shape[0] - 1) / cfg.bptt), "tokens": tokens,
+            "cpu_s": cpu, "wall_s": wall, "tokens_per_cpu_s": tokens / cpu, "tokens_per_wall_s": tokens / wall,
+            "epochs": cfg.epochs, "hours_per_epoch": epoch_tokens / (tokens / cpu) / 3600,
+            "hours_schedule": cfg.epochs * epoch_tokens / (tokens / cpu) / 3600}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["medium", "medium_awd"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", default=str(RESULTS / "bench_train.json"))
+    args = p.parse_args()
+    corpus = Corpus.load()
+    rows = []
+    for name in args.presets:
+        runs = [False] + ([True] if preset(name).asgd_start or preset(name).asgd_nonmono else [])
+        for averaged in runs:
+            rows.append(time_steps(name, corpus, args.steps, averaged))
+            print(rows[-1], flush=True)
+    base = rows[0]["tokens_per_cpu_s"]
+    for r in rows:
+        r["speed_vs_first"] = r["tokens_per_cpu_s"] / base
+    write_json(args.out, {**stamp(vars(args), None), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
