@@ -190,9 +190,20 @@ class _EachStepAlone(nn.Module):
 
 
 class _AlwaysBuilt(_EachStepAlone):
-    """A TTLinear whose ``repeated`` always builds W once: the per-step loop on a built W."""
+    """A TTLinear (a ``PlannedMap``) whose ``repeated`` always builds W once and that never asks
+    for the fused kernel: the per-step loop on a built W."""
 
-    def repeated(self, batch: int, calls: int):
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.layer.dense_weight()
+
+    def uses_dense_weight(self, batch: int, calls: int = 1) -> bool:
+        return False
+
+    def repeated(self, batch: int, calls: int = 1):
         weight = self.layer.dense_weight()
         return lambda x: F.linear(x, weight, self.layer.bias)
 

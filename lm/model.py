@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ttlayers.lstm import LSTM
+from ttlayers import LSTM, count_parameters  # noqa: F401 (count_parameters: lm imports it from here)
 
 from .config import ModelConfig
 from .regularize import Regularization, activation_penalty, embedding_dropout, locked_dropout, lstm_forward
@@ -97,11 +97,6 @@ class LanguageModel(nn.Module):
 def detach(state: State) -> State:
     """Cut the graph between bptt windows, keeping the values."""
     return tuple(s.detach() for s in state)  # type: ignore[return-value]
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _compressed(builder: str) -> Callable[..., nn.Module]:

@@ -27,6 +27,7 @@ def make(**kwargs) -> TinyLM:
     return TinyLM(**kwargs).double()
 
 
+@pytest.mark.filterwarnings("ignore:the exact TT-matrix")  # exact copies are the point here
 def test_full_rank_tt_is_exact_and_replaces_every_layer():
     model = make()
     tokens = torch.randint(0, 50, (7, 3))

@@ -14,6 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lm
 import lm.train
+from lm.checkpoint import load_train_state
 from lm.config import OPTIONAL, PRESETS, ModelConfig, TrainConfig, preset
 from lm.evaluate import perplexity
 from lm.model import LanguageModel
@@ -202,14 +203,14 @@ def test_asgd_saves_and_evaluates_the_mean_of_every_step_since_the_switch(tmp_pa
     steps = math.ceil((cfg.max_train_tokens // cfg.batch_size - 1) / cfg.bptt)
     assert len(iterates) == 2 * steps
     mean = [torch.stack(ps).mean(0) for ps in zip(*iterates[steps:])]  # the second epoch's steps
-    saved = lm.load(tmp_path / "model.pt")
+    saved = lm.load(tmp_path / "model.safetensors")
     for p, m, q in zip(saved.parameters(), mean, model.parameters()):
         torch.testing.assert_close(p, m)
         torch.testing.assert_close(q, m)  # the caller's model ends averaged too
     assert saved.decoder.weight is saved.embedding.weight  # tying composes
     assert [h["averaged"] for h in results["history"]] == [False, True]
     assert results["history"][-1]["valid_ppl"] == pytest.approx(perplexity(saved, corpus.valid), rel=1e-9)
-    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    state = load_train_state(tmp_path / "train_state.safetensors")
     assert not torch.equal(state["model"]["embedding.weight"], saved.embedding.weight)  # SGD's own weights go on
 
 
@@ -232,11 +233,11 @@ def test_resume_restores_the_average_exactly(tmp_path, corpus):
     train(replace(cfg, epochs=1), tmp_path / "cut", progress=False)
     resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed["test_ppl"] == whole["test_ppl"]
-    a, b = (torch.load(tmp_path / d / "train_state.pt", weights_only=False) for d in ("whole", "cut"))
+    a, b = (load_train_state(tmp_path / d / "train_state.safetensors") for d in ("whole", "cut"))
     assert a["average"].keys() == b["average"].keys()
     assert all(torch.equal(a["average"][k], b["average"][k]) for k in a["average"])
-    assert all(torch.equal(lm.load(tmp_path / d / "model.pt").state_dict()[k], v)
-               for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.pt").state_dict().items())
+    assert all(torch.equal(lm.load(tmp_path / d / "model.safetensors").state_dict()[k], v)
+               for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.safetensors").state_dict().items())
 
 
 def test_tiny_awd_trains_end_to_end_from_the_command_line(tmp_path, corpus):
@@ -247,7 +248,7 @@ def test_tiny_awd_trains_end_to_end_from_the_command_line(tmp_path, corpus):
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["test_ppl"] < 1500 and results["config"]["weight_drop"] == PRESETS["tiny_awd"].weight_drop
-    evaluated = run_lm("eval", str(out / "model.pt"), "--splits", "test")
+    evaluated = run_lm("eval", str(out / "model.safetensors"), "--splits", "test")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
-    assert asdict(lm.load(out / "model.pt").config) == asdict(PRESETS["tiny_awd"].model)
+    assert asdict(lm.load(out / "model.safetensors").config) == asdict(PRESETS["tiny_awd"].model)

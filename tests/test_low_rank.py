@@ -78,3 +78,5 @@ def test_bad_input_names_the_problem():
         LowRankLinear(0, 6, 1)
     with pytest.raises(ValueError, match="expects input"):
         LowRankLinear(10, 6, 2)(torch.randn(4, 9))
+    with pytest.raises(TypeError, match="LowRankLinear holds torch.float32 parameters"):
+        LowRankLinear(10, 6, 2)(torch.randn(4, 10, dtype=torch.float64))

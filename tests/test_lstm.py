@@ -106,12 +106,12 @@ def test_tt_recurrent_map_builds_its_weight_once_per_sequence():
                 getattr(ref, f"weight_{name}_l{k}").copy_(m.dense_weight())
     builds = [0, 0]
     for k, layer in enumerate(ours.layers):
-        full_weight = layer.recurrent_map.full_weight
+        full_matrix = layer.recurrent_map.full_matrix
 
-        def counted(k=k, full_weight=full_weight):
+        def counted(k=k, full_matrix=full_matrix):
             builds[k] += 1
-            return full_weight()
-        layer.recurrent_map.full_weight = counted
+            return full_matrix()
+        layer.recurrent_map.full_matrix = counted
     x = torch.randn(35, 20, 200, dtype=torch.float64)
     out, _ = ours(x)
     assert builds == [1, 1]
@@ -194,6 +194,7 @@ def test_lr_lstm_matches_torch_projection_lstm_and_has_orthonormal_projections()
     assert_same(torch_proj(x), lr(x))
 
 
+@pytest.mark.filterwarnings("ignore:the exact TT-matrix")  # exact copies are the point here
 def test_tt_lstm_full_rank_is_exact_and_low_rank_is_smaller():
     torch.manual_seed(5)
     ref = nn.LSTM(6, 4, 2, dtype=torch.float64)
@@ -216,3 +217,5 @@ def test_bad_input_names_the_problem():
         LSTM(4, 6, 1, proj_size=6)
     with pytest.raises(ValueError, match="without projections"):
         tt_lstm(nn.LSTM(4, 6, 1, proj_size=2))
+    with pytest.raises(TypeError, match="LSTM holds torch.float32 parameters"):
+        ours(torch.randn(3, 2, 4, dtype=torch.float64))

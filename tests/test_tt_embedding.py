@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import ttlayers.tt_embedding
+import ttlayers.tt_matrix_module
 from ttlayers import TTEmbedding, factorize
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -36,7 +36,7 @@ def test_lookups_never_build_the_table(monkeypatch):
     def forbidden(*args):
         raise AssertionError("the full table was built")
 
-    monkeypatch.setattr(ttlayers.tt_embedding, "tt_matrix_to_dense", forbidden)
+    monkeypatch.setattr(ttlayers.tt_matrix_module, "tt_matrix_to_dense", forbidden)
     assert layer(torch.tensor([[3, 3, 999], [0, 3, 5]])).shape == (2, 3, 30)
 
 
@@ -54,6 +54,7 @@ def test_lookup_paths_and_the_eval_cache_follow_the_cores(indices):
         torch.testing.assert_close(layer(indices), layer.dense_weight()[indices])
 
 
+@pytest.mark.filterwarnings("ignore:the exact TT-matrix")  # exact copies are the point here
 @SETTINGS
 @given(num=st.integers(1, 50), dim=st.integers(1, 20), d=st.integers(1, 3), seed=st.integers(0, 999))
 def test_from_embedding_full_rank_is_exact(num, dim, d, seed):
@@ -120,8 +121,13 @@ def test_bad_input_names_the_problem():
         TTEmbedding(10, 4, 0)
     with pytest.raises(ValueError, match="num_shape"):
         TTEmbedding(100, 4, 2, num_shape=(3, 3))
+    with pytest.raises(ValueError, match=r"^rank must be >= 1"):
+        TTEmbedding.from_embedding(nn.Embedding(10, 4), rank=0)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding"):
+        TTEmbedding.from_embedding(nn.Linear(4, 10), rank=2)
 
 
+@pytest.mark.filterwarnings("ignore:the exact TT-matrix")
 def test_padding_idx_looks_up_zeros_without_gradient():
     source = nn.Embedding(30, 6, padding_idx=-1)
     layer = TTEmbedding.from_embedding(source)

@@ -1,4 +1,5 @@
 import io
+import warnings
 import math
 
 import pytest
@@ -130,6 +131,7 @@ def test_unbatched_input():
     assert layer(torch.randn(12)).shape == (6,)
 
 
+@pytest.mark.filterwarnings("ignore:the exact TT-matrix")  # exact copies are the point here
 @SETTINGS
 @given(rows=st.integers(1, 30), cols=st.integers(1, 30), d=st.integers(1, 3), bias=st.booleans(), seed=st.integers(0, 999))
 def test_from_linear_full_rank_is_exact(rows, cols, d, bias, seed):
@@ -175,7 +177,7 @@ def test_eval_cache_follows_parameter_changes():
     with torch.no_grad():
         assert linear_plan(4000, layer.out_shape, layer.in_shape, layer.ranks, True).dense
         y0 = layer(x)
-        assert layer._weight_cache is not None
+        assert layer._cache is not None
         layer.cores[1].mul_(2.0)
         torch.testing.assert_close(layer(x), 2 * (y0 - layer.bias) + layer.bias)
         other = TTLinear(60, 80, 3, in_shape=(3, 4, 5), out_shape=(4, 4, 5), dtype=torch.float64)
@@ -222,3 +224,25 @@ def test_bad_arguments_name_the_problem(kwargs, message):
 def test_wrong_feature_size_names_the_problem():
     with pytest.raises(ValueError, match="expects input"):
         TTLinear(10, 4, 2)(torch.randn(3, 11))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.float16])
+def test_an_input_of_another_dtype_is_refused_at_the_entry(dtype):
+    layer = TTLinear(12, 6, 2)  # float32
+    with pytest.raises(TypeError, match=r"TTLinear holds torch.float32 parameters .* got " + str(dtype)):
+        layer(torch.ones(3, 12, dtype=dtype))
+
+
+def test_from_linear_names_the_arguments_it_was_given():
+    with pytest.raises(ValueError, match=r"^rank must be >= 1"):
+        TTLinear.from_linear(nn.Linear(8, 8), rank=0)
+    with pytest.raises(TypeError, match="linear must be a torch.nn.Linear, got Conv1d"):
+        TTLinear.from_linear(nn.Conv1d(8, 8, 1), rank=2)
+
+
+def test_from_linear_warns_when_the_exact_copy_is_larger_than_the_dense_layer():
+    with pytest.warns(UserWarning, match="give rank or rel_eps"):
+        TTLinear.from_linear(nn.Linear(64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TTLinear.from_linear(nn.Linear(64, 64), rank=2)  # smaller: no warning

@@ -1,4 +1,4 @@
-"""Shapes, ranks and init scale of the TT-matrix held by a TT layer (shared by TTLinear and TTEmbedding).
+"""Shapes, ranks and init scale of the TT-matrix held by a TT layer, and the checks of layer arguments.
 
 A (rows x cols) matrix is tensorised as ``row_shape x col_shape`` with ``d`` modes each;
 when a size factors badly, ``factorize`` returns a slightly larger padded size.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import torch
 
 from ._validation import check_rank
 from .factorize import factorize
@@ -20,6 +22,15 @@ def check_features(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_float_input(input, dtype, layer: str) -> None:
+    """Raise a ``TypeError`` unless ``input`` is a tensor of the layer's floating ``dtype``."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor input, got {type(input).__name__}")
+    if input.dtype != dtype:
+        raise TypeError(f"{layer} holds {dtype} parameters and expects input of that dtype, got {input.dtype} "
+                        f"(convert the input with .to({dtype}), or the layer with .to(dtype))")
 
 
 def mode_shapes(rows: int, cols: int, row_shape: Sequence[int] | None, col_shape: Sequence[int] | None,

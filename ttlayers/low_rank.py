@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._tt_layout import check_features
+from ._tt_layout import check_features, check_float_input
 
 
 class LowRankLinear(nn.Module):
@@ -64,6 +64,7 @@ class LowRankLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"LowRankLinear expects input (*, {self.in_features}), got shape {tuple(input.shape)}")
+        check_float_input(input, self.v.dtype, "LowRankLinear")
         return F.linear(F.linear(input, self.v), self.u, self.bias)
 
     def extra_repr(self) -> str:

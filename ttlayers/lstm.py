@@ -12,25 +12,53 @@ to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). With
 projected, ``h_t = projection(o * tanh(c_t))`` of size ``proj_size``, and that
 projection feeds both the recurrence and the next layer. When every map of the
 stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
-stack. A layer whose maps can build their weights (``TTLinear.built_weight``) runs the
-same kernel on the built weights when the maps' plans for the whole call prefer them
-(the gradients still reach the cores through the build). A single time step (token-by-token
-inference) skips the kernel and multiplies by those weights directly: the kernel's per-call
-setup (oneDNN reorders the weights on CPU) costs more than one step at batch 1. Otherwise
-the input maps of all time steps run in one batched call and only the recurrent map runs per step (a map with
-a ``repeated(batch, calls)`` method, such as ``TTLinear``, plans all steps at once).
+stack. A layer whose maps plan their route (``PlannedMap``, such as ``TTLinear``) runs the
+same kernel on the maps' built weights when the recurrent map's plan for the whole call
+prefers its dense weight (the gradients still reach the cores through the build). A single
+time step (token-by-token inference) skips the kernel and multiplies by those weights
+directly: the kernel's per-call setup (oneDNN reorders the weights on CPU) costs more than
+one step at batch 1. Otherwise the input maps of all time steps run in one batched call and
+only the recurrent map runs per step (a ``PlannedMap`` plans all steps at once with
+``repeated(batch, calls)``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan  # torch.export's loop with a dynamic trip count
+
+from ._tt_layout import check_float_input
 
 State = tuple[Tensor, Tensor]
+
+
+@runtime_checkable
+class PlannedMap(Protocol):
+    """What an LSTM map offers beyond ``map(x)`` (x (*, in_features) -> (*, out_features)) when
+    it can run either through a dense weight or through its own factors (``TTLinear``).
+
+    ``LSTMLayer`` runs a plain ``nn.Linear`` on its ``weight``, a ``PlannedMap`` as below, and
+    any other module (``LowRankLinear``...) by calling it once per time step.
+    """
+
+    bias: Tensor | None
+
+    def dense_weight(self) -> Tensor:
+        """The weight W (out_features, in_features), differentiable when gradients flow."""
+
+    def uses_dense_weight(self, batch: int, calls: int = 1) -> bool:
+        """Whether ``calls`` products of ``batch`` rows, with unchanged parameters, are cheaper
+        through ``dense_weight()`` than through the factors."""
+
+    def repeated(self, batch: int, calls: int = 1) -> Callable[[Tensor], Tensor]:
+        """The map as a function of x (batch, in_features), planned for ``calls`` such calls."""
 
 
 class LSTMLayer(nn.Module):
@@ -113,8 +141,9 @@ class LSTMLayer(nn.Module):
     def built_weights(self, batch: int, seq_len: int) -> list[Tensor] | None:
         """``torch.lstm``'s weights ``[w_ih, w_hh(, b_ih, b_hh)]`` for one call of ``seq_len``
         steps at ``batch``, when the recurrent map multiplies by a dense weight for that call
-        (an ``nn.Linear``, or a map whose ``built_weight(batch, seq_len)`` builds it) and the
-        input map has one or can build it (``current_weight()``); None otherwise.
+        (an ``nn.Linear``, or a ``PlannedMap`` whose ``uses_dense_weight(batch, seq_len)``) and
+        the input map has one or can build it (an ``nn.Linear`` or a ``PlannedMap``); None
+        otherwise.
 
         The input map is then built even where its plan would contract the cores: one kernel
         call for the whole recurrence, forward and backward, measured faster than the per-step
@@ -138,7 +167,10 @@ class LSTMLayer(nn.Module):
         Returns the outputs (seq_len, batch, output_size) and the final state.
         """
         h, c = state
-        weights = self.built_weights(x.shape[1], x.shape[0])
+        exporting = torch.compiler.is_exporting()
+        # traced (torch.compile, torch.export): no torch.lstm kernel, which inductor cannot compile
+        # for training with dynamic shapes nor torch.export with a dynamic sequence length
+        weights = None if torch.compiler.is_compiling() else self.built_weights(x.shape[1], x.shape[0])
         if weights is not None and x.shape[0] > 1:  # the fused kernel on the built weights
             out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
                                        False, False)
@@ -150,38 +182,49 @@ class LSTMLayer(nn.Module):
         else:
             input_gates = self.input_map(x)  # all time steps in one call
             recurrent = self.recurrent_map
-            if hasattr(recurrent, "repeated"):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
+            if isinstance(recurrent, PlannedMap) and exporting:  # W built once, before the loop (a constant
+                # to the runtime): torch 2.13 cannot lower a TT contraction of symbolic size inside scan
+                recurrent = partial(F.linear, weight=recurrent.dense_weight(), bias=recurrent.bias)
+            elif isinstance(recurrent, PlannedMap):  # e.g. TTLinear: one route for all steps (W built once if cheaper)
                 recurrent = recurrent.repeated(h.shape[0], x.shape[0])
+        if exporting:  # a loop over steps would fix seq_len in the graph; scan keeps it dynamic
+            def combine(carry: State, gates_x: Tensor) -> tuple[State, Tensor]:
+                h, c = self._cell(gates_x + recurrent(carry[0]), carry[1])
+                return (h, c), h.clone()  # scan's outputs may not alias its carry
+            (h, c), out = scan(combine, (h, c), input_gates)
+            return out, (h, c)
         outputs = []
         for gates_x in input_gates:
-            gates = gates_x + recurrent(h)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            if self.proj_size:
-                h = self.projection(h)
+            h, c = self._cell(gates_x + recurrent(h), c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
+
+    def _cell(self, gates: Tensor, c: Tensor) -> State:
+        """One step from the gates (batch, 4 * hidden_size) and c: the new (h, c)."""
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        if self.proj_size:
+            h = self.projection(h)
+        return h, c
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
 def _planned_weight(m: nn.Module, batch: int, calls: int) -> Tensor | None:
-    """An ``nn.Linear``'s weight, or the one a map builds when its plan for ``calls`` products
-    of ``batch`` rows prefers it (``built_weight``); None otherwise."""
+    """An ``nn.Linear``'s weight, or a ``PlannedMap``'s dense weight when its plan for ``calls``
+    products of ``batch`` rows prefers it; None otherwise."""
     if type(m) is nn.Linear:
         return m.weight
-    built_weight = getattr(m, "built_weight", None)
-    return built_weight(batch, calls) if built_weight is not None else None
+    return m.dense_weight() if isinstance(m, PlannedMap) and m.uses_dense_weight(batch, calls) else None
 
 
 def _current_weight(m: nn.Module) -> Tensor | None:
-    """An ``nn.Linear``'s weight, or the one a map can build (``current_weight``); None otherwise."""
+    """An ``nn.Linear``'s weight, or a ``PlannedMap``'s dense weight; None otherwise."""
     if type(m) is nn.Linear:
         return m.weight
-    current_weight = getattr(m, "current_weight", None)
-    return current_weight() if current_weight is not None else None
+    return m.dense_weight() if isinstance(m, PlannedMap) else None
 
 
 class LSTM(nn.Module):
@@ -273,6 +316,7 @@ class LSTM(nn.Module):
             raise ValueError(f"LSTM expects a 2-D or 3-D input, got shape {tuple(input.shape)}")
         if input.shape[-1] != self.input_size:
             raise ValueError(f"LSTM expects input features {self.input_size}, got {input.shape[-1]}")
+        check_float_input(input, next(self.parameters()).dtype, "LSTM")
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
         if hx is None:
@@ -287,7 +331,7 @@ class LSTM(nn.Module):
             raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
 
-        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1:
+        if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_compiling():
             weights = [w for layer in self.layers for w in layer.flat_weights()]
             out, h_n, c_n = torch.lstm(
                 x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False

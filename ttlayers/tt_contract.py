@@ -20,14 +20,13 @@ memory-bound, and FLOPs alone pick orders that run several times slower than the
 count says (``python -m benchmarks.bench_layers --orders``); and at small batches the
 matmul itself is bound by reading W. ``WRITE_COST`` was
 fitted on measured orders of the benchmark shapes (docs/layers.md). Reading an already
-built W (eval, nothing to write back) is charged ``READ_COST`` per element instead: the
-batch-1 token latencies of the study's TT models (the medium ``tt_paper_ft``, whose rank-64
-maps contract with 25x the FLOPs of the matvec, and the small ``tt_paper_scratch``,
-``tt_lstm_scratch_lr025`` and ``tt_embdec_ft``, whose 10000 x 200 softmax is faster through
-its rank-16 cores) each pick the faster route for any value from 13 to 37. opt_einsum's
-dynamic programming minimises the same sum (``minimize="combo"``). The cheaper route
-is taken. Plans depend only on the batch size and the shapes, so they are computed once
-and cached (``functools.lru_cache``); no path search runs per call.
+built W (eval, nothing to write back) is charged ``READ_COST`` per element instead, chosen
+so that batch-1 inference takes the route measured faster (docs/layers.md, where the
+measurements are). opt_einsum's dynamic programming minimises the same sum
+(``minimize="combo"``). The cheaper route is taken. Plans depend only on the batch size
+and the shapes, so they are computed once and cached (``functools.lru_cache``); no path
+search runs per call, and none while ``torch.compile`` traces (the plans are computed
+eagerly and enter the graph as constants).
 
 A plan runs as a sequence of pairwise products, each compiled once into permute, reshape,
 one ``mm``/``bmm`` and a view (``Pairwise``): a handful of autograd nodes per step, where
@@ -122,29 +121,36 @@ class Pairwise:
         )
 
     def __call__(self, left: Tensor, right: Tensor) -> Tensor:
-        nb, nl, nr = self.n_batch, self.n_left, self.n_right
-        a = left.permute(self.left_perm)
-        b = right.permute(self.right_perm)
-        batch, free_l = a.shape[:nb], a.shape[nb:nb + nl]
-        free_r = b.shape[b.dim() - nr:]
-        k = prod(a.shape[nb + nl:])
-        m, n = prod(free_l), prod(free_r)
-        if nb:
-            out = torch.bmm(a.reshape(-1, m, k), b.reshape(-1, k, n))
-        else:
-            out = torch.mm(a.reshape(m, k), b.reshape(k, n))
-        return out.view(batch + free_l + free_r).permute(self.out_perm)
+        return _pairwise(self, left, right)
+
+
+def _pairwise(p: Pairwise, left: Tensor, right: Tensor) -> Tensor:
+    """``p(left, right)``; a function, so that traced code reads the plan as data (a constant
+    made by ``assume_constant_result`` has no source for dynamo to guard a method call on)."""
+    nb, nl, nr = p.n_batch, p.n_left, p.n_right
+    a = left.permute(p.left_perm)
+    b = right.permute(p.right_perm)
+    batch, free_l = a.shape[:nb], a.shape[nb:nb + nl]
+    free_r = b.shape[b.dim() - nr:]
+    k = prod(a.shape[nb + nl:])
+    m, n = prod(free_l), prod(free_r)
+    if nb:
+        out = torch.bmm(a.reshape(-1, m, k), b.reshape(-1, k, n))
+    else:
+        out = torch.mm(a.reshape(m, k), b.reshape(k, n))
+    return out.view(batch + free_l + free_r).permute(p.out_perm)
 
 
 @dataclass(frozen=True)
 class Contraction:
     """A pairwise contraction order: ``steps`` of (i, j, product) in opt_einsum's linear-path
     format (operands i < j leave the list, their ``Pairwise`` product is appended), each
-    result's subscripts sorted."""
+    result's subscripts sorted; ``shapes``: the operand shapes it was planned for."""
 
     steps: tuple[tuple[int, int, Pairwise], ...]
     flops: int
     cost: int
+    shapes: tuple[Shape, ...] = ()
 
     @classmethod
     def plan(cls, equation: str, shapes: list[Shape], minimize: str = _OPTIMIZER) -> "Contraction":
@@ -153,7 +159,7 @@ class Contraction:
         terms, output = equation.split("->")
         terms = terms.split(",")
         if len(terms) == 1:
-            return cls((), 0, 0)
+            return cls((), 0, 0, tuple(shapes))
         path, info = oe.contract_path(equation, *shapes, shapes=True, optimize=oe.DynamicProgramming(minimize=minimize))
         steps, written = [], 0
         for pair in path:
@@ -165,14 +171,19 @@ class Contraction:
             written += prod(info.size_dict[c] for c in result)
             terms = rest + [result]
         flops = int(info.opt_cost)
-        return cls(tuple(steps), flops, flops + WRITE_COST * written)
+        return cls(tuple(steps), flops, flops + WRITE_COST * written, tuple(shapes))
 
     def __call__(self, *operands: Tensor) -> Tensor:
-        operands = list(operands)
-        for i, j, product in self.steps:
-            right, left = operands.pop(j), operands.pop(i)
-            operands.append(product(left, right))
-        return operands[0]
+        return contract(self, operands)
+
+
+def contract(contraction: Contraction, operands) -> Tensor:
+    """``contraction(*operands)``, as a function (see ``_pairwise``)."""
+    operands = list(operands)
+    for i, j, product in contraction.steps:
+        right, left = operands.pop(j), operands.pop(i)
+        operands.append(_pairwise(product, left, right))
+    return operands[0]
 
 
 @lru_cache(maxsize=256)
@@ -183,12 +194,19 @@ def weight_contraction(out_shape: Shape, in_shape: Shape, ranks: Shape) -> Contr
     return Contraction.plan(",".join(cores) + "->" + out_modes + in_modes, _view_shapes(out_shape, in_shape, ranks))
 
 
+@torch.compiler.assume_constant_result
+def _weight_contraction(out_shape: Shape, in_shape: Shape, ranks: Shape) -> Contraction:
+    """``weight_contraction``, which traced code (``torch.compile``) calls eagerly: the plan
+    enters the graph as a constant, and no path search or cache is traced."""
+    return weight_contraction(out_shape, in_shape, ranks)
+
+
 def tt_matrix_to_dense(cores) -> Tensor:
     """The full matrix (prod(out_shape), prod(in_shape)) of a TT-matrix given by its cores."""
     out_shape = tuple(c.shape[1] for c in cores)
     in_shape = tuple(c.shape[2] for c in cores)
     ranks = (1,) + tuple(c.shape[-1] for c in cores)
-    full = weight_contraction(out_shape, in_shape, ranks)(*core_views(cores))
+    full = contract(_weight_contraction(out_shape, in_shape, ranks), core_views(cores))
     return full.reshape(prod(out_shape), prod(in_shape))
 
 
@@ -245,8 +263,17 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
     return LinearPlan(dense_cost <= tt.cost, tt.cost, dense_cost, tt.flops, dense_flops, min_flops, tt)
 
 
+@torch.compiler.assume_constant_result
+def planned(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, weight_built: bool,
+            calls: int = 1) -> LinearPlan:
+    """``linear_plan``, which traced code (``torch.compile``) calls eagerly: the plan enters the
+    graph as a constant, and no path search or cache is traced. All arguments must be ints
+    (plan a symbolic size as a concrete one)."""
+    return linear_plan(batch, out_shape, in_shape, ranks, weight_built, calls)
+
+
 def tt_linear_apply(x: Tensor, cores, plan: LinearPlan) -> Tensor:
     """``x @ W.T`` along the TT route: x (batch, prod(in_shape)) -> (batch, prod(out_shape))."""
-    in_shape = tuple(c.shape[2] for c in cores)
-    out = plan.contraction(x.reshape(x.shape[0], *in_shape), *core_views(cores))
-    return out.reshape(x.shape[0], prod(c.shape[1] for c in cores))
+    x_shape, *views = plan.contraction.shapes  # the planned shapes: a traced core's may be symbolic
+    operands = [x.reshape(x.shape[0], *x_shape[1:])] + [c.reshape(v) for c, v in zip(cores, views)]
+    return contract(plan.contraction, operands).flatten(1)

@@ -7,15 +7,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._tt_layout import capped_ranks, check_features, core_std, cores_key, mode_shapes, tt_size
-from .tt_contract import tt_matrix_to_dense
-from .tt_matrix import tt_matrix_svd
+from .tt_matrix_module import TTMatrixModule
 
 
-class TTEmbedding(nn.Module):
+class TTEmbedding(TTMatrixModule):
     """A (num_embeddings, embedding_dim) lookup table E held as a TT-matrix of d cores.
 
     ``cores[k]`` has shape (r_{k-1}, num_shape[k], dim_shape[k], r_k), r_0 = r_d = 1, and
@@ -38,72 +35,38 @@ class TTEmbedding(nn.Module):
     product of the trailing cores is cached until a core changes.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        rank: int | Sequence[int],
-        *,
-        num_shape: Sequence[int] | None = None,
-        dim_shape: Sequence[int] | None = None,
-        padding_idx: int | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_embeddings = check_features(num_embeddings, "num_embeddings")
-        self.embedding_dim = check_features(embedding_dim, "embedding_dim")
-        self.num_shape, self.dim_shape = mode_shapes(num_embeddings, embedding_dim, num_shape, dim_shape,
-                                                       "num_shape", "dim_shape")
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int | Sequence[int], *,
+                 num_shape: Sequence[int] | None = None, dim_shape: Sequence[int] | None = None,
+                 padding_idx: int | None = None, device=None, dtype=None) -> None:
+        super().__init__(num_embeddings, embedding_dim, rank, num_shape, dim_shape,
+                         ("num_embeddings", "embedding_dim", "num_shape", "dim_shape"), device=device, dtype=dtype)
+        self.num_embeddings, self.embedding_dim = self.n_rows, self.n_cols
+        self.num_shape, self.dim_shape = self.row_shape, self.col_shape
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"padding_idx must be in [-{num_embeddings}, {num_embeddings}), got {padding_idx}")
             padding_idx %= num_embeddings
         self.padding_idx = padding_idx
-        ranks = capped_ranks(rank, self.num_shape, self.dim_shape)
-        self.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], **factory))
-            for k, (m, n) in enumerate(zip(self.num_shape, self.dim_shape))
-        )
-        self._tails_cache: tuple[tuple, Tensor] | None = None
         self.reset_parameters()
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1, *(c.shape[-1] for c in self.cores))
 
     def reset_parameters(self) -> None:
         """Gaussian cores whose table has unit variance, as ``nn.Embedding``'s N(0, 1) init."""
-        std = core_std(1.0, self.ranks)
-        for core in self.cores:
-            nn.init.normal_(core, 0.0, std)
+        self.init_cores(1.0)
 
     @classmethod
-    def from_embedding(
-        cls,
-        embedding: nn.Embedding,
-        rank: int | Sequence[int] | None = None,
-        rel_eps: float | None = None,
-        num_shape: Sequence[int] | None = None,
-        dim_shape: Sequence[int] | None = None,
-    ) -> "TTEmbedding":
-        """TT-SVD of ``embedding.weight`` (``ttlayers.tt_matrix_svd``): ranks capped at ``rank``,
-        error ``||E - E_tt||_F <= rel_eps ||E||_F``; neither gives an exact copy."""
-        weight = embedding.weight.detach()
-        out = cls(embedding.num_embeddings, embedding.embedding_dim, 1, num_shape=num_shape, dim_shape=dim_shape,
-                  padding_idx=embedding.padding_idx, device=weight.device, dtype=weight.dtype)
-        padded = F.pad(weight, (0, math.prod(out.dim_shape) - out.embedding_dim,
-                                0, math.prod(out.num_shape) - out.num_embeddings))
-        tt = tt_matrix_svd(padded, out.num_shape, out.dim_shape, max_rank=rank, rel_eps=rel_eps)
-        out.cores = nn.ParameterList(nn.Parameter(c.to(weight.dtype).contiguous()) for c in tt.factors)
-        return out
+    def from_embedding(cls, embedding: nn.Embedding, rank: int | Sequence[int] | None = None, rel_eps: float | None = None,
+                       num_shape: Sequence[int] | None = None, dim_shape: Sequence[int] | None = None) -> "TTEmbedding":
+        """The table of ``embedding`` by TT-SVD, with its ``padding_idx`` (``decompose``: ranks
+        capped at ``rank``, ``||E - E_tt||_F <= rel_eps ||E||_F``, neither: exact)."""
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        return cls.decomposed(embedding.weight, (embedding.num_embeddings, embedding.embedding_dim), rank, rel_eps,
+                              num_shape=num_shape, dim_shape=dim_shape, padding_idx=embedding.padding_idx)
 
     def dense_weight(self) -> Tensor:
         """The table E: (num_embeddings, embedding_dim), differentiable in the cores; the
         ``padding_idx`` row is zero, as every lookup of it."""
-        table = tt_matrix_to_dense(list(self.cores))[: self.num_embeddings, : self.embedding_dim]
+        table = self.full_matrix()[: self.num_embeddings, : self.embedding_dim]
         return table if self.padding_idx is None else table.index_fill(0, torch.tensor([self.padding_idx], device=table.device), 0.0)
 
     def rows(self, indices: Tensor) -> Tensor:
@@ -114,6 +77,8 @@ class TTEmbedding(nn.Module):
         (i_2..i_d) of the batch, by gathering slices and batched matmuls; or, when the batch
         holds at least half of all possible tails, for all tails at once, by dense products
         of the cores (the same count of multiply-adds within a factor 2, without gathers).
+        While ``torch.compile`` or ``torch.export`` traces, always the latter: the route may
+        not depend on the values of ``indices``.
         """
         n = indices.shape[0]
         head = self.cores[0][0]  # (num_shape[0], dim_shape[0], r_1)
@@ -121,11 +86,14 @@ class TTEmbedding(nn.Module):
             return head[:, :, 0].index_select(0, indices)[:, : self.embedding_dim]
         n_tails = math.prod(self.num_shape[1:])
         tails = indices % n_tails
-        unique, inverse = torch.unique(tails, return_inverse=True)
-        if n_tails <= 2 * unique.numel():
-            tail = self._all_tails_cached().index_select(0, tails)
+        if torch.compiler.is_compiling():  # a route that depends on the values cannot be traced
+            tail = self._all_tails().index_select(0, tails)
         else:
-            tail = self._tails(unique).index_select(0, inverse)
+            unique, inverse = torch.unique(tails, return_inverse=True)
+            if n_tails <= 2 * unique.numel():
+                tail = self._all_tails_cached().index_select(0, tails)
+            else:
+                tail = self._tails(unique).index_select(0, inverse)
         out = torch.bmm(head.index_select(0, indices // n_tails), tail)  # (n, dim_shape[0], prod(dim_shape[1:]))
         return out.reshape(n, out.shape[1] * out.shape[2])[:, : self.embedding_dim]
 
@@ -139,19 +107,9 @@ class TTEmbedding(nn.Module):
         return product[..., 0].transpose(0, 1).contiguous()
 
     def _all_tails_cached(self) -> Tensor:
-        """``_all_tails()``, kept while no core changes (tracked by storage and in-place version) when
-        no gradient flows to the cores; rebuilt otherwise."""
-        if torch.is_grad_enabled() and any(c.requires_grad for c in self.cores):
-            return self._all_tails()
-        key = cores_key(self.cores)
-        if self._tails_cache is None or self._tails_cache[0] != key:
-            with torch.no_grad():
-                self._tails_cache = (key, self._all_tails())
-        return self._tails_cache[1]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._tails_cache = None
-        return super()._apply(fn, *args, **kwargs)
+        """``_all_tails()``, kept while no core changes when no gradient flows to the cores
+        (``cached``); rebuilt otherwise."""
+        return self._all_tails() if self.needs_core_grads() else self.cached(self._all_tails)
 
     def _tails(self, tails: Tensor) -> Tensor:
         """Products of cores 2..d for the given tails (u,), by gathered slices: (u, r_1, prod(dim_shape[1:]))."""
@@ -173,20 +131,23 @@ class TTEmbedding(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
-        unique, inverse = torch.unique(input.reshape(-1).long(), return_inverse=True)
-        if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
-            raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
-                             f"got values from {int(unique[0])} to {int(unique[-1])}")
-        if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
-            out = self.rows(input.reshape(-1).long()).reshape(*input.shape, self.embedding_dim)
+        flat = input.reshape(-1).long()
+        if torch.compiler.is_compiling():  # no value-dependent route or check in a traced graph
+            out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
         else:
-            out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
+            unique, inverse = torch.unique(flat, return_inverse=True)
+            if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
+                raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
+                                 f"got values from {int(unique[0])} to {int(unique[-1])}")
+            if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
+                out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
+            else:
+                out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
         if self.padding_idx is not None:  # zero, and no gradient to the cores, as nn.Embedding's padding row
             out = out.masked_fill((input == self.padding_idx).unsqueeze(-1), 0.0)
         return out
 
     def extra_repr(self) -> str:
-        ratio = self.num_embeddings * self.embedding_dim / tt_size(self.num_shape, self.dim_shape, self.ranks)
         return (f"{self.num_embeddings}, {self.embedding_dim}, num_shape={self.num_shape}, "
-                f"dim_shape={self.dim_shape}, ranks={self.ranks}, compression={ratio:.1f}x"
+                f"dim_shape={self.dim_shape}, ranks={self.ranks}, compression={self.compression():.1f}x"
                 + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._tt_layout import capped_ranks, check_features, core_std, cores_key, mode_shapes, tt_size
-from .tt_contract import linear_plan, tt_linear_apply, tt_matrix_to_dense
-from .tt_matrix import tt_matrix_svd
+from ._tt_layout import check_float_input
+from .tt_contract import LinearPlan, planned, tt_linear_apply
+from .tt_matrix_module import TTMatrixModule
 
 
-class TTLinear(nn.Module):
+class TTLinear(TTMatrixModule):
     """``y = x @ W.T + b`` with W a TT-matrix of d cores.
 
     W has shape (out_features, in_features) and is held as cores ``cores[k]`` of shape
@@ -31,88 +32,72 @@ class TTLinear(nn.Module):
             the output sliced, invisibly.
         bias: learn an additive bias (out_features,).
 
-    Input (*, in_features) -> output (*, out_features). For every batch size the cheaper
-    of two routes is taken by FLOP count (planned once per size, cached): contract the
-    input with the cores (order found by opt_einsum), or build W and do one matmul. In
-    eval mode with autograd off, the built W is kept until a core changes. ``repeated``
-    plans many calls with unchanged cores at once (the recurrent map of an LSTM).
+    Input (*, in_features) -> output (*, out_features), in the cores' dtype. For every batch
+    size the cheaper of two routes is taken by counted cost (planned once per size, cached):
+    contract the input with the cores (order found by opt_einsum), or build W and do one
+    matmul. In eval mode with autograd off, the built W is kept until a core changes.
+    ``repeated`` plans many calls with unchanged cores at once (the recurrent map of an LSTM).
+    Under ``torch.compile`` and ``torch.export`` the route is planned from the shapes known
+    while tracing (see ``plan``) and nothing is cached.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        rank: int | Sequence[int],
-        *,
-        in_shape: Sequence[int] | None = None,
-        out_shape: Sequence[int] | None = None,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.in_features = check_features(in_features, "in_features")
-        self.out_features = check_features(out_features, "out_features")
-        self.out_shape, self.in_shape = mode_shapes(out_features, in_features, out_shape, in_shape, "out_shape", "in_shape")
-        ranks = capped_ranks(rank, self.out_shape, self.in_shape)
-        self.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], **factory))
-            for k, (m, n) in enumerate(zip(self.out_shape, self.in_shape))
-        )
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        self._weight_cache: tuple[tuple, Tensor] | None = None
+    def __init__(self, in_features: int, out_features: int, rank: int | Sequence[int], *,
+                 in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(out_features, in_features, rank, out_shape, in_shape,
+                         ("out_features", "in_features", "out_shape", "in_shape"), device=device, dtype=dtype)
+        self.in_features, self.out_features = self.n_cols, self.n_rows
+        self.out_shape, self.in_shape = self.row_shape, self.col_shape
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1, *(c.shape[-1] for c in self.cores))
 
     def reset_parameters(self) -> None:
         """Gaussian cores whose full W has ``nn.Linear``'s init variance 1 / (3 in_features), and
         ``nn.Linear``'s bias init, U(-1/sqrt(in_features), 1/sqrt(in_features))."""
-        std = core_std(1.0 / (3 * self.in_features), self.ranks)
-        for core in self.cores:
-            nn.init.normal_(core, 0.0, std)
+        self.init_cores(1.0 / (3 * self.in_features))
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
-        self._weight_cache = None
 
     @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        rank: int | Sequence[int] | None = None,
-        rel_eps: float | None = None,
-        in_shape: Sequence[int] | None = None,
-        out_shape: Sequence[int] | None = None,
-    ) -> "TTLinear":
-        """TT-SVD of ``linear.weight`` (``ttlayers.tt_matrix_svd``): ranks capped at ``rank``,
-        error ``||W - W_tt||_F <= rel_eps ||W||_F``; neither gives an exact copy."""
-        weight = linear.weight.detach()
-        out = cls(linear.in_features, linear.out_features, 1, in_shape=in_shape, out_shape=out_shape,
-                  bias=linear.bias is not None, device=weight.device, dtype=weight.dtype)
-        padded = F.pad(weight, (0, math.prod(out.in_shape) - out.in_features, 0, math.prod(out.out_shape) - out.out_features))
-        tt = tt_matrix_svd(padded, out.out_shape, out.in_shape, max_rank=rank, rel_eps=rel_eps)
-        out.cores = nn.ParameterList(nn.Parameter(c.to(weight.dtype).contiguous()) for c in tt.factors)
+    def from_linear(cls, linear: nn.Linear, rank: int | Sequence[int] | None = None, rel_eps: float | None = None,
+                    in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None) -> "TTLinear":
+        """A copy of ``linear`` with its weight's TT-SVD as cores and its bias (``decompose``:
+        ranks capped at ``rank``, ``||W - W_tt||_F <= rel_eps ||W||_F``, neither: exact)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        out = cls.decomposed(linear.weight, (linear.in_features, linear.out_features), rank, rel_eps,
+                             in_shape=in_shape, out_shape=out_shape, bias=linear.bias is not None)
         if linear.bias is not None:
             with torch.no_grad():
                 out.bias.copy_(linear.bias)
         return out
 
-    def full_weight(self) -> Tensor:
-        """W including padding: (prod(out_shape), prod(in_shape))."""
-        return tt_matrix_to_dense(list(self.cores))
-
     def dense_weight(self) -> Tensor:
-        """W: (out_features, in_features), differentiable in the cores."""
-        return self.full_weight()[: self.out_features, : self.in_features]
+        """W: (out_features, in_features). Built from the cores, differentiably, when the module
+        trains or autograd records gradients of the cores; otherwise the W kept since the
+        cores last changed (do not modify it in place)."""
+        weight = self.cached(self.full_matrix) if self._weight_is_constant() else self.full_matrix()
+        return weight[: self.out_features, : self.in_features]
+
+    def plan(self, batch: int, calls: int = 1) -> LinearPlan:
+        """The route for ``calls`` products of ``batch`` rows while the cores stay unchanged
+        (``ttlayers.tt_contract.linear_plan``: the calls share W's build, reads and gradient
+        writes). While ``torch.compile`` or ``torch.export`` traces, ``batch`` and ``calls``
+        count as 1, whatever they are: a traced route must hold for every size (the sizes may
+        be symbolic), and batch-1 inference, step by step, is what an exported layer runs most."""
+        if torch.compiler.is_compiling():
+            batch = calls = 1
+        return planned(batch, self.out_shape, self.in_shape, self.ranks, self._weight_is_constant(), calls)
+
+    def uses_dense_weight(self, batch: int, calls: int = 1) -> bool:
+        """Whether ``calls`` products of ``batch`` rows go through ``dense_weight()`` (``plan``)."""
+        return self.plan(batch, calls).dense
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"TTLinear expects input (*, {self.in_features}), got shape {tuple(input.shape)}")
+        check_float_input(input, self.cores[0].dtype, "TTLinear")
         x = input.reshape(-1, self.in_features)
         return self.repeated(x.shape[0])(x).reshape(*input.shape[:-1], self.out_features)
 
@@ -120,13 +105,13 @@ class TTLinear(nn.Module):
         """``self`` as a function of x (batch, in_features) -> (batch, out_features), for
         ``calls`` such inputs while the cores stay unchanged (the steps of a recurrence).
 
-        The route is chosen for all calls together (``built_weight``): either one
-        ``F.linear`` per call with a W built here once, or a contraction with the cores.
+        The route is chosen for all calls together (``plan``): either one ``F.linear`` per
+        call with a W built here once, or a contraction with the cores.
         """
-        weight = self.built_weight(batch, calls)
-        if weight is not None:
+        plan = self.plan(batch, calls)
+        if plan.dense:
+            weight = self.dense_weight()
             return lambda x: F.linear(x, weight, self.bias)
-        plan = linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._cacheable(), calls)  # the plan built_weight looked up
         cores, pad = list(self.cores), math.prod(self.in_shape) - self.in_features
 
         def contract(x: Tensor) -> Tensor:
@@ -134,40 +119,27 @@ class TTLinear(nn.Module):
             return y if self.bias is None else y + self.bias
         return contract
 
-    def built_weight(self, batch: int, calls: int = 1) -> Tensor | None:
-        """W (out_features, in_features) if ``calls`` products of ``batch`` rows with unchanged
-        cores count cheaper through it than through the cores (``linear_plan`` with
-        ``calls``: the calls share W's build, reads and gradient writes), else None."""
-        if not linear_plan(batch, self.out_shape, self.in_shape, self.ranks, self._cacheable(), calls).dense:
-            return None
-        return self.current_weight()
+    def _weight_is_constant(self) -> bool:
+        """Whether W needs no gradient now (eval mode, no gradient recorded for the cores)."""
+        return not self.training and not self.needs_core_grads()
+
+    def full_weight(self) -> Tensor:
+        """Deprecated: ``dense_weight()`` is W; this one is W with its padding."""
+        warnings.warn("TTLinear.full_weight() is deprecated; use dense_weight()", DeprecationWarning, stacklevel=2)
+        return self.full_matrix()
 
     def current_weight(self) -> Tensor:
-        """W (out_features, in_features): taken from the cache when neither the module nor
-        autograd needs gradients of the cores, else built now, differentiably."""
-        weight = self._cached_weight() if self._cacheable() else self.full_weight()
-        return weight[: self.out_features, : self.in_features]
+        """Deprecated alias of ``dense_weight()``."""
+        warnings.warn("TTLinear.current_weight() is deprecated; use dense_weight()", DeprecationWarning, stacklevel=2)
+        return self.dense_weight()
 
-    def _cacheable(self) -> bool:
-        return not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in self.cores))
-
-    def _cached_weight(self) -> Tensor:
-        """The full W, rebuilt when any core changed (tracked by storage and in-place version)."""
-        key = cores_key(self.cores)
-        if self._weight_cache is None or self._weight_cache[0] != key:
-            with torch.no_grad():
-                self._weight_cache = (key, self.full_weight())
-        return self._weight_cache[1]
-
-    def train(self, mode: bool = True) -> "TTLinear":
-        self._weight_cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._weight_cache = None
-        return super()._apply(fn, *args, **kwargs)
+    def built_weight(self, batch: int, calls: int = 1) -> Tensor | None:
+        """Deprecated: ``dense_weight()`` when ``uses_dense_weight(batch, calls)``, else None."""
+        warnings.warn("TTLinear.built_weight() is deprecated; use uses_dense_weight() and dense_weight()",
+                      DeprecationWarning, stacklevel=2)
+        return self.dense_weight() if self.uses_dense_weight(batch, calls) else None
 
     def extra_repr(self) -> str:
-        ratio = self.in_features * self.out_features / tt_size(self.out_shape, self.in_shape, self.ranks)
         return (f"in_features={self.in_features}, out_features={self.out_features}, in_shape={self.in_shape}, "
-                f"out_shape={self.out_shape}, ranks={self.ranks}, compression={ratio:.1f}x, bias={self.bias is not None}")
+                f"out_shape={self.out_shape}, ranks={self.ranks}, compression={self.compression():.1f}x, "
+                f"bias={self.bias is not None}")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ttlayers import LSTM, LowRankLinear, TTEmbedding, TTLinear
-from ttlayers.lstm import LSTMLayer
+from ttlayers import LSTM, LSTMLayer, LowRankLinear, TTEmbedding, TTLinear
 
 from ..config import ModelConfig
 from .groupreduce import BlockLowRankEmbedding, BlockLowRankLinear
