@@ -63,7 +63,7 @@ def run(preset_name: str = "small", tokens: int = 200, repeats: int = 3) -> dict
     torch.manual_seed(0)
     models = study_shapes(preset_name)
     for name in [n for n in models if "tt" in n]:
-        models[TT_BUILT.format(name)] = inference_form(models[name], "dense")
+        models[TT_BUILT.format(name)] = inference_form(models[name], "dense", unroll=False)
     rows = []
     for name, t in compare(models, tokens=tokens, repeats=repeats, onnx=True).items():
         base = name.split(" ")[0]

@@ -194,28 +194,29 @@ def tt_table(layer: TTEmbedding) -> Tensor:
         return layer(torch.arange(layer.num_embeddings))
 
 
-def _replacement(module: nn.Module, tt: str) -> nn.Module | None:
+def _replacement(module: nn.Module, tt: str, unroll: bool) -> nn.Module | None:
     if isinstance(module, TTLinear):
         return TTMatMuls(module) if tt == "cores" else _dense_linear(module)
     if isinstance(module, TTEmbedding):
         return TTRows(module) if tt == "cores" and module.padding_idx is None else _dense_embedding(module)
     if isinstance(module, BlockLowRankEmbedding):
         return BlockRows(module)
-    if isinstance(module, LSTM):
+    if isinstance(module, LSTM) and unroll:
         return UnrolledLSTM(module)
     return None
 
 
 @torch.no_grad()
-def inference_form(model: LanguageModel, tt: str = "cores") -> LanguageModel:
+def inference_form(model: LanguageModel, tt: str = "cores", unroll: bool = True) -> LanguageModel:
     """A copy of ``model`` (eval mode) whose factorised layers are products with constant
     matrices (see the module docstring); ``tt`` is ``"cores"`` (keep the TT cores) or
-    ``"dense"`` (build each TT weight once)."""
+    ``"dense"`` (build each TT weight once); ``unroll=False`` keeps the ``ttlayers.LSTM`` (with
+    the maps replaced), which eager torch and ``torch.ao`` run with their own kernels."""
     if tt not in TT_ROUTES:
         raise ValueError(f"tt must be one of {TT_ROUTES}, got {tt!r}")
     form = copy.deepcopy(model).eval()
     for name, module in list(form.named_modules()):
-        new = _replacement(module, tt)
+        new = _replacement(module, tt, unroll)
         if new is not None:
             parent, _, attr = name.rpartition(".")
             setattr(form.get_submodule(parent) if parent else form, attr, new)

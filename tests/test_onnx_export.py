@@ -161,3 +161,14 @@ def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it(
                      "plot": "p.png", "targets": []})
     assert "ms/token ORT int8 | ONNX int8 MB |" in page
     assert f"| {t['ort_ms']:.3f} | {t['ort_int8_ms']:.3f} | {t['onnx_int8_bytes'] / 1e6:.3f} |" in page
+
+
+def test_tt_weights_built_keep_a_model_torch_int8_runs():
+    from lm.compression.quantize import int8_dynamic
+
+    model = tiny("tt")
+    built = inference_form(model, "dense", unroll=False)
+    tokens = torch.randint(0, 60, (4, 2), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(built(tokens)[0], model(tokens)[0], rtol=1e-5, atol=1e-5)
+        assert int8_dynamic(built)(tokens)[0].shape == (4, 2, 60)
