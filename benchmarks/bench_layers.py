@@ -5,6 +5,9 @@ docs/layers.md.
   ``FactorizedLinear(factorization='blocktt')`` with the same mode shapes and ranks. Shapes:
   LSTM gates 650->2600, softmax 650->10000 and 200->10000, square 1024->1024; batches 20x35
   (a PTB training batch, input (35, 20, in)) and 1; TT ranks 4, 8, 16, 32.
+* Linear, batch-1 inference (eval, no autograd): the three layers, and ``TTLinear`` along each
+  of its routes (contraction with the cores; ``F.linear`` with the W kept in eval), beside the
+  route its plan takes.
 * Embedding lookups of a 20x35 batch of token ids, forward and forward + backward:
   ``TTEmbedding`` vs ``nn.Embedding`` vs tltorch's ``FactorizedEmbedding`` (10000 x 650).
 * The dense 2-layer 650 ``ttlayers.LSTM`` vs ``torch.nn.LSTM``, forward + backward, in tokens/s.
@@ -121,8 +124,38 @@ def bench_linear(rounds: int, min_time: float, clock, quick: bool) -> list[dict]
                     "vs_dense": t["ours"] / t["dense"], "vs_tltorch": t["ours"] / t["tltorch"], "vs_best": t["ours"] / best_other,
                     "compression": n_in * n_out / sum(c.numel() for c in ours.cores),
                 })
+                if n_batch == 1:
+                    rows[-1].update(eval_batch_1(ours, dense, theirs, x.detach(), rounds, min_time, clock))
                 print(rows[-1], flush=True)
     return rows
+
+
+def eval_batch_1(ours: TTLinear, dense: nn.Linear, theirs: nn.Module, x: torch.Tensor, rounds: int,
+                 min_time: float, clock) -> dict:
+    """Batch-1 inference (eval, no autograd): the three layers, and ours along each of its two
+    routes (the contraction with the cores, ``F.linear`` with the kept W), beside the route it takes."""
+    for m in (ours, dense, theirs):
+        m.eval()
+    with torch.no_grad():
+        built = linear_plan(1, ours.out_shape, ours.in_shape, ours.ranks, True)
+        cores, weight = list(ours.cores), ours.dense_weight()
+
+        def no_grad(fn):
+            def call():
+                with torch.no_grad():
+                    fn()
+            return call
+
+        t = best_times({"dense": no_grad(lambda: dense(x)), "tltorch": no_grad(lambda: theirs(x)),
+                        "ours": no_grad(lambda: ours(x)),
+                        "tt": no_grad(lambda: tt_linear_apply(x, cores, built) + ours.bias),
+                        "built": no_grad(lambda: F.linear(x, weight, ours.bias))}, rounds, min_time, clock)
+    for m in (ours, dense, theirs):
+        m.train()
+    return {"eval_route": "dense" if built.dense else "tt", "eval_faster": "dense" if t["built"] < t["tt"] else "tt",
+            "eval_dense_ms": 1e3 * t["dense"], "eval_tltorch_ms": 1e3 * t["tltorch"], "eval_ours_ms": 1e3 * t["ours"],
+            "eval_tt_ms": 1e3 * t["tt"], "eval_built_ms": 1e3 * t["built"], "eval_vs_dense": t["ours"] / t["dense"],
+            "eval_vs_tltorch": t["ours"] / t["tltorch"]}
 
 
 def bench_embedding(rounds: int, min_time: float, clock, quick: bool) -> list[dict]:
@@ -285,6 +318,13 @@ def write_docs(name: str, rows: list[dict]) -> None:
         "vs_dense", "vs_tltorch", "vs_best"], {
         "compression": ".0f", "min_flops_ratio": ".2f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g",
         "vs_dense": ".2f", "vs_tltorch": ".2f", "vs_best": ".2f"}))
+    evals = [r for r in part["linear"] if "eval_route" in r]
+    if evals:
+        update_doc(DOC, f"{name}_eval", markdown_table(evals, [
+            "layer", "rank", "eval_route", "eval_faster", "eval_tt_ms", "eval_built_ms", "eval_dense_ms",
+            "eval_tltorch_ms", "eval_ours_ms", "eval_vs_dense", "eval_vs_tltorch"], {
+            **{c: ".3g" for c in ("eval_tt_ms", "eval_built_ms", "eval_dense_ms", "eval_tltorch_ms", "eval_ours_ms")},
+            "eval_vs_dense": ".2f", "eval_vs_tltorch": ".2f"}))
     update_doc(DOC, f"{name}_embedding", markdown_table(part["embedding"], [
         "rank", "compression", "mode", "dense_ms", "tltorch_ms", "ours_ms", "tltorch_over_ours", "vs_dense"], {
         "compression": ".0f", "dense_ms": ".3g", "tltorch_ms": ".3g", "ours_ms": ".3g", "tltorch_over_ours": ".1f",

@@ -14,16 +14,20 @@ the d cores. It can be evaluated in two ways:
   only the matmul when W is already built (cached in eval mode).
 
 The cost of a route is its FLOPs plus ``WRITE_COST`` FLOPs per element that its
-contractions write; the dense matmul also counts the W-sized gradient it writes (and
-the W it reads). On a CPU the intermediates of a TT route (batch x modes x rank) are
+contractions write, plus ``STEP_COST`` per operation it launches (each pairwise step, and the
+dense route's matmul); the dense matmul also counts the W-sized gradient it writes (and the
+W it reads). On a CPU the intermediates of a TT route (batch x modes x rank) are
 memory-bound, and FLOPs alone pick orders that run several times slower than their
 count says (``python -m benchmarks.bench_layers --orders``); and at small batches the
-matmul itself is bound by reading W. ``WRITE_COST`` was
-fitted on measured orders of the benchmark shapes (docs/layers.md). Reading an already
-built W (eval, nothing to write back) is charged ``READ_COST`` per element instead, chosen
-so that batch-1 inference takes the route measured faster (docs/layers.md, where the
-measurements are). opt_einsum's dynamic programming minimises the same sum
-(``minimize="combo"``). The cheaper route is taken. Plans depend only on the batch size
+matmul itself is bound by reading W. ``WRITE_COST`` was fitted on measured orders of the
+benchmark shapes (docs/layers.md). ``STEP_COST`` is the measured time of a pairwise step on
+1 x 1 operands (the fixed cost of its permutes, reshapes and matmul call) over the time of a
+FLOP of a large matmul: at batch 1 it is what a TT route of three steps mostly spends.
+Reading an already built W (eval, nothing to write back) is charged per element instead:
+``READ_COST`` while W stays in the cache between calls (up to ``CACHED_W`` elements),
+``MEMORY_READ_COST`` beyond, as measured at batch 1 on the benchmark shapes (docs/layers.md).
+opt_einsum's dynamic programming minimises the same sum
+(``minimize="combo"``; every order has the same number of steps). The cheaper route is taken. Plans depend only on the batch size
 and the shapes, so they are computed once and cached (``functools.lru_cache``); no path
 search runs per call, and none while ``torch.compile`` traces (the plans are computed
 eagerly and enter the graph as constants).
@@ -50,7 +54,10 @@ from torch import Tensor
 Shape = tuple[int, ...]
 
 WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
-READ_COST = 20  # FLOPs charged per element of an already built W that a matmul reads (module docstring)
+STEP_COST = 1_400_000  # FLOPs charged per operation a route launches (measured, see the module docstring)
+READ_COST = 8  # FLOPs charged per element of an already built W that a matmul reads from the cache
+MEMORY_READ_COST = 20  # ... per element of a built W too large for the cache (over CACHED_W elements)
+CACHED_W = 7 * 2**18  # elements of a built W that stay cached between calls (7 MiB of float32)
 _OPTIMIZER = f"combo-{WRITE_COST // 2}"  # opt_einsum's dp counts multiply-adds, not FLOPs
 
 
@@ -171,7 +178,7 @@ class Contraction:
             written += prod(info.size_dict[c] for c in result)
             terms = rest + [result]
         flops = int(info.opt_cost)
-        return cls(tuple(steps), flops, flops + WRITE_COST * written, tuple(shapes))
+        return cls(tuple(steps), flops, flops + WRITE_COST * written + STEP_COST * len(steps), tuple(shapes))
 
     def __call__(self, *operands: Tensor) -> Tensor:
         return contract(self, operands)
@@ -242,7 +249,8 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
     """The cheaper way to compute ``x @ W.T`` for x of shape (batch, prod(in_shape)).
 
     ``weight_built`` says that the full W is already at hand and needs no gradient (so the
-    dense route costs only the matmul and W's read, ``READ_COST`` per element). ``calls``:
+    dense route costs only the matmul and W's read, ``READ_COST`` or ``MEMORY_READ_COST`` per
+    element). ``calls``:
     how many products of this size one W serves (the time steps of a recurrence). Costs are per product; the calls share the
     W-sized terms (its build, its reads and gradient writes): measured on TT-LSTMs,
     ``python -m benchmarks.bench_layers --recurrence``.
@@ -251,8 +259,9 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
         raise ValueError(f"calls must be >= 1, got {calls}")
     n_out, n_in = prod(out_shape), prod(in_shape)
     dense_flops = 2 * batch * n_out * n_in
-    access = (READ_COST if weight_built else WRITE_COST) * n_out * n_in  # W's read, or its gradient
-    dense_cost = dense_flops + WRITE_COST * batch * n_out + access // calls
+    read = READ_COST if n_out * n_in <= CACHED_W else MEMORY_READ_COST
+    access = (read if weight_built else WRITE_COST) * n_out * n_in  # W's read, or its gradient
+    dense_cost = dense_flops + WRITE_COST * batch * n_out + STEP_COST + access // calls
     if not weight_built:
         build = weight_contraction(out_shape, in_shape, ranks)
         dense_flops += build.flops // calls

@@ -77,18 +77,37 @@ class TTLinear(TTMatrixModule):
         """W: (out_features, in_features). Built from the cores, differentiably, when the module
         trains or autograd records gradients of the cores; otherwise the W kept since the
         cores last changed (do not modify it in place)."""
-        weight = self.cached(self.full_matrix) if self._weight_is_constant() else self.full_matrix()
-        return weight[: self.out_features, : self.in_features]
+        cores = self.current_cores()
+        return self._dense_weight(self._weight_is_constant(cores))
+
+    def _dense_weight(self, constant: bool) -> Tensor:
+        """``dense_weight()`` for a caller that has just called ``current_cores``."""
+        if constant and not torch.compiler.is_compiling():
+            return self._kept(self._sliced_matrix)
+        return self._sliced_matrix()
+
+    def _sliced_matrix(self) -> Tensor:
+        return self.full_matrix()[: self.out_features, : self.in_features]
 
     def plan(self, batch: int, calls: int = 1) -> LinearPlan:
         """The route for ``calls`` products of ``batch`` rows while the cores stay unchanged
         (``ttlayers.tt_contract.linear_plan``: the calls share W's build, reads and gradient
-        writes). While ``torch.compile`` or ``torch.export`` traces, ``batch`` and ``calls``
-        count as 1, whatever they are: a traced route must hold for every size (the sizes may
-        be symbolic), and batch-1 inference, step by step, is what an exported layer runs most."""
+        writes), kept on the module until the ranks change. While ``torch.compile`` or
+        ``torch.export`` traces, ``batch`` and ``calls`` count as 1, whatever they are: a traced
+        route must hold for every size (the sizes may be symbolic), and batch-1 inference, step
+        by step, is what an exported layer runs most."""
+        cores = self.current_cores()
+        return self._plan(batch, calls, self._weight_is_constant(cores))
+
+    def _plan(self, batch: int, calls: int, constant: bool) -> LinearPlan:
+        """``plan`` for a caller that has just called ``current_cores``."""
         if torch.compiler.is_compiling():
-            batch = calls = 1
-        return planned(batch, self.out_shape, self.in_shape, self.ranks, self._weight_is_constant(), calls)
+            return planned(1, self.out_shape, self.in_shape, self.ranks, constant, 1)
+        key = (batch, calls, constant)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = planned(batch, self.out_shape, self.in_shape, self._kept_ranks, constant, calls)
+        return plan
 
     def uses_dense_weight(self, batch: int, calls: int = 1) -> bool:
         """Whether ``calls`` products of ``batch`` rows go through ``dense_weight()`` (``plan``)."""
@@ -97,9 +116,11 @@ class TTLinear(TTMatrixModule):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"TTLinear expects input (*, {self.in_features}), got shape {tuple(input.shape)}")
-        check_float_input(input, self.cores[0].dtype, "TTLinear")
-        x = input.reshape(-1, self.in_features)
-        return self.repeated(x.shape[0])(x).reshape(*input.shape[:-1], self.out_features)
+        cores = self.current_cores()
+        check_float_input(input, cores[0].dtype, "TTLinear")
+        x = input if input.dim() == 2 else input.reshape(-1, self.in_features)
+        y = self._repeated(x.shape[0], 1, cores)(x)
+        return y if input.dim() == 2 else y.reshape(*input.shape[:-1], self.out_features)
 
     def repeated(self, batch: int, calls: int = 1) -> Callable[[Tensor], Tensor]:
         """``self`` as a function of x (batch, in_features) -> (batch, out_features), for
@@ -108,20 +129,25 @@ class TTLinear(TTMatrixModule):
         The route is chosen for all calls together (``plan``): either one ``F.linear`` per
         call with a W built here once, or a contraction with the cores.
         """
-        plan = self.plan(batch, calls)
+        return self._repeated(batch, calls, self.current_cores())
+
+    def _repeated(self, batch: int, calls: int, cores: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
+        """``repeated`` for a caller that has just called ``current_cores``."""
+        constant = self._weight_is_constant(cores)
+        plan = self._plan(batch, calls, constant)
         if plan.dense:
-            weight = self.dense_weight()
-            return lambda x: F.linear(x, weight, self.bias)
-        cores, pad = list(self.cores), math.prod(self.in_shape) - self.in_features
+            weight, bias = self._dense_weight(constant), self.bias
+            return lambda x: F.linear(x, weight, bias)
+        pad = math.prod(self.in_shape) - self.in_features
 
         def contract(x: Tensor) -> Tensor:
             y = tt_linear_apply(F.pad(x, (0, pad)) if pad else x, cores, plan)[:, : self.out_features]
             return y if self.bias is None else y + self.bias
         return contract
 
-    def _weight_is_constant(self) -> bool:
+    def _weight_is_constant(self, cores: tuple[Tensor, ...]) -> bool:
         """Whether W needs no gradient now (eval mode, no gradient recorded for the cores)."""
-        return not self.training and not self.needs_core_grads()
+        return not self.training and not (torch.is_grad_enabled() and any(c.requires_grad for c in cores))
 
     def full_weight(self) -> Tensor:
         """Deprecated: ``dense_weight()`` is W; this one is W with its padding."""

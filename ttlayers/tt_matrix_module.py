@@ -56,12 +56,40 @@ class TTMatrixModule(nn.Module):
             nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], device=device, dtype=dtype))
             for k, (m, n) in enumerate(zip(self.row_shape, self.col_shape))
         )
-        self._cache: tuple[tuple, Tensor] | None = None
+        self._forget()
 
     @property
     def ranks(self) -> tuple[int, ...]:
         """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1, *(c.shape[-1] for c in self.cores))
+        return (1, *(c.shape[-1] for c in self.current_cores()))
+
+    def current_cores(self) -> tuple[Tensor, ...]:
+        """The cores, in order. Read from the ``ParameterList``'s own dict (iterating the list
+        costs about five times as much, which batch-1 calls feel); when any core was replaced,
+        moved, cast or modified in place since the last call (``cores_key``), what was kept from
+        the old ones is dropped here: the tensor of ``cached`` and, when the ranks changed, the
+        plans that subclasses keep in ``_plans`` (for ``_kept_ranks``). While tracing, the list
+        itself, and nothing is kept."""
+        if torch.compiler.is_compiling():
+            return tuple(self.cores)
+        holder = self._modules["cores"]
+        cores = tuple(holder._parameters.values())
+        if len(cores) != len(holder):  # a core held elsewhere (torch.nn.utils.parametrize)
+            cores = tuple(holder)
+        key = cores_key(cores)
+        if key != self._key:
+            self._key, self._cache = key, None
+            ranks = (1, *(c.shape[-1] for c in cores))
+            if ranks != self._kept_ranks:
+                self._kept_ranks, self._plans = ranks, {}
+        return cores
+
+    def _forget(self) -> None:
+        """Drop everything kept from the cores (they were replaced, re-initialised, moved or cast)."""
+        self._key: tuple | None = None
+        self._cache: Tensor | None = None
+        self._kept_ranks: tuple[int, ...] | None = None
+        self._plans: dict = {}
 
     def init_cores(self, variance: float) -> None:
         """Gaussian cores whose full matrix has entries of ``variance``: each entry sums
@@ -69,7 +97,7 @@ class TTMatrixModule(nn.Module):
         std = core_std(variance, self.ranks)
         for core in self.cores:
             nn.init.normal_(core, 0.0, std)
-        self._cache = None
+        self._forget()
 
     @classmethod
     def decomposed(cls, weight: Tensor, sizes: tuple[int, int], rank: int | Sequence[int] | None,
@@ -92,7 +120,7 @@ class TTMatrixModule(nn.Module):
         padded = F.pad(matrix, (0, math.prod(self.col_shape) - self.n_cols, 0, math.prod(self.row_shape) - self.n_rows))
         tt = tt_matrix_svd(padded, self.row_shape, self.col_shape, max_rank=rank, rel_eps=rel_eps)
         self.cores = nn.ParameterList(nn.Parameter(c.to(matrix.dtype).contiguous()) for c in tt.factors)
-        self._cache = None
+        self._forget()
         if rank is None and rel_eps is None and self.compression() < 1:
             warnings.warn(f"the exact TT-matrix of this {self.n_rows} x {self.n_cols} matrix holds "
                           f"{1 / self.compression():.2f}x its entries (ranks {self.ranks}); give rank or rel_eps "
@@ -101,11 +129,11 @@ class TTMatrixModule(nn.Module):
     def full_matrix(self) -> Tensor:
         """The matrix with its padding, (prod(row_shape), prod(col_shape)), built now from the
         cores, differentiably."""
-        return tt_matrix_to_dense(list(self.cores))
+        return tt_matrix_to_dense(list(self.current_cores()))
 
     def needs_core_grads(self) -> bool:
         """Whether autograd records gradients of the cores now."""
-        return torch.is_grad_enabled() and any(c.requires_grad for c in self.cores)
+        return torch.is_grad_enabled() and any(c.requires_grad for c in self.current_cores())
 
     def cached(self, build: Callable[[], Tensor]) -> Tensor:
         """``build()`` (a tensor computed from the cores), kept until any core is replaced, moved,
@@ -113,11 +141,15 @@ class TTMatrixModule(nn.Module):
         used while tracing (``torch.compile``, ``torch.export``), where ``build()`` is returned."""
         if torch.compiler.is_compiling():
             return build()
-        key = cores_key(self.cores)
-        if self._cache is None or self._cache[0] != key:
+        self.current_cores()
+        return self._kept(build)
+
+    def _kept(self, build: Callable[[], Tensor]) -> Tensor:
+        """``cached`` for a caller that has just called ``current_cores``."""
+        if self._cache is None:
             with torch.no_grad():
-                self._cache = (key, build())
-        return self._cache[1]
+                self._cache = build()
+        return self._cache
 
     def compression(self) -> float:
         """Entries of the dense matrix over entries of the cores."""
@@ -128,5 +160,5 @@ class TTMatrixModule(nn.Module):
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
-        self._cache = None
+        self._forget()
         return super()._apply(fn, *args, **kwargs)
