@@ -266,9 +266,9 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def method_names() -> list[str]:
-    from .study import methods_for
+    from .methods import load_methods
 
-    return [m.name for m in methods_for(PRESETS["small"])]
+    return [m.name for m in load_methods("small")]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,16 +17,14 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from .checkpoint import ARTIFACT_FILE, load
 from .compression.report import MB, pareto_front
-from .config import preset
 from .data import Corpus
 from .evaluate import perplexity
 from .results import ROOT
-from .study import methods_for
+from .methods import load_methods
 
 MODELS = ROOT / "models"
 MAX_MB = 5.0
@@ -56,11 +54,11 @@ def front_models(front: dict, max_mb: float = MAX_MB) -> list[dict]:
 
 def recipe(preset_name: str, method: str) -> list[dict]:
     """The method's recipe, then its base's, down to one that starts from the dense model or scratch."""
-    known = {m.name: m for m in methods_for(preset(preset_name))}
+    known = {m.name: m for m in load_methods(preset_name)}
     chain = [known[method]]
     while chain[-1].base:
         chain.append(known[chain[-1].base])
-    return [{"preset": preset_name, **asdict(m)} for m in chain]
+    return [{"preset": preset_name, **m.to_dict()} for m in chain]
 
 
 def check_ppl(model, corpus: Corpus, tokens: int = CHECK_TOKENS) -> float:

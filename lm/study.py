@@ -33,157 +33,10 @@ from .config import TrainConfig, preset
 from .data import Corpus
 from .distill import Distillation
 from .evaluate import perplexity
+from .methods import Method, load_methods
 from .model import LanguageModel, count_parameters
 from .results import ROOT, stamp, write_json
 from .train import train
-
-
-@dataclass
-class Method:
-    """One row of the study.
-
-    ``compress``: layer specs for ``compress_model`` (``embedding``/``lstm``/``decoder``);
-    ``prune``: ``{"amount", "layers", "gradual"}``; ``train``: ``"none"``, ``"finetune"``
-    (from the compressed trained model) or ``"scratch"`` (the compressed architecture
-    trained with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``:
-    start from another method's finished model instead of the dense one (to export it, or
-    fine-tune it); ``shape``: ``ModelConfig`` fields of a from-scratch model (e.g.
-    ``embedding_size``, ``tie_weights``), applied after ``compress`` has set the layer specs; ``distill``:
-    ``{"alpha", "temperature"}`` of ``lm.distill.Distillation``, fine-tuning with the model
-    it starts from (the dense one, or the base) as the teacher; ``lr``: the starting learning
-    rate of its training instead of the preset's (scratch) or the fine-tuning recipe's, decayed
-    on the same schedule; ``epochs``: the length of a from-scratch training instead of the
-    preset's (the same schedule, cut or extended).
-    """
-
-    name: str
-    family: str
-    description: str
-    compress: dict = field(default_factory=dict)
-    prune: dict | None = None
-    train: str = "none"
-    quant: str | None = None
-    base: str | None = None
-    shape: dict = field(default_factory=dict)
-    distill: dict | None = None
-    lr: float | None = None
-    epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        """Refuse recipes whose parts the study would silently ignore."""
-        if self.train not in ("none", "finetune", "scratch"):
-            raise ValueError(f"{self.name}: train must be 'none', 'finetune' or 'scratch', got {self.train!r}")
-        if self.base and (self.compress or self.prune or self.train == "scratch" or self.shape):
-            raise ValueError(f"{self.name}: a method built on base {self.base!r} exports it (quant) or fine-tunes "
-                             "it (train='finetune', distill); it cannot compress, prune, reshape or train from scratch")
-        if self.distill and self.train != "finetune":
-            raise ValueError(f"{self.name}: distillation needs train='finetune', got {self.train!r}")
-        if self.shape and self.train != "scratch":
-            raise ValueError(f"{self.name}: shape applies to from-scratch models only, got train={self.train!r}")
-        if self.lr is not None and (self.train == "none" or not self.lr > 0):
-            raise ValueError(f"{self.name}: lr sets the rate of a training run and must be > 0, "
-                             f"got lr={self.lr} with train={self.train!r}")
-        if self.epochs is not None and (self.train != "scratch" or self.epochs < 1):
-            raise ValueError(f"{self.name}: epochs sets the length of a from-scratch training and must be >= 1, "
-                             f"got epochs={self.epochs} with train={self.train!r}")
-
-
-def methods_for(cfg: TrainConfig) -> list[Method]:
-    """The study's methods, ranks scaled with the hidden size (r = H/5 gives the paper's r=128 at 650)."""
-    h = cfg.model.hidden_size
-    r_lstm = 128 if h == 650 else max(4, round(h / 5))  # the paper's r=128 at 650
-    r_emb = max(4, round(h / 4))
-    r_tt = max(4, r_lstm // 2)  # at 650, TT rank 64 gives the LSTM about the LR-LSTM r=128's parameters
-    tt_lr = 0.25  # TT cores trained from scratch stall at lr 1 (docs/study.md)
-    # medium TT-LSTM: stop after the first epoch whose lr is below 1% of its start (27 of 39), where its
-    # validation perplexity had all but stopped moving; medium tied LR-LSTM: cut after epoch 30 of 39 to fit
-    # the CPU time of the session that ran it (docs/study.md)
-    tt_epochs = 27 if h == 650 else None
-    tied_epochs = 30 if h == 650 else None
-    gr = {"type": "groupreduce", "groups": 6, "ratio": 8, "alpha": 0.5}
-    tt = {"type": "tt", "rank": 16}
-    kd = {"alpha": 0.5, "temperature": 2.0}
-    return [
-        Method("dense", "dense", "the trained dense model, float32"),
-        Method("q8", "quantized", "8-bit, 256 equal intervals per tensor, one byte per number (paper)", quant="q8"),
-        Method("q8c", "quantized", "8-bit per output channel", quant="q8c"),
-        Method("dense_ft", "dense", "the dense model fine-tuned with the compressed models' recipe (the control)",
-               train="finetune"),
-        Method("dense_ft_q8", "quantized", "dense_ft stored in 8 bits per tensor", quant="q8", base="dense_ft"),
-        Method("prune_dec90", "pruned", "output layer pruned 90% by magnitude, no retraining (paper)",
-               prune={"amount": 0.9, "layers": ["decoder"]}),
-        Method("prune_dec90_ft", "pruned", "output layer pruned 90%, retrained (paper)",
-               prune={"amount": 0.9, "layers": ["decoder"]}, train="finetune"),
-        Method("prune_embdec90", "pruned", "embedding and output layer pruned 90%, no retraining",
-               prune={"amount": 0.9, "layers": ["embedding", "decoder"]}),
-        Method("prune_embdec90_ft", "pruned", "embedding and output layer pruned 90%, retrained",
-               prune={"amount": 0.9, "layers": ["embedding", "decoder"]}, train="finetune"),
-        Method("prune_embdec90_ft_q8", "pruned+quantized", "prune_embdec90_ft stored in 8 bits", quant="q8",
-               base="prune_embdec90_ft"),
-        Method("prune_all90_gradual_ft", "pruned", "every weight matrix pruned to 90%, gradually during retraining",
-               prune={"amount": 0.9, "layers": ["embedding", "lstm", "decoder"], "gradual": True}, train="finetune"),
-        Method("groupreduce_ft", "GroupReduce", "embedding and softmax block low-rank by frequency (8x), fine-tuned",
-               compress={"embedding": gr, "decoder": gr}, train="finetune"),
-        Method("groupreduce_ft_q8", "GroupReduce+quantized", "groupreduce_ft stored in 8 bits", quant="q8",
-               base="groupreduce_ft"),
-        Method("lr_lstm_ft", "LR-LSTM", f"LR-LSTM with shared projection r={r_lstm}, from the dense model by SVD, fine-tuned",
-               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="finetune"),
-        Method("tt_lstm_ft", "TT-LSTM", "TT-LSTM (TT rank 16), from the dense model by TT-SVD, fine-tuned",
-               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="finetune"),
-        Method("lowrank_embdec_ft", "low-rank emb/softmax", f"embedding and softmax low-rank r={r_emb} by SVD, fine-tuned",
-               compress={"embedding": {"type": "low_rank", "rank": r_emb},
-                         "decoder": {"type": "low_rank", "rank": r_emb}}, train="finetune"),
-        Method("tt_embdec_ft", "TT emb/softmax", "TTEmbedding and TT softmax (TT rank 16) by TT-SVD, fine-tuned",
-               compress={"embedding": tt, "decoder": tt}, train="finetune"),
-        Method("lr_all_ft", "LR-LSTM+GroupReduce", f"LR-LSTM r={r_lstm} with GroupReduce embedding and softmax, fine-tuned",
-               compress={"embedding": gr, "lstm": {"type": "lr_lstm", "rank": r_lstm}, "decoder": gr}, train="finetune"),
-        Method("lr_all_ft_q8", "LR-LSTM+GroupReduce+quantized", "lr_all_ft stored in 8 bits", quant="q8", base="lr_all_ft"),
-        Method("lr_lstm_ft_kd", "LR-LSTM", "lr_lstm_ft distilled from the dense model (alpha 0.5, T 2)",
-               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="finetune", distill=kd),
-        Method("lr_all_ft_kd", "LR-LSTM+GroupReduce", "lr_all_ft distilled from the dense model (alpha 0.5, T 2)",
-               compress={"embedding": gr, "lstm": {"type": "lr_lstm", "rank": r_lstm}, "decoder": gr}, train="finetune",
-               distill=kd),
-        Method("dense_ft_kd", "dense", "dense_ft distilled from the dense model it starts from (alpha 0.5, T 2)",
-               train="finetune", distill=kd),
-        Method("dense_ft_kd_q8", "quantized", "dense_ft_kd stored in 8 bits per tensor", quant="q8", base="dense_ft_kd"),
-        Method("lr_lstm_scratch", "LR-LSTM", f"LR-LSTM r={r_lstm} trained from scratch with the preset's recipe",
-               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}}, train="scratch"),
-        Method("lr_paper_scratch", "LR-LSTM",
-               f"the paper's LR-LSTM: {r_lstm}-dim embedding, LR-LSTM r={r_lstm}, softmax from the projection, "
-               "trained from scratch", compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}},
-               shape={"embedding_size": r_lstm}, train="scratch"),
-        Method("lr_paper_scratch_q8", "LR-LSTM+quantized", "lr_paper_scratch stored in 8 bits", quant="q8",
-               base="lr_paper_scratch"),
-        Method("lr_paper_ft", "LR-LSTM", "lr_paper_scratch fine-tuned with the preset's fine-tuning recipe "
-               "(the control of lr_paper_kd)", base="lr_paper_scratch", train="finetune"),
-        Method("lr_paper_ft_q8", "LR-LSTM+quantized", "lr_paper_ft stored in 8 bits", quant="q8", base="lr_paper_ft"),
-        Method("lr_paper_kd", "LR-LSTM", "lr_paper_scratch fine-tuned alike, distilled from itself "
-               "(born-again, alpha 0.5, T 2)", base="lr_paper_scratch", train="finetune", distill=kd),
-        Method("tt_lstm_scratch", "TT-LSTM", "TT-LSTM (TT rank 16) trained from scratch with the preset's recipe",
-               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch"),
-        Method("tt_lstm_scratch_lr025", "TT-LSTM", f"tt_lstm_scratch trained from lr {tt_lr} instead of the preset's",
-               compress={"lstm": {"type": "tt_lstm", "rank": 16}}, train="scratch", lr=tt_lr),
-        Method("tt_paper_scratch", "TT-LSTM",
-               f"lr_paper_scratch with a TT-LSTM: {r_lstm}-dim embedding, TT-LSTM (TT rank {r_tt}), low-rank softmax "
-               f"r={r_lstm}, trained from scratch from lr {tt_lr}" + (f" for {tt_epochs} epochs" if tt_epochs else ""),
-               compress={"lstm": {"type": "tt_lstm", "rank": r_tt}, "decoder": {"type": "low_rank", "rank": r_lstm}},
-               shape={"embedding_size": r_lstm}, train="scratch", lr=tt_lr, epochs=tt_epochs),
-        Method("tt_paper_scratch_q8", "TT-LSTM+quantized", "tt_paper_scratch stored in 8 bits", quant="q8",
-               base="tt_paper_scratch"),
-        Method("tt_paper_ft", "TT-LSTM", f"tt_paper_scratch fine-tuned with the preset's fine-tuning recipe from lr {tt_lr}",
-               base="tt_paper_scratch", train="finetune", lr=tt_lr),
-        Method("tt_paper_ft_q8", "TT-LSTM+quantized", "tt_paper_ft stored in 8 bits", quant="q8", base="tt_paper_ft"),
-        Method("lr_tied_scratch", "LR-LSTM",
-               f"lr_paper_scratch with the embedding and softmax tied (both {r_lstm}-dim), trained from scratch"
-               + (f" for {tied_epochs} epochs" if tied_epochs else ""),
-               compress={"lstm": {"type": "lr_lstm", "rank": r_lstm}},
-               shape={"embedding_size": r_lstm, "tie_weights": True}, train="scratch", epochs=tied_epochs),
-        Method("lr_tied_scratch_q8", "LR-LSTM+quantized", "lr_tied_scratch stored in 8 bits", quant="q8",
-               base="lr_tied_scratch"),
-        Method("lr_tied_ft", "LR-LSTM", "lr_tied_scratch fine-tuned with the preset's fine-tuning recipe",
-               base="lr_tied_scratch", train="finetune"),
-        Method("lr_tied_ft_q8", "LR-LSTM+quantized", "lr_tied_ft stored in 8 bits", quant="q8", base="lr_tied_ft"),
-    ]
 
 
 # Fine-tuning recipes: SGD from ``lr``, halved every epoch; dropout on the non-recurrent
@@ -243,7 +96,8 @@ class Study:
         self.finetune = {**FINETUNE.get(config.preset, FINETUNE["small"]), **(config.finetune or {})}
         self.run_dir = Path(config.run_dir)
         self.corpus = Corpus.load(config.data_dir)
-        known = {m.name: m for m in methods_for(self.cfg)}
+        self.all_methods = load_methods(config.preset)
+        known = {m.name: m for m in self.all_methods}
         names = config.methods or list(known)
         unknown = sorted(set(names) - set(known))
         if unknown:
@@ -287,11 +141,7 @@ class Study:
 
     def recipe(self, m: Method) -> dict:
         """Everything a method's result depends on; a cached result is reused only if it matches."""
-        method = asdict(m)
-        for key in ("shape", "distill", "lr", "epochs"):  # recipes written before methods had these fields stay valid
-            if not method[key]:
-                del method[key]
-        r = {"method": method, "preset": self.config.preset, "overrides": self.config.overrides,
+        r = {"method": m.recipe(), "preset": self.config.preset, "overrides": self.config.overrides,
              "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
         if m.train == "finetune":
             r["finetune"] = self.finetune
@@ -312,26 +162,26 @@ class Study:
         if m.train == "scratch":
             # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
             # (untied there: a dense LSTM's output does not match a reshaped embedding)
-            shaped = LanguageModel(replace(dense.config, **{**m.shape, "tie_weights": False}), dense.vocab)
-            shape = replace(compress_model(shaped, counts=self.counts(), **m.compress).config, **m.shape)
+            shaped = LanguageModel(replace(dense.config, **{**m.shape_fields(), "tie_weights": False}), dense.vocab)
+            shape = replace(compress_model(shaped, counts=self.counts(), **m.layer_specs()).config, **m.shape_fields())
             epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
             cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
             model = scratch_model(cfg, dense.vocab)
             train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
             return model.eval()
-        model = compress_model(start, counts=self.counts(), **m.compress) if m.compress else copy.deepcopy(start)
-        kd = Distillation(start, **m.distill) if m.distill else None
+        model = compress_model(start, counts=self.counts(), **m.layer_specs()) if m.compress else copy.deepcopy(start)
+        kd = Distillation(start, alpha=m.distill.alpha, temperature=m.distill.temperature) if m.distill else None
         lr = m.lr or self.finetune["lr"]
         if m.train == "finetune":
             set_dropout(model, self.finetune["dropout"])
-        gradual = m.prune and m.prune.get("gradual")
+        gradual = m.prune and m.prune.gradual
         if m.prune and not gradual:
-            pruning.prune_model(model, m.prune["amount"], m.prune["layers"], m.prune.get("scope", "layer"))
+            pruning.prune_model(model, m.prune.amount, m.prune.layers)
         if m.train == "finetune" and gradual:
             # one pruning step before each epoch, every epoch its own fine-tuning run at the scheduled lr
             epochs = self.finetune["epochs"]
-            for epoch, amount in enumerate(pruning.gradual_amounts(m.prune["amount"], epochs)):
-                pruning.prune_model(model, amount, m.prune["layers"], m.prune.get("scope", "layer"))
+            for epoch, amount in enumerate(pruning.gradual_amounts(m.prune.amount, epochs)):
+                pruning.prune_model(model, amount, m.prune.layers)
                 cfg = self.finetune_config(model, lr * 0.5 ** epoch, epochs=1)
                 train(cfg, out / f"epoch{epoch + 1}", data_dir=self.config.data_dir, progress=self.config.progress,
                       model=model, distill=kd)
@@ -397,7 +247,7 @@ class Study:
             done[m.name] = self.run_method(m, dense)
             if m.name in todo:
                 spent.append(time.time() - tic)
-        rows = [done.get(m.name) or self.cached(m) for m in methods_for(self.cfg)]
+        rows = [done.get(m.name) or self.cached(m) for m in self.all_methods]
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")
         models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
