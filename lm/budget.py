@@ -13,25 +13,25 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import ARTIFACT_FILE, load
+from . import pipeline
+from .checkpoint import load
 from .compression import prune as pruning
-from .compression.export import artifact_size, export, load_artifact
+from .compression.export import artifact_size
 from .compression.report import MB
-from .compression.surgery import compress_model, set_dropout
+from .compression.surgery import compress_model
 from .config import PRESETS, TrainConfig, preset
 from .data import Corpus
 from .evaluate import perplexity
+from .methods import Finetune, load_finetune, presets
 from .model import LanguageModel, count_parameters
 from .results import stamp, write_json
-from .study import FINETUNE
-from .train import train
 
 
 @dataclass
@@ -96,10 +96,11 @@ def fit(family: Family, dense: LanguageModel, counts: torch.Tensor, budget: int,
     return best
 
 
-def _finetune_config(dense: LanguageModel) -> tuple[TrainConfig, dict]:
-    """The preset whose hidden size matches the dense model (small otherwise) and its fine-tuning recipe."""
-    name = next((n for n, c in PRESETS.items() if c.model.hidden_size == dense.config.hidden_size), "small")
-    return preset(name), FINETUNE[name]
+def _finetune_config(dense: LanguageModel) -> tuple[TrainConfig, Finetune]:
+    """The study preset whose hidden size matches the dense model (small otherwise) and its fine-tuning recipe."""
+    name = next((n for n in PRESETS if n in presets() and PRESETS[n].model.hidden_size == dense.config.hidden_size),
+                "small")
+    return preset(name), load_finetune(name)
 
 
 def compress_to_budget(checkpoint: str | os.PathLike, budget_mb: float, out_dir: str | os.PathLike | None = None,
@@ -135,21 +136,16 @@ def compress_to_budget(checkpoint: str | os.PathLike, budget_mb: float, out_dir:
         raise ValueError(f"no compression fits {budget_mb} MB; the smallest family settings are still larger")
     best = min(candidates, key=lambda c: c["search_ppl"])
     model = best.pop("model")
-    if best["family"] != "dense":
-        epochs = finetune_epochs or recipe["epochs"]
-        set_dropout(model, max(dense.config.dropout, recipe["dropout"]))
-        cfg = replace(base, model=model.config, epochs=epochs, lr=recipe["lr"], lr_decay=0.5, decay_start=1)
-        train(cfg, out / "train", data_dir=data_dir, resume=True, progress=progress, model=model)
-        set_dropout(model, dense.config.dropout)
-    pruning.finalize(model)
-    info = export(model.eval(), out / ARTIFACT_FILE, best["quant"])
-    decoded = load_artifact(info.path)
+    finetune = None if best["family"] == "dense" else Finetune(
+        finetune_epochs or recipe.epochs, recipe.lr, max(dense.config.dropout, recipe.dropout))
+    done = pipeline.run(model, out, valid=corpus.valid, test=corpus.test, finetune=finetune, base=base,
+                        quant=best["quant"], data_dir=data_dir, progress=progress)
     result = {
         **stamp({"checkpoint": str(checkpoint), "budget_mb": budget_mb, "search_tokens": search_tokens,
-                 "finetune": recipe, "finetune_epochs": finetune_epochs}, base.seed),
-        "chosen": best, "artifact": str(info.path), "size_bytes": info.bytes, "size_mb": info.bytes / MB,
-        "parameters": count_parameters(decoded),
-        "valid_ppl": perplexity(decoded, corpus.valid), "test_ppl": perplexity(decoded, corpus.test),
+                 "finetune": asdict(recipe), "finetune_epochs": finetune_epochs}, base.seed),
+        "chosen": best, "artifact": str(done.artifact.path), "size_bytes": done.artifact.bytes,
+        "size_mb": done.artifact.bytes / MB, "parameters": count_parameters(done.decoded),
+        "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,
         "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
     }
     write_json(out / "result.json", result)

@@ -1,6 +1,7 @@
 """The compression study's methods, as data: one TOML file per preset, read into typed methods.
 
-``lm/configs/<preset>.toml`` holds one ``[[methods]]`` table per method::
+``lm/configs/<preset>.toml`` holds the preset's fine-tuning recipe (``[finetune]``, read by
+``load_finetune``) and one ``[[methods]]`` table per method::
 
     [[methods]]
     name = "lr_all_ft"
@@ -110,6 +111,16 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """A fine-tuning run: SGD from ``lr``, halved every epoch, for ``epochs``, with ``dropout`` on the
+    non-recurrent connections (the model's own dropout is restored afterwards)."""
+
+    epochs: int
+    lr: float
+    dropout: float
+
+
+@dataclass(frozen=True)
 class Method:
     """One row of the study.
 
@@ -189,25 +200,52 @@ def _plain(spec: object) -> dict:
 
 
 # -- reading and validating ------------------------------------------------------------------------
+def presets() -> list[str]:
+    """The presets with a study file."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
 def load_methods(preset: str) -> list[Method]:
     """The study's methods on ``preset``, from ``lm/configs/<preset>.toml``."""
+    return read_methods(_config(preset))
+
+
+def _config(preset: str) -> Path:
     path = CONFIG_DIR / f"{preset}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ValueError(f"no study methods for preset {preset!r}; presets with methods: {known}")
-    return read_methods(path)
+        raise ValueError(f"no study methods for preset {preset!r}; presets with methods: {presets()}")
+    return path
 
 
-def read_methods(path: str | Path) -> list[Method]:
-    """The methods of a TOML file of ``[[methods]]`` tables, validated; ``ValueError`` names the file,
-    the method and the field of the first problem."""
+def load_finetune(preset: str) -> Finetune:
+    """The study's fine-tuning recipe on ``preset``, from ``lm/configs/<preset>.toml``."""
+    return read_finetune(_config(preset))
+
+
+def read_finetune(path: str | Path) -> Finetune:
+    """The ``[finetune]`` table of a study file, validated."""
+    table = _read(path).get("finetune")
+    where = f"{path}: [finetune]"
+    if table is None:
+        raise ValueError(f"{where}: missing")
+    _typed(table, dict, where)
+    return Finetune(**_fields(Finetune, table, where))
+
+
+def _read(path: str | Path) -> dict:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from None
-    _keys(data, {"methods"}, f"{path}")
-    tables = data.get("methods")
+    _keys(data, {"finetune", "methods"}, f"{path}")
+    return data
+
+
+def read_methods(path: str | Path) -> list[Method]:
+    """The methods of a TOML file of ``[[methods]]`` tables, validated; ``ValueError`` names the file,
+    the method and the field of the first problem."""
+    tables = _read(path).get("methods")
     if not isinstance(tables, list) or not tables:
         raise ValueError(f"{path}: expected one or more [[methods]] tables")
     methods: list[Method] = []

@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,30 +24,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import pipeline
 from .checkpoint import ARTIFACT_FILE, MODEL_FILE, load
-from .compression import prune as pruning
 from .compression import report
-from .compression.export import export, load_artifact
+from .compression.export import load_artifact
 from .compression.latency import compare
-from .compression.surgery import compress_model, set_dropout
+from .compression.surgery import compress_model
 from .config import TrainConfig, preset
 from .data import Corpus
 from .distill import Distillation
-from .evaluate import perplexity
-from .methods import Method, load_methods
+from .methods import Finetune, Method, load_finetune, load_methods, presets
 from .model import LanguageModel, count_parameters
 from .results import ROOT, stamp, write_json
 from .train import train
-
-
-# Fine-tuning recipes: SGD from ``lr``, halved every epoch; dropout on the non-recurrent
-# connections regularises the fine-tuned small models, which the dense small recipe does not.
-FINETUNE = {
-    "tiny": {"epochs": 1, "lr": 0.5, "dropout": 0.0},
-    "small": {"epochs": 3, "lr": 0.5, "dropout": 0.25},
-    "medium": {"epochs": 6, "lr": 0.5, "dropout": 0.5},
-    "large": {"epochs": 6, "lr": 0.5, "dropout": 0.65},
-}
 
 
 def scratch_model(cfg: TrainConfig, vocab: list[str] | None) -> LanguageModel:
@@ -79,7 +69,7 @@ class StudyConfig:
     run_dir: str = "runs/study_small"
     checkpoint: str | None = None  # the trained dense model; None trains the preset in run_dir/dense
     overrides: dict = field(default_factory=dict)  # preset overrides (tests shrink the model and the data)
-    finetune: dict | None = None  # None: FINETUNE[preset]
+    finetune: dict | None = None  # overrides of the preset's fine-tuning recipe (epochs, lr, dropout)
     scratch_epochs: int | None = None  # None: the preset's
     eval_tokens: int | None = None  # score a prefix of valid/test (tests only); None: the whole splits, exactly
     latency_tokens: int = 100
@@ -93,7 +83,7 @@ class Study:
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.cfg = preset(config.preset, **config.overrides)
-        self.finetune = {**FINETUNE.get(config.preset, FINETUNE["small"]), **(config.finetune or {})}
+        self.finetune = {**asdict(load_finetune(config.preset)), **(config.finetune or {})}
         self.run_dir = Path(config.run_dir)
         self.corpus = Corpus.load(config.data_dir)
         self.all_methods = load_methods(config.preset)
@@ -149,49 +139,33 @@ class Study:
             r["scratch_epochs"] = self.config.scratch_epochs
         return r
 
-    def finetune_config(self, model: LanguageModel, lr: float, epochs: int | None = None) -> TrainConfig:
-        return replace(self.cfg, model=model.config, epochs=epochs or self.finetune["epochs"], lr=lr, lr_decay=0.5,
-                       decay_start=1)
-
-    def build(self, m: Method, dense: LanguageModel) -> LanguageModel:
-        """The method's model before export: compressed, pruned and trained as its recipe says."""
-        out = self.run_dir / m.name / "train"
+    def outcome(self, m: Method, dense: LanguageModel) -> pipeline.Outcome:
+        """The method's artifact and its perplexities: its model compressed, pruned and trained as its
+        recipe says (``lm.pipeline.run``), exported and decoded."""
+        out = self.run_dir / m.name
         start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
-        if m.base and m.train == "none":
-            return start
+        common = {"valid": self.stream("valid"), "test": self.stream("test"), "quant": m.quant,
+                  "data_dir": self.config.data_dir, "progress": self.config.progress}
         if m.train == "scratch":
-            # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
-            # (untied there: a dense LSTM's output does not match a reshaped embedding)
-            shaped = LanguageModel(replace(dense.config, **{**m.shape_fields(), "tie_weights": False}), dense.vocab)
-            shape = replace(compress_model(shaped, counts=self.counts(), **m.layer_specs()).config, **m.shape_fields())
-            epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
-            cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
-            model = scratch_model(cfg, dense.vocab)
-            train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
-            return model.eval()
-        model = compress_model(start, counts=self.counts(), **m.layer_specs()) if m.compress else copy.deepcopy(start)
+            return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
+        if m.base and m.train == "none":
+            return pipeline.run(start, out, **common)
+        finetune = Finetune(self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
         kd = Distillation(start, alpha=m.distill.alpha, temperature=m.distill.temperature) if m.distill else None
-        lr = m.lr or self.finetune["lr"]
-        if m.train == "finetune":
-            set_dropout(model, self.finetune["dropout"])
-        gradual = m.prune and m.prune.gradual
-        if m.prune and not gradual:
-            pruning.prune_model(model, m.prune.amount, m.prune.layers)
-        if m.train == "finetune" and gradual:
-            # one pruning step before each epoch, every epoch its own fine-tuning run at the scheduled lr
-            epochs = self.finetune["epochs"]
-            for epoch, amount in enumerate(pruning.gradual_amounts(m.prune.amount, epochs)):
-                pruning.prune_model(model, amount, m.prune.layers)
-                cfg = self.finetune_config(model, lr * 0.5 ** epoch, epochs=1)
-                train(cfg, out / f"epoch{epoch + 1}", data_dir=self.config.data_dir, progress=self.config.progress,
-                      model=model, distill=kd)
-        elif m.train == "finetune":
-            train(self.finetune_config(model, lr), out, data_dir=self.config.data_dir, resume=True,
-                  progress=self.config.progress, model=model, distill=kd)
-        if m.prune:
-            pruning.finalize(model)
-        if m.train == "finetune":
-            set_dropout(model, start.config.dropout)
+        return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
+                            counts=self.counts() if m.compress else None, prune=m.prune,
+                            finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd, **common)
+
+    def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
+        """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
+        # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
+        # (untied there: a dense LSTM's output does not match a reshaped embedding)
+        shaped = LanguageModel(replace(dense.config, **{**m.shape_fields(), "tie_weights": False}), dense.vocab)
+        shape = replace(compress_model(shaped, counts=self.counts(), **m.layer_specs()).config, **m.shape_fields())
+        epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
+        cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
+        model = scratch_model(cfg, dense.vocab)
+        train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
         return model.eval()
 
     def run_method(self, m: Method, dense: LanguageModel) -> dict:
@@ -203,16 +177,14 @@ class Study:
             return cached
         self.log(f"{m.name}: {m.description}")
         tic = time.time()
-        model = self.build(m, dense)
-        info = export(model, self.run_dir / m.name / ARTIFACT_FILE, m.quant)
-        decoded = load_artifact(info.path)  # every number below is the shipped artifact's
+        done = self.outcome(m, dense)
+        info, decoded = done.artifact, done.decoded
         result = {
             "name": m.name, "family": m.family, "label": m.name, "description": m.description, "recipe": recipe,
             "size_bytes": info.bytes, "size_mb": info.bytes / report.MB,
             "parameters": count_parameters(decoded),
             "nonzero": sum(int((p != 0).sum()) for p in decoded.parameters()),
-            "valid_ppl": perplexity(decoded, self.stream("valid")),
-            "test_ppl": perplexity(decoded, self.stream("test")),
+            "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,
             "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
             "config": asdict(decoded.config), "wall_time_s": time.time() - tic,
         }
@@ -287,3 +259,12 @@ def _clock(seconds: float) -> str:
 def run_study(config: StudyConfig) -> dict:
     """Run (or resume) the study and write ``<report_dir>/study_<preset>.{json,md,png}``; returns the payload."""
     return Study(config).run()
+
+
+def __getattr__(name: str) -> object:
+    """``FINETUNE``, deprecated: the fine-tuning recipes are in the study files (``lm.methods.load_finetune``)."""
+    if name == "FINETUNE":
+        warnings.warn("lm.study.FINETUNE is deprecated; use lm.methods.load_finetune(preset)", DeprecationWarning,
+                      stacklevel=2)
+        return {p: asdict(load_finetune(p)) for p in presets()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

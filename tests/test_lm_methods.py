@@ -2,12 +2,15 @@
 
 import json
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from lm.methods import CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, Method, Prune, Shape, load_methods, read_methods
-from lm.study import FINETUNE, Study, StudyConfig
+from lm import study as study_module
+from lm.methods import (CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, Method, Prune, Shape, load_finetune,
+                        load_methods, read_methods)
+from lm.study import Study, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # every method's recipe (the study's cache key) and fields, as lm.study computed them when the methods were Python code
@@ -17,12 +20,20 @@ FROZEN = json.loads((Path(__file__).parent / "fixtures" / "study_recipes.json").
 @pytest.mark.parametrize("preset", sorted(FROZEN["recipe"]))
 def test_every_method_keeps_its_cache_key_byte_for_byte(preset):
     study = object.__new__(Study)  # recipe() reads only the config and the fine-tuning recipe
-    study.config, study.finetune = StudyConfig(preset=preset), dict(FINETUNE[preset])
+    study.config, study.finetune = StudyConfig(preset=preset), asdict(load_finetune(preset))  # as Study() sets them
     methods = load_methods(preset)
     assert [m.name for m in methods] == list(FROZEN["recipe"][preset])
     for m in methods:
         assert json.dumps(study.recipe(m)) == FROZEN["recipe"][preset][m.name]
         assert json.dumps(m.to_dict()) == FROZEN["method"][preset][m.name]  # lm ship's manifest
+
+
+def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_release():
+    with pytest.warns(DeprecationWarning, match="load_finetune"):
+        old = study_module.FINETUNE
+    for preset, recipes in FROZEN["recipe"].items():
+        frozen = json.loads(recipes["dense_ft"])["finetune"]
+        assert json.dumps(old[preset]) == json.dumps(asdict(load_finetune(preset))) == json.dumps(frozen)
 
 
 def test_the_config_files_are_package_data():

@@ -24,7 +24,7 @@ from lm.config import ModelConfig, preset
 from lm.data import Corpus
 from lm.distill import Distillation
 from lm.model import LanguageModel
-from lm.methods import load_methods
+from lm.methods import load_finetune, load_methods
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_p
     _, payload, rows = run_tiny_study(tmp_path, ["tt_paper_scratch_q8", "tt_paper_ft"])
     assert set(rows) == {"tt_paper_scratch", "tt_paper_scratch_q8", "tt_paper_ft"}
     methods = {m.name: m for m in load_methods("tiny")}
-    for name, default in [("tt_paper_scratch", preset("tiny").lr), ("tt_paper_ft", study.FINETUNE["tiny"]["lr"])]:
+    for name, default in [("tt_paper_scratch", preset("tiny").lr), ("tt_paper_ft", load_finetune("tiny").lr)]:
         history = json.loads((tmp_path / "runs" / name / "train" / "results.json").read_text())["history"]
         assert methods[name].lr != default and history[0]["lr"] == methods[name].lr
     method = methods["tt_paper_scratch"]
