@@ -8,3 +8,5 @@
 * ``export``: the compact artifact a compressed model ships in, and its byte size;
 * ``latency``: one-token CPU latency, eager and int8, side by side.
 """
+
+from . import export, layers  # noqa: F401, E402 (register the compressed layer types and the artifact reader with lm)

@@ -1,7 +1,8 @@
 """Builders of the compressed layer types, from a resolved spec in a ``ModelConfig``.
 
-``lm.model``'s registries call these (lazily), so that ``LanguageModel(config)``,
-``lm.load`` and the artifact decoder rebuild compressed models from their config.
+Importing this module registers them in ``lm.model``'s registries, so that
+``LanguageModel(config)``, ``lm.load`` and the artifact decoder rebuild compressed
+models from their config.
 The builders make the architecture only; ``lm.compression.surgery`` fills in the
 weights of a trained model.
 """
@@ -13,6 +14,7 @@ from torch import nn
 from ttlayers import LSTM, LSTMLayer, LowRankLinear, TTEmbedding, TTLinear
 
 from ..config import ModelConfig
+from ..model import DECODERS, EMBEDDINGS, LSTMS
 from .groupreduce import BlockLowRankEmbedding, BlockLowRankLinear
 
 
@@ -73,3 +75,10 @@ def tt_lstm_spec(lstm: nn.Module, spec: dict) -> dict:
         for m in layer_maps:
             m.pop("type")
     return {**spec, "type": "tt_lstm", "maps": maps}
+
+
+for _kind in ("low_rank", "groupreduce", "tt"):
+    EMBEDDINGS[_kind] = build_embedding
+    DECODERS[_kind] = build_decoder
+for _kind in ("lr_lstm", "tt_lstm"):
+    LSTMS[_kind] = build_lstm
