@@ -134,8 +134,26 @@ def test_tt_matrix_and_numpy():
     ([torch.ones(1, 2, 1)], {}, "TTTensor or TTMatrix"),
     (TTTensor([torch.ones(1, 2, 2), torch.full((2, 2, 1), float("nan"))]), {}, "non-finite"),
     (TTTensor([torch.ones(1, 2, 2), torch.ones(2, 2, 1)]), {"max_rank": 0}, ">= 1"),
-    (TTTensor([torch.ones(1, 2, 2), torch.ones(2, 2, 1)]), {"rel_eps": -1.0}, ">= 0"),
+    (TTTensor([torch.ones(1, 2, 2), torch.ones(2, 2, 1)]), {"rel_eps": -1.0}, r"\[0, 1\)"),
 ])
 def test_bad_input(tt, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tt_round(tt, **kwargs)
+
+
+def test_a_tt_beyond_the_dtype_range_is_rounded():
+    """float32 cores of size 1e30 each: the full tensor (1e90) is beyond float32, the TT is not."""
+    rng = np.random.default_rng(0)
+    cores = [rng.standard_normal(s) for s in [(1, 4, 3), (3, 5, 3), (3, 6, 1)]]
+    small = tt_round(TTTensor([torch.from_numpy(c) for c in cores]), max_rank=2)
+    big = tt_round(TTTensor([torch.from_numpy(c * 1e30).float() for c in cores]), max_rank=2)
+    assert big.rank == small.rank and all(torch.isfinite(c).all() for c in big.factors)
+    scaled = [c.double() / 1e30 for c in big.factors]
+    with tl.backend_context("pytorch"):
+        np.testing.assert_allclose(TTTensor(scaled).to_tensor(), full(small), rtol=0,
+                                   atol=1e-5 * float(torch.linalg.norm(full(small))))
+
+
+def test_mixed_cores_are_refused():
+    with pytest.raises(ValueError, match="all be torch tensors or all numpy arrays"):
+        tt_round(TTTensor([torch.ones(1, 2, 2), torch.ones(2, 2, 1, dtype=torch.float64)]))

@@ -12,6 +12,7 @@ from tensorly.decomposition import tensor_train
 from tensorly.tt_tensor import TTTensor
 
 from ttlayers import tt_svd
+from ttlayers._precision import roundoff
 from ttlayers.truncated_svd import truncated_split
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -133,16 +134,16 @@ def test_truncated_split_is_the_best_approximation(m, n, cap, seed, rel):
     rng = np.random.default_rng(seed)
     matrix = torch.from_numpy(rng.standard_normal((m, n)) * rng.uniform(0.01, 1, n) ** 3)
     s = np.linalg.svd(matrix.numpy(), compute_uv=False)
-    budget = None if rel is None else rel ** 2 * np.sum(s ** 2)
-    left, right, discarded = truncated_split(matrix, cap, budget)
+    floor = (roundoff(torch.float64, max(m, n)) ** 2) * np.sum(s ** 2)
+    budget = floor if rel is None else max(rel ** 2 * np.sum(s ** 2), floor)
+    left, right, discarded = truncated_split(matrix, cap, budget, floor)
     r = left.shape[1]
     assert r <= min(cap, m, n)
     torch.testing.assert_close(left.T @ left, torch.eye(r, dtype=left.dtype), atol=1e-10, rtol=0)
     error_sq = float(torch.linalg.norm(matrix - left @ right) ** 2)
     assert error_sq == pytest.approx(np.sum(s[r:] ** 2), rel=1e-6, abs=1e-10 * np.sum(s ** 2))
     assert discarded == pytest.approx(error_sq, rel=1e-6, abs=1e-10 * np.sum(s ** 2))
-    if budget is not None:
-        assert error_sq <= budget * (1 + 1e-9) + 1e-12 or r == min(cap, m, n)
+    assert error_sq <= budget * (1 + 1e-9) + 1e-12 or r == min(cap, m, n)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"max_rank": 2}, {"rel_eps": 0.1}])
@@ -179,8 +180,10 @@ def test_cuda():
     (torch.ones(2, 3, 4), {"max_rank": [2, -1]}, ">= 1"),
     (torch.ones(2, 3, 4), {"max_rank": [2, 2, 2]}, "list of 2"),
     (torch.ones(2, 3, 4), {"max_rank": 2.5}, "int"),
-    (torch.ones(2, 3, 4), {"rel_eps": -0.1}, ">= 0"),
-    (torch.ones(2, 3, 4), {"rel_eps": float("nan")}, ">= 0"),
+    (torch.ones(2, 3, 4), {"rel_eps": -0.1}, r"\[0, 1\)"),
+    (torch.ones(2, 3, 4), {"rel_eps": float("nan")}, r"\[0, 1\)"),
+    (torch.ones(2, 3, 4), {"rel_eps": 1.0}, "zero tensor"),
+    (torch.ones(2, 3, 4), {"rel_eps": "0.1"}, "number"),
     (torch.ones(2, 3, dtype=torch.int64), {}, "float32 or float64"),
     ([[1.0, 2.0]], {}, "torch.Tensor or a numpy.ndarray"),
     (torch.ones(2, 0, 3), {}, "empty"),

@@ -1,14 +1,9 @@
 """ttlayers: Tensor-Train and low-rank layers as first-class PyTorch modules.
 
-Importing ttlayers selects tensorly's ``pytorch`` backend (as tensorly-torch does), so that
-``TTTensor.to_tensor()`` and ``TTMatrix.to_matrix()`` work on the torch cores our functions
-return. Decompositions of numpy arrays return numpy cores; reconstruct those inside
-``tensorly.backend_context("numpy")``.
+Importing ttlayers leaves tensorly's backend as it is. The decompositions return tensorly
+``TTTensor`` / ``TTMatrix`` objects whose ``to_tensor()`` / ``to_matrix()`` run under the backend
+of their own cores (numpy in, numpy out; torch in, torch out).
 """
-
-import tensorly as _tl
-
-_tl.set_backend("pytorch")
 
 from .factorize import factorize
 from .tt_matrix import tt_matrix_svd

@@ -17,12 +17,16 @@ def check_finite(array, name: str = "tensor") -> None:
 
 
 def check_rel_eps(rel_eps: float | None) -> float | None:
-    """``None`` or a finite float ``>= 0``."""
+    """``None`` or a float in ``[0, 1)``: ``rel_eps >= 1`` would allow the zero tensor as the
+    answer, which is never what is meant, so it is refused."""
     if rel_eps is None:
         return None
+    if isinstance(rel_eps, bool) or not isinstance(rel_eps, (int, float, np.integer, np.floating)):
+        raise ValueError(f"rel_eps must be a number in [0, 1), got {rel_eps!r}")
     rel_eps = float(rel_eps)
-    if not math.isfinite(rel_eps) or rel_eps < 0:
-        raise ValueError(f"rel_eps must be a finite number >= 0, got {rel_eps}")
+    if not 0 <= rel_eps < 1:  # also NaN
+        raise ValueError(f"rel_eps must be a number in [0, 1) (the allowed error relative to the norm; "
+                         f">= 1 would allow the zero tensor), got {rel_eps}")
     return rel_eps
 
 

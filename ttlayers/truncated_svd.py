@@ -1,109 +1,112 @@
 """One truncation step of TT-SVD and TT rounding: ``matrix (m, n) ~= left (m, r) @ right (r, n)``
-with orthonormal columns in ``left`` and ``right = left.T @ matrix``, i.e. the orthogonal
-projection of ``matrix`` on its top-``r`` left singular subspace (the best rank-``r``
-approximation, Eckart-Young), so ``||matrix - left @ right||_F^2`` is the discarded energy
-``sum_{i > r} sigma_i^2``.
+with orthonormal columns in ``left``: the orthogonal projection of ``matrix`` on its top-``r``
+singular subspace (the best rank-``r`` approximation, Eckart-Young), so the squared error is the
+discarded energy ``D(r) = sum_{i > r} sigma_i^2``.
 
-Two ways to get the subspace:
+The matrix is float64 and scaled to entries below 1 (see :mod:`ttlayers._precision`). The rank is
+``min(cap, smallest r with D(r) <= budget)``. Two ways to get the subspace:
 
-* **Gram** (fast, used whenever truncation is requested): the eigendecomposition of the smaller
-  Gram matrix ``M M^T`` or ``M^T M`` (``k x k``, ``k = min(m, n)``): one matrix product and one
-  symmetric eigensolve instead of a full SVD. Products are in float64; the eigensolve is in the
-  input's dtype, except that an error budget too small for its noise (about
-  ``k (4 eps + (m + n) eps64) ||M||_F^2`` of eigenvalue-tail error, and at least ``GUARD`` times
-  below the budget) moves it to float64, and one too small for that to the SVD. The energy actually
-  discarded is checked afterwards, in float64, against the budget; if the check fails, the next
-  way is tried.
-* **SVD** (``torch.linalg.svd``), used for exact decompositions: its singular values resolve the
-  numerical rank (see :func:`zero_level`).
+* **Gram** (fast): the eigendecomposition of the smaller Gram matrix ``G = M M^T`` or ``M^T M``
+  (``k x k``, ``k = min(m, n)``): one product and one symmetric eigensolve. It resolves only
+  squared singular values: the computed eigenvectors are exact for ``G + F`` with
+  ``||F||_2 <= nu = 2 (m + n) eps64 ||M||_F^2`` (rounding of the product, about ``n eps ||M||_F^2``
+  at worst, and the eigensolver's backward error, ``k eps ||G||_2``). By Ky Fan's inequality the
+  tail computed from the eigenvalues is then within ``r nu`` of ``D(r)``, and the subspace it
+  gives discards at most ``D(r) + 2 r nu``. The Gram path is taken only when these bounds
+  *certify* the result: the rank is the one the budget and cap call for (no smaller rank would
+  do), and the error is within ``sqrt(floor)`` of the best rank-``r`` error (within budget).
+* **SVD** otherwise: a QR of the matrix (long side down to ``k``) then the SVD of the ``k x k``
+  triangle, or the SVD of the matrix when it is nearly square. Backward stable: the singular
+  values are accurate to about ``sqrt(max(m, n)) eps64 ||M||_F`` (not its square root), so any
+  budget down to round-off is met.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-GUARD = 100.0  # an error budget must exceed GUARD times the Gram noise level to use the Gram path
-EPS64 = torch.finfo(torch.float64).eps
+from ._precision import EPS64
+
+GRAM_NOISE = 2.0  # nu = GRAM_NOISE (m + n) eps64 ||M||_F^2 bounds the Gram path's ||F||_2
+QR_FIRST = 2  # the SVD path reduces the long side by QR first when it is QR_FIRST times the short one
 
 
-def truncated_split(matrix: torch.Tensor, max_rank: int | None = None,
-                    max_sq_err: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Split ``matrix`` (m, n) into ``left`` (m, r) with orthonormal columns and ``right`` (r, n).
+def truncated_split(matrix: torch.Tensor, cap: int, budget: float,
+                    floor: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Split ``matrix`` (m, n, float64) into ``left`` (m, r) with orthonormal columns and
+    ``right = left^T matrix`` (r, n).
 
-    * neither bound: exact, ``r`` = numerical rank of ``matrix`` (see :func:`zero_level`);
-    * ``max_rank`` only: ``r = min(max_rank, m, n)``, less any direction whose part of ``matrix``
-      is numerically zero;
-    * ``max_sq_err``: the smallest ``r`` with ``||matrix - left @ right||_F^2 <= max_sq_err``,
-      then capped at ``max_rank``.
-
-    Always ``r >= 1``. Returns ``(left, right, discarded)`` where ``discarded`` estimates the
-    squared Frobenius error.
+    ``r = min(cap, m, n, smallest r >= 1 with D(r) <= budget)``; ``floor <= budget`` is the
+    energy that counts as round-off (when the cap binds, the result discards at most
+    ``(sqrt(D(cap)) + sqrt(floor))^2``). Returns ``(left, right, discarded)``, ``discarded``
+    the squared Frobenius error.
     """
     m, n = matrix.shape
-    cap = min(m, n) if max_rank is None else min(max_rank, m, n)
-    if max_rank is None and max_sq_err is None:
-        return _svd_split(matrix, cap, None)
-    split = _gram_split(matrix, cap, max_sq_err)
-    return split if split is not None else _svd_split(matrix, cap, max_sq_err)
+    cap = min(cap, m, n)
+    split = _gram_split(matrix, cap, budget, floor)
+    return split if split is not None else _svd_split(matrix, cap, budget)
 
 
-def zero_level(matrix: torch.Tensor, sigma_1) -> float:
-    """Singular values up to ``4 (m + n) eps sigma_1`` count as zero: a little above the rounding
-    noise of the SVD itself and of the bonds before it (measured up to ``1.7 (m + n) eps sigma_1``
-    on exact low-rank float64 tensors)."""
-    return 4 * sum(matrix.shape) * torch.finfo(matrix.dtype).eps * float(sigma_1)
+def _rank(tails: torch.Tensor, cap: int, budget: float) -> int:
+    """``min(cap, smallest r >= 1 with tails[r] <= budget)``; ``tails[k] = 0`` always fits."""
+    fits = (tails[1:] <= budget).nonzero()
+    return min(cap, int(fits[0]) + 1 if len(fits) else len(tails) - 1)
 
 
-def _svd_split(matrix, cap, max_sq_err):
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    energy = s.double() ** 2
-    tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r]: discarded at rank r
-    rank = min(cap, int((s > zero_level(matrix, s[0])).sum()))
-    if max_sq_err is not None:
-        rank = min(rank, int((tails > max_sq_err).sum()))
-    rank = max(rank, 1)
-    return u[:, :rank], s[:rank, None] * vh[:rank], float(tails[rank])
-
-
-def _gram_split(matrix, cap, max_sq_err):
-    """The Gram path; ``None`` when it cannot guarantee ``max_sq_err``."""
-    m, n = matrix.shape
-    k = min(m, n)
-    work = matrix.to(torch.float64)
-    wide = m <= n
-    gram = work @ work.T if wide else work.T @ work
-    sq_norm = float(gram.diagonal().sum())
-    if max_sq_err is None:
-        return _project(matrix, work, wide, gram.to(matrix.dtype), sq_norm, cap, None)
-    for eig_dtype in dict.fromkeys([matrix.dtype, torch.float64]):  # the cheaper eigensolve first
-        noise = k * sq_norm * (4 * torch.finfo(eig_dtype).eps + (m + n) * EPS64)
-        if max_sq_err >= GUARD * noise:
-            split = _project(matrix, work, wide, gram.to(eig_dtype), sq_norm, cap, max_sq_err - noise)
-            if split[2] <= max_sq_err + (m + n) * EPS64 * sq_norm:  # checked in float64
-                return split
-    return None
-
-
-def _project(matrix, work, wide, gram, sq_norm, cap, threshold):
-    """Top eigenvectors of ``gram`` -> ``(left, right, discarded)``, products in float64 (``work``).
-    The rank is ``cap``, or the smallest whose eigenvalue tail is at most ``threshold``."""
-    evals, evecs = torch.linalg.eigh(gram)
-    evals, evecs = evals.double().flip(0).clamp_min(0), evecs.flip(1).double()
-    rank = cap
-    if threshold is not None:
-        tails = sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])  # tails[r]: discarded at rank r
-        rank = min(cap, max(1, int((tails > threshold).sum())))
-    basis = evecs[:, :rank]
+def _project(matrix, basis, wide):
+    """``(left, right)`` from orthonormal ``basis`` columns: left singular vectors (``wide``), or
+    right ones, then ``matrix @ basis = left @ triangle`` (QR) and ``right = triangle @ basis^T``."""
     if wide:
-        left, right = basis, basis.T @ work
-        row_norms = right.norm(dim=1)
+        return basis, basis.T @ matrix
+    left, triangle = torch.linalg.qr(matrix @ basis)
+    return left, triangle @ basis.T
+
+
+def _gram_split(matrix, cap, budget, floor):
+    """The Gram path, or None when its bounds cannot certify the result."""
+    m, n = matrix.shape
+    wide = m <= n
+    gram = matrix @ matrix.T if wide else matrix.T @ matrix
+    sq_norm = float(gram.diagonal().sum())
+    if sq_norm == 0.0:
+        return None
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    nu = GRAM_NOISE * (m + n) * EPS64 * sq_norm
+    tails = (sq_norm - torch.cat([evals.new_zeros(1), evals.cumsum(0)])).cpu()  # D(r) to within r nu
+    ranks = torch.arange(len(tails), dtype=torch.float64)
+    sure = (tails + 3 * ranks * nu <= budget)[1:].nonzero()  # D(r) + 2 r nu <= budget for sure
+    rank = int(sure[0]) + 1 if len(sure) else cap + 1
+    if rank <= cap:  # the budget sets the rank: unless rank - 1 might do too
+        if rank > 1 and float(tails[rank - 1]) - (rank - 1) * nu <= budget:
+            return None
+    elif float(tails[cap]) - cap * nu <= budget:  # the cap binds, unless a smaller rank might do
+        return None
+    rank = min(rank, cap)
+    low = max(float(tails[rank]) - rank * nu, 0.0)  # D(rank) >= low
+    if 2 * rank * nu > floor + 2 * math.sqrt(floor * low):
+        return None  # not certified within round-off of the best rank-r error
+    left, right = _project(matrix, evecs[:, :rank], wide)
+    return left, right, max(sq_norm - float(right.square().sum()), 0.0)
+
+
+def _svd_split(matrix, cap, budget):
+    m, n = matrix.shape
+    wide = m <= n
+    qr_first = max(m, n) >= QR_FIRST * min(m, n)
+    if qr_first:  # the k x k triangle has the Gram of the short side: Gram = vh^T diag(s^2) vh
+        triangle = torch.linalg.qr(matrix.T if wide else matrix, mode="r")[1]
+        _, s, vh = torch.linalg.svd(triangle)
     else:
-        left, triangle = torch.linalg.qr(work @ basis)
-        right, row_norms = triangle @ basis.T, triangle.norm(dim=1)
-    if threshold is None:
-        keep = row_norms > zero_level(matrix, evals[0].sqrt())
-        if not bool(keep.all()):
-            keep[0] = True  # at least one
-            left, right = left[:, keep], right[keep]
-    discarded = max(sq_norm - float(right.square().sum()), 0.0)
-    return left.to(matrix.dtype), right.to(matrix.dtype), discarded
+        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+    energy = s.square().cpu()
+    tails = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tails[r] = D(r)
+    rank = _rank(tails, cap, budget)
+    if qr_first:
+        left, right = _project(matrix, vh[:rank].T, wide)
+    else:  # right = left^T matrix, not s vh: the projection reconstructs to a few eps, s vh to ~50
+        left = u[:, :rank]
+        right = left.T @ matrix
+    return left, right, float(tails[rank])

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tensorly.tt_matrix import TTMatrix
 
+from ._backend import TTMatrix, as_torch, build
 from ._validation import check_finite, check_rank, check_rel_eps, check_shape
-from .tt_svd import as_torch, build, tt_svd_cores
+from .tt_svd import tt_svd_cores
 
 
 def tt_matrix_svd(matrix, row_shape: Sequence[int], col_shape: Sequence[int],
@@ -25,8 +25,14 @@ def tt_matrix_svd(matrix, row_shape: Sequence[int], col_shape: Sequence[int],
     ----------
     matrix : torch.Tensor or numpy.ndarray of shape ``(prod(row_shape), prod(col_shape))``
     row_shape, col_shape : sequences of ``d`` positive ints (e.g. from :func:`ttlayers.factorize`)
+    max_rank, rel_eps : as in :func:`ttlayers.tt_svd`
+
+    Returns
+    -------
+    TTMatrix (tensorly's, whose ``to_matrix()`` runs under the backend of its cores) whose cores
+    have the input's array type, device and dtype.
     """
-    array, backend = as_torch(matrix)
+    array, backend = as_torch(matrix, "matrix")
     if array.ndim != 2:
         raise ValueError(f"matrix must be 2-dimensional, got shape {tuple(array.shape)}")
     row_shape = check_shape(row_shape, array.shape[0], "row_shape", "number of rows")
