@@ -45,8 +45,9 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
         base: TrainConfig | None = None, distill: Distillation | None = None, quant: str | None = None,
         data_dir: str | Path | None = None, progress: bool = True) -> Outcome:
     """Compress ``start`` into a new model (``layers``: ``compress_model``'s layer specs, ``counts`` its
-    word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it, fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed), then export it
-    to ``out_dir/artifact.safetensors`` (``quant``) and score the decoded artifact on ``valid`` and ``test``.
+    word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it,
+    fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed), then export it to
+    ``out_dir/artifact.safetensors`` (``quant``) and score the decoded artifact on ``valid`` and ``test``.
 
     A ``gradual`` prune takes one step before each fine-tuning epoch, each epoch its own run at the
     scheduled rate (``out_dir/train/epoch<k>``); otherwise the model is pruned at once and fine-tuned
