@@ -20,10 +20,10 @@ def rank(module: str) -> int:
     """0 ttlayers, 1 lm core, 2 lm.compression, 3 the study."""
     if module.split(".")[0] == "ttlayers":
         return 0
-    if module.startswith("lm.compression"):
-        return 2
     if module.startswith(STUDY):
         return 3
+    if module.startswith("lm.compression"):
+        return 2
     return 1
 
 
