@@ -261,6 +261,16 @@ def run_study(config: StudyConfig) -> dict:
     return Study(config).run()
 
 
+def methods_for(cfg: TrainConfig) -> list[Method]:
+    """Deprecated (one release): ``lm.methods.load_methods(preset)``; the preset is the one of ``cfg``'s hidden size."""
+    warnings.warn("lm.study.methods_for(cfg) is deprecated; use lm.methods.load_methods(preset)", DeprecationWarning,
+                  stacklevel=2)
+    name = next((p for p in presets() if preset(p).model.hidden_size == cfg.model.hidden_size), None)
+    if name is None:
+        raise ValueError(f"no study file for hidden size {cfg.model.hidden_size}; use lm.methods.load_methods(preset)")
+    return load_methods(name)
+
+
 def __getattr__(name: str) -> object:
     """``FINETUNE``, deprecated: the fine-tuning recipes are in the study files (``lm.methods.load_finetune``)."""
     if name == "FINETUNE":

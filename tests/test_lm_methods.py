@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lm import study as study_module
+from lm.config import preset
 from lm.methods import (CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, Method, Prune, Shape, load_finetune,
                         load_methods, read_methods)
 from lm.study import Study, StudyConfig
@@ -36,6 +37,12 @@ def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_rele
     for preset, recipes in FROZEN["recipe"].items():
         frozen = json.loads(recipes["dense_ft"])["finetune"]
         assert json.dumps(old[preset]) == json.dumps(asdict(load_finetune(preset))) == json.dumps(frozen)
+
+
+def test_methods_for_keeps_its_name_for_a_release():
+    with pytest.warns(DeprecationWarning, match="load_methods"):
+        old = study_module.methods_for(preset("medium"))
+    assert old == load_methods("medium")
 
 
 def test_the_config_files_are_package_data():
