@@ -14,7 +14,17 @@ def test_frequency_boundaries(n, groups):
     b = frequency_boundaries(n, groups)
     assert b[0] == 0 and b[-1] == n and all(x < y for x, y in zip(b, b[1:]))
     sizes = [y - x for x, y in zip(b, b[1:])]
-    assert sizes[0] <= sizes[-1]  # few frequent words, many rare ones
+    assert len(sizes) == groups and sizes == sorted(sizes)  # few frequent words, many rare ones
+
+
+def test_frequency_boundaries_keep_the_study_edges():
+    # the study's GroupReduce (10000 words, 6 groups) keeps the plain rounded geometric edges its
+    # cached runs used; the repair of small vocabularies (3 words in 2 groups: [0, 1, 3], not
+    # [0, 2, 3]) does not touch them
+    n, groups = 10000, 6
+    assert frequency_boundaries(n, groups) == [0] + [round(n ** (g / groups)) for g in range(1, groups)] + [n]
+    assert frequency_boundaries(3, 2) == [0, 1, 3]
+    assert frequency_boundaries(6, 6) == list(range(7))
 
 
 @settings(max_examples=25, deadline=None)

@@ -219,3 +219,29 @@ def test_bad_input_names_the_problem():
         tt_lstm(nn.LSTM(4, 6, 1, proj_size=2))
     with pytest.raises(TypeError, match="LSTM holds torch.float32 parameters"):
         ours(torch.randn(3, 2, 4, dtype=torch.float64))
+
+
+def test_a_map_that_declares_the_planned_map_protocol_is_planned_for_all_steps():
+    """Any module with PlannedMap's methods, not only TTLinear, gets one ``repeated`` call per sequence."""
+    from ttlayers import PlannedMap
+
+    class Planned(nn.Linear):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.calls = []
+
+        def dense_weight(self):
+            return self.weight
+
+        def uses_dense_weight(self, batch, calls=1):
+            return False
+
+        def repeated(self, batch, calls=1):
+            self.calls.append((batch, calls))
+            return self
+
+    recurrent = Planned(6, 24)
+    assert isinstance(recurrent, PlannedMap) and not isinstance(nn.Linear(6, 24), PlannedMap)
+    layer = LSTMLayer(4, 6, LowRankLinear(4, 24, 2), recurrent)
+    layer(torch.randn(5, 3, 4), (torch.zeros(3, 6), torch.zeros(3, 6)))
+    assert recurrent.calls == [(3, 5)]

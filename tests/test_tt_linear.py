@@ -246,3 +246,14 @@ def test_from_linear_warns_when_the_exact_copy_is_larger_than_the_dense_layer():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TTLinear.from_linear(nn.Linear(64, 64), rank=2)  # smaller: no warning
+
+
+def test_the_old_weight_accessors_warn_and_agree_with_dense_weight():
+    layer = TTLinear(7, 11, 2, in_shape=(2, 2, 2), out_shape=(3, 2, 2), dtype=torch.float64)
+    with pytest.warns(DeprecationWarning, match="dense_weight"):
+        torch.testing.assert_close(layer.current_weight(), layer.dense_weight())
+    with pytest.warns(DeprecationWarning, match="dense_weight"):
+        torch.testing.assert_close(layer.full_weight()[:11, :7], layer.dense_weight())
+    with pytest.warns(DeprecationWarning, match="uses_dense_weight"):
+        built = layer.built_weight(1000, 1)
+    assert (built is None) != layer.uses_dense_weight(1000, 1)

@@ -14,6 +14,7 @@ higher ranks. One block with ``alpha = 0`` is the plain truncated-SVD low-rank m
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 
 import torch
@@ -21,13 +22,19 @@ from torch import Tensor, nn
 
 
 def frequency_boundaries(num_words: int, groups: int) -> list[int]:
-    """Block edges ``[0, ..., num_words]``, geometric in word rank: few frequent words, many rare ones."""
+    """Block edges ``[0, ..., num_words]``, geometric in word rank: few frequent words, many rare ones.
+
+    The edges are ``round(num_words ** (g / groups))``; where rounding leaves an empty block or a
+    block larger than the next (small ``num_words``), the block sizes are made at least 1 and sorted,
+    so that there are always ``groups`` blocks of non-decreasing size.
+    """
     if groups < 1 or groups > num_words:
         raise ValueError(f"groups must be in [1, {num_words}], got {groups}")
-    edges = {0, num_words}
-    for g in range(1, groups):
-        edges.add(min(num_words - 1, max(1, round(num_words ** (g / groups)))))
-    return sorted(edges)
+    edges = [0] + [round(num_words ** (g / groups)) for g in range(1, groups)] + [num_words]
+    sizes = sorted(max(1, b - a) for a, b in zip(edges, edges[1:]))
+    for i in reversed(range(groups)):  # give back what raising empty blocks to 1 added, largest first
+        sizes[i] -= min(sum(sizes) - num_words, sizes[i] - 1)
+    return list(itertools.accumulate(sorted(sizes), initial=0))
 
 
 def _check_blocks(num_rows: int, dim: int, boundaries: list[int], ranks: list[int]) -> None:
