@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from . import modelfile
 from .config import ModelConfig
@@ -154,9 +155,31 @@ def dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+@torch.no_grad()
+def _computed_state(model: LanguageModel) -> dict[str, Tensor]:
+    """``model.state_dict()`` with each parametrized weight replaced by its computed value under
+    its own name (a weight tied to it, the same tensor)."""
+    state = model.state_dict()
+    computed: dict[int, Tensor] = {}
+    for prefix, m in model.named_modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        head = f"{prefix}." if prefix else ""
+        for name, plist in m.parametrizations.items():
+            for key in [k for k in state if k.startswith(f"{head}parametrizations.{name}.")]:
+                del state[key]
+            state[head + name] = computed.setdefault(id(plist.original), getattr(m, name).detach())
+    return state
+
+
 def save_model(model: LanguageModel, path: str | os.PathLike) -> int:
-    """Save the model as a checkpoint (float32 weights, config, vocabulary); returns its size in bytes."""
-    tensors, aliases = dedupe(model.state_dict())
+    """Save the model as a checkpoint (float32 weights, config, vocabulary); returns its size in bytes.
+
+    A parametrized weight (``torch.nn.utils.parametrize``, e.g. the fake-quantizers of
+    ``lm.compression.qat``) is saved as the value the model computes with, so that the
+    checkpoint loads as a plain model; a training state keeps the parametrization to resume.
+    """
+    tensors, aliases = dedupe(_computed_state(model))
     meta = {"config": asdict(model.config), "aliases": aliases}
     return modelfile.write(path, "checkpoint", meta, {**tensors, **encode_vocab(model.vocab)})
 

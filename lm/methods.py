@@ -133,8 +133,10 @@ class Method:
     (the dense one, or the base) as the teacher; ``lr``: the starting learning rate of its
     training instead of the preset's (scratch) or the fine-tuning recipe's, decayed on the
     same schedule; ``epochs``: the length of a from-scratch training instead of the preset's
-    (the same schedule, cut or extended); ``note``: why, where a choice needs a reason (not
-    part of the recipe).
+    (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
+    at that many bits per weight (``lm.compression.qat``: every weight on its per-row grid,
+    straight-through gradients) and export the packed codes (``quant`` must then be
+    ``f"q{qat_bits}"``); ``note``: why, where a choice needs a reason (not part of the recipe).
     """
 
     name: str
@@ -149,6 +151,7 @@ class Method:
     distill: Distill | None = None
     lr: float | None = None
     epochs: int | None = None
+    qat_bits: int | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -168,6 +171,10 @@ class Method:
         if self.epochs is not None and (self.train != "scratch" or self.epochs < 1):
             raise ValueError(f"{self.name}: epochs sets the length of a from-scratch training and must be >= 1, "
                              f"got epochs={self.epochs} with train={self.train!r}")
+        if self.qat_bits is not None and (self.train != "finetune" or self.prune or self.quant != f"q{self.qat_bits}"):
+            raise ValueError(f"{self.name}: qat_bits fine-tunes in quantization-aware training and exports its codes: "
+                             f"it needs train='finetune', no pruning and quant='q{self.qat_bits}', got "
+                             f"train={self.train!r}, prune={self.prune!r}, quant={self.quant!r}")
 
     def layer_specs(self) -> dict[str, dict]:
         """``compress`` as ``compress_model``'s keyword arguments."""
@@ -178,15 +185,17 @@ class Method:
         return _plain(self.shape) if self.shape else {}
 
     def to_dict(self) -> dict:
-        """Every field but ``note``, as plain data (``ship``'s manifest records it)."""
+        """Every field but ``note`` (and ``qat_bits`` when unset), as plain data (``ship``'s manifest records it)."""
+        qat = {"qat_bits": self.qat_bits} if self.qat_bits is not None else {}
         return {"name": self.name, "family": self.family, "description": self.description,
                 "compress": self.layer_specs(), "prune": _plain(self.prune) if self.prune else None,
                 "train": self.train, "quant": self.quant, "base": self.base, "shape": self.shape_fields(),
-                "distill": _plain(self.distill) if self.distill else None, "lr": self.lr, "epochs": self.epochs}
+                "distill": _plain(self.distill) if self.distill else None, "lr": self.lr, "epochs": self.epochs,
+                **qat}
 
     def recipe(self) -> dict:
         """The method's part of a study run's cache key: ``to_dict`` without the fields left unset
-        (``shape``, ``distill``, ``lr``, ``epochs`` came later; runs cached before stay valid)."""
+        (``shape``, ``distill``, ``lr``, ``epochs``, ``qat_bits`` came later; runs cached before stay valid)."""
         d = self.to_dict()
         for key in ("shape", "distill", "lr", "epochs"):
             if not d[key]:

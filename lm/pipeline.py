@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .checkpoint import ARTIFACT_FILE
 from .compression import prune as pruning
+from .compression import qat
 from .compression.export import ArtifactInfo, export, load_artifact
 from .compression.surgery import compress_model, set_dropout
 from .config import TrainConfig
@@ -42,11 +43,13 @@ def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: 
 
 def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tensor, layers: dict | None = None,
         counts: Tensor | None = None, prune: Prune | None = None, finetune: Finetune | None = None,
-        base: TrainConfig | None = None, distill: Distillation | None = None, quant: str | None = None,
+        base: TrainConfig | None = None, distill: Distillation | None = None, qat_bits: int | None = None,
+        quant: str | None = None,
         data_dir: str | Path | None = None, progress: bool = True) -> Outcome:
     """Compress ``start`` into a new model (``layers``: ``compress_model``'s layer specs, ``counts`` its
     word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it,
-    fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed), then export it to
+    fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed; in quantization-aware
+    training at ``qat_bits`` bits per weight, baked before export), then export it to
     ``out_dir/artifact.safetensors`` (``quant``) and score the decoded artifact on ``valid`` and ``test``.
 
     A ``gradual`` prune takes one step before each fine-tuning epoch, each epoch its own run at the
@@ -60,6 +63,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
             raise ValueError("finetune needs the preset to train on (base=...)")
         dropout = model.config.dropout
         set_dropout(model, finetune.dropout)
+    if qat_bits:
+        qat.enable_qat(model, qat_bits)
     gradual = prune is not None and prune.gradual
     if prune is not None and not gradual:
         pruning.prune_model(model, prune.amount, prune.layers)
@@ -73,6 +78,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
         train(finetune_config(base, model, finetune.lr, finetune.epochs), out / "train", data_dir=data_dir,
               resume=True, progress=progress, model=model, distill=distill)
     pruning.finalize(model)  # this prune's, or one the caller made
+    if qat_bits:
+        qat.bake(model)
     if finetune is not None:
         set_dropout(model, dropout)
     info = export(model.eval(), out / ARTIFACT_FILE, quant)

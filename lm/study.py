@@ -93,10 +93,13 @@ class Study:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
         # dependencies first: every base, and dense unless every method starts from scratch or from a base
-        order = [n for n in names if n != "dense"]
-        for n in list(order):
-            if known[n].base and known[n].base not in order:
-                order.insert(order.index(n), known[n].base)
+        order, i = [n for n in names if n != "dense"], 0
+        while i < len(order):  # a base's own base too (chains such as lr_tied_scratch -> lr_tied_ft -> its QAT)
+            base = known[order[i]].base
+            if base and base not in order:
+                order.insert(i, base)
+            else:
+                i += 1
         self.needs_dense = bool(config.checkpoint) or "dense" in names or any(
             not known[n].base and known[n].train != "scratch" for n in order)
         self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
@@ -154,7 +157,8 @@ class Study:
         kd = Distillation(start, alpha=m.distill.alpha, temperature=m.distill.temperature) if m.distill else None
         return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
-                            finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd, **common)
+                            finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
+                            qat_bits=m.qat_bits, **common)
 
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""

@@ -117,6 +117,10 @@ def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_
     ({"train": "scratch", "lr": 0.0}, "must be > 0"),
     ({"train": "finetune", "epochs": 3}, "epochs sets the length of a from-scratch training"),
     ({"train": "scratch", "epochs": 0}, "must be >= 1"),
+    ({"train": "finetune", "qat_bits": 2}, "qat_bits fine-tunes"),
+    ({"quant": "q2", "qat_bits": 2}, "qat_bits fine-tunes"),
+    ({"train": "finetune", "quant": "q4", "qat_bits": 2}, "quant='q2'"),
+    ({"train": "finetune", "quant": "q2", "qat_bits": 2, "prune": Prune(0.5, ["decoder"])}, "no pruning"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):

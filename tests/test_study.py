@@ -18,6 +18,8 @@ from lm.__main__ import main
 from lm.budget import families, fit
 from lm.checkpoint import save_model
 from lm.compression.export import artifact_size, load_artifact
+from lm.compression.lowbit import dequantize_rows, quantize_rows
+from lm.compression.qat import row_axes
 from lm.compression.prune import finalized_copy
 from lm.compression.report import MB, pareto_front
 from lm.config import ModelConfig, preset
@@ -197,3 +199,27 @@ def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus,
           "--methods", "lr_lstm_scratch"])
     trained = json.loads((tmp_path / "runs" / "lr_lstm_scratch" / "train" / "results.json").read_text())
     assert trained["config"]["epochs"] == 1 and len(trained["history"]) == 1  # the preset says 2
+
+
+def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
+    names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/test_compression_qat.py
+    _, payload, rows = run_tiny_study(tmp_path, names)
+    for name, bits in zip(names, (2, 2)):
+        model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
+        axes = row_axes(model)
+        assert {rows[name]["encodings"][n] for n in axes if n in rows[name]["encodings"]} == {f"q{bits}"}
+        for key, axis in axes.items():  # the decoded weights lie on their rows' 2**bits levels
+            w = model.state_dict()[key]
+            assert torch.equal(dequantize_rows(*quantize_rows(w, bits, axis), bits, axis), w)
+            assert max(r.unique().numel() for r in w.movedim(axis, 0)) <= 2**bits
+        assert 1 < rows[name]["test_ppl"] < 10_000
+    embedding = rows["lr_tied_ft_qat2"]["config"]["embedding_size"] * 10_000  # the tied table's numbers
+    result = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "result.json").read_text())
+    assert result["tensor_bytes"]["embedding.weight"] == embedding * 2 // 8 + 4 * 10_000  # codes and float16 ranges
+    recipe = result["recipe"]
+    assert recipe["method"]["qat_bits"] == 2 and recipe["method"]["quant"] == "q2"
+    # methods without the field keep the cache keys they had before it existed
+    base = json.loads((tmp_path / "runs" / "lr_tied_ft" / "result.json").read_text())
+    assert "qat_bits" not in base["recipe"]["method"]
+    qat_trained = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "train" / "results.json").read_text())
+    assert qat_trained["config"]["epochs"] == load_finetune("tiny").epochs

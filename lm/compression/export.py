@@ -8,6 +8,12 @@ is stored in the cheapest of its allowed encodings, as one or more safetensors t
 * ``q8``: the paper's 8-bit scheme, one byte per number (``NAME:codes``, uint8) plus
   ``NAME:scale`` (float32 ``lo`` and ``step``, shape (2, 1)); ``q8c``: the same per output
   row (``NAME:scale`` of shape (2, rows));
+* ``q2``, ``q3``, ``q4``: weights (``lm.compression.qat.row_axes``) in 2, 3 or 4 bits per
+  number (``lm.compression.lowbit``): ``NAME:codes``, the codes packed into bytes (uint8,
+  ``ceil(n * bits / 8)``), and ``NAME:scale``, each row's ``lo`` and ``hi`` (float16,
+  shape (2, rows)) along the row ``axis`` given in the table; never sparse. A model trained
+  with ``lm.compression.qat`` at that many bits is stored exactly. Tensors without a row
+  axis (biases) stay ``f32``;
 * sparse: a bitmask of the nonzero entries (``NAME:mask``, one bit per entry,
   ``numpy.packbits``) and the nonzero values only (``NAME:values`` as ``f32``, or
   ``NAME:codes`` and ``NAME:scale`` as ``q8``). Chosen whenever it is smaller than the dense
@@ -34,10 +40,12 @@ from .. import modelfile
 from ..checkpoint import READERS, build, dedupe, encode_vocab, decode_vocab, model_config
 from ..model import LanguageModel
 from ..modelfile import ModelFileError, expect
+from . import lowbit, qat
 from .quantize import dequantize, quantize_uniform
 
-QUANT = (None, "q8", "q8c")
-CODECS = ("f32", "q8", "q8c")
+LOW_BITS = {"q2": 2, "q3": 3, "q4": 4}
+QUANT = (None, "q8", "q8c", *LOW_BITS)
+CODECS = ("f32", "q8", "q8c", *LOW_BITS)
 
 
 @dataclass
@@ -64,12 +72,23 @@ def _nbytes(parts: dict[str, Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in parts.values())
 
 
-def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True) -> tuple[dict, dict[str, Tensor]]:
-    """The cheapest encoding of ``t``: (table entry, parts: tensors keyed by the suffix they get after its name)."""
+def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True,
+                  axis: int | None = None) -> tuple[dict, dict[str, Tensor]]:
+    """The cheapest encoding of ``t``: (table entry, parts: tensors keyed by the suffix they get after its name).
+
+    With a low-bit ``quant`` (``"q2"``, ``"q3"``, ``"q4"``), a tensor with a row ``axis``
+    (``lm.compression.qat.row_axes``) is stored as its packed codes and per-row ranges; one
+    without (a bias) as with ``quant=None``.
+    """
     if quant not in QUANT:
         raise ValueError(f"quant must be one of {QUANT}, got {quant!r}")
     if not t.is_floating_point():
         raise ValueError(f"only floating-point tensors can be exported, got {t.dtype}")
+    if quant in LOW_BITS:
+        if axis is None:
+            return encode_tensor(t, None, allow_sparse)
+        packed, scale = lowbit.encode_rows(t, LOW_BITS[quant], axis)
+        return {"shape": list(t.shape), "codec": quant, "axis": axis, "sparse": False}, {":codes": packed, ":scale": scale}
     codec, parts = _encode_values(t, quant)
     entry = {"shape": list(t.shape), "codec": codec, "sparse": False}
     if allow_sparse and t.numel() > 0:
@@ -104,6 +123,15 @@ def decode_tensor(entry: dict, parts: dict[str, Tensor], name: str = "<tensor>")
     codec = entry.get("codec")
     if codec not in CODECS or (codec == "q8c" and (len(shape) < 2 or entry["sparse"])):
         raise ModelFileError(name, f"unknown encoding {codec!r} for shape {list(shape)}")
+    if codec in LOW_BITS:
+        axis = entry.get("axis")
+        if entry["sparse"] or type(axis) is not int or not 0 <= axis < len(shape):
+            raise ModelFileError(name, f"encoding {codec!r} needs a dense tensor and a row axis of {list(shape)}, "
+                                       f"got axis {axis!r}")
+        bits = LOW_BITS[codec]
+        packed = expect(parts, ":codes", torch.uint8, (lowbit.packed_bytes(numel, bits),), name)
+        scale = expect(parts, ":scale", torch.float16, (2, shape[axis]), name)
+        return lowbit.decode_rows(packed, scale, bits, shape, axis)
     if not entry["sparse"]:
         return _decode_values(parts, codec, shape, name)
     bits = expect(parts, ":mask", torch.uint8, ((numel + 7) // 8,), name)
@@ -126,11 +154,14 @@ def _check_exportable(model: nn.Module) -> None:
 def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: bool = True) -> tuple[bytes, ArtifactInfo]:
     """The artifact of ``model`` as bytes, and its accounting."""
     _check_exportable(model)
+    if qat.is_qat(model):
+        raise ValueError("the model is in QAT mode: call lm.compression.qat.bake(model) before exporting")
+    axes = qat.row_axes(model)
     stored, aliases = dedupe(model.state_dict())  # tied weights are stored once
     table, tensors = {}, {}
     info = ArtifactInfo(None, 0)
     for name, t in stored.items():
-        entry, parts = encode_tensor(t, quant, allow_sparse)
+        entry, parts = encode_tensor(t, quant, allow_sparse, axes.get(name))
         table[name] = entry
         tensors.update({name + suffix: part for suffix, part in parts.items()})
         info.tensor_bytes[name] = _nbytes(parts)
@@ -143,7 +174,8 @@ def export_bytes(model: LanguageModel, quant: str | None = None, allow_sparse: b
 
 def export(model: LanguageModel, path: str | os.PathLike, quant: str | None = None,
            allow_sparse: bool = True) -> ArtifactInfo:
-    """Write the compact artifact of ``model`` to ``path`` (atomically); ``quant`` is None, ``"q8"`` or ``"q8c"``."""
+    """Write the compact artifact of ``model`` to ``path`` (atomically); ``quant`` is None, ``"q8"``, ``"q8c"``,
+    or ``"q2"`` / ``"q3"`` / ``"q4"`` (weights as packed codes with per-row ranges, biases float32)."""
     data, info = export_bytes(model, quant, allow_sparse)
     info.path = Path(path)
     modelfile.write_atomic(path, data)

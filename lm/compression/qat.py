@@ -1,0 +1,109 @@
+"""Quantization-aware training (QAT) at 1 to 8 bits, per row, for every map type.
+
+``enable_qat(model, bits)`` puts a fake-quantizer (``lm.compression.lowbit.fake_quantize``)
+on every weight of ``model`` with ``torch.nn.utils.parametrize``: the module reads its
+weight on the ``bits``-bit grid in the forward pass, and the gradient reaches the float
+weight straight through (zero where a value was clipped). It works on any module, with
+no module swapped: the fused LSTM kernel, the low-rank and TT contractions all see the
+quantized tensors. ``bake(model)`` takes the model out of QAT, writing the quantized
+values into the float weights, which an artifact stores as packed codes exactly.
+
+Which tensors, and what a row is (``row_axes``):
+
+* every floating-point parameter with two or more dimensions is quantized; biases and
+  other vectors stay float32 (a few hundred numbers per layer);
+* ``nn.Linear`` weight (out, in) and ``torch.nn.LSTM`` weights (4 hidden, in): a row is an
+  output channel (axis 0); ``nn.Embedding`` weight (vocab, dim): a word (axis 0), so a
+  softmax tied to it shares the rows;
+* low-rank factors ``u`` (out, rank) and ``v`` (rank, in) (``LowRankLinear``, GroupReduce
+  blocks): axis 0, the output channels of each factor's own product;
+* TT cores (r_{k-1}, m_k, n_k, r_k) (``TTLinear``, ``TTEmbedding``): axis 1, the core's
+  output (or word) mode. Slice ``G_k[:, i]`` enters exactly the rows of W (the words of
+  the table) whose k-th digit is ``i``: the TT analogue of an output channel. The rank
+  axes would give the first core a single scale (r_0 = 1), and both together would cost
+  more in scales than the core's codes at small ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ttlayers import TTEmbedding, TTLinear
+
+from .lowbit import _check_bits, fake_quantize
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization: a weight on its per-row ``bits``-bit grid (straight-through gradient)."""
+
+    def __init__(self, bits: int, axis: int = 0) -> None:
+        super().__init__()
+        self.bits = _check_bits(bits)
+        self.axis = axis
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return fake_quantize(weight, self.bits, self.axis)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, axis={self.axis}"
+
+
+def row_axes(model: nn.Module) -> dict[str, int]:
+    """State-dict name -> row axis of every tensor that QAT and the low-bit artifact quantize.
+
+    A tied weight appears under each of its names (the artifact stores it once). Read on a
+    model out of QAT (``bake`` first).
+    """
+    tt_lists = {id(m.cores) for m in model.modules() if isinstance(m, (TTLinear, TTEmbedding))}
+    axes = {}
+    for prefix, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.is_floating_point() and p.dim() >= 2:
+                axes[f"{prefix}.{name}" if prefix else name] = 1 if id(module) in tt_lists else 0
+    return axes
+
+
+def enable_qat(model: nn.Module, bits: int) -> nn.Module:
+    """Fake-quantize every weight of ``model`` (in place) at ``bits`` bits per row; returns ``model``."""
+    _check_bits(bits)
+    if is_qat(model):
+        raise ValueError("the model is already in QAT mode: call bake(model) first")
+    axes = row_axes(model)
+    for prefix, module in list(model.named_modules()):
+        for name, _ in list(module.named_parameters(recurse=False)):
+            key = f"{prefix}.{name}" if prefix else name
+            if key in axes:
+                parametrize.register_parametrization(module, name, FakeQuantize(bits, axes[key]))
+    return model
+
+
+def is_qat(model: nn.Module) -> bool:
+    """Whether any weight of ``model`` carries a ``FakeQuantize`` parametrization."""
+    return any(isinstance(f, FakeQuantize) for m in model.modules() if parametrize.is_parametrized(m)
+               for plist in m.parametrizations.values() for f in plist)
+
+
+@torch.no_grad()
+def bake(model: nn.Module) -> nn.Module:
+    """Take ``model`` out of QAT (in place): each weight becomes its quantized value.
+
+    ``parametrize`` writes the value into the original ``nn.Parameter`` object, so tied
+    weights stay tied (the second name requantizes the first's output to itself).
+    Returns ``model``.
+    """
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            # the parametrized class is shared with every deep copy of the module (an ASGD average,
+            # a copied model): remove from a private copy of it, or the copies would lose their weights
+            cls = module.__class__
+            module.__class__ = type(cls.__name__, cls.__bases__,
+                                    {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
+            for name in list(module.parametrizations):
+                if all(isinstance(f, FakeQuantize) for f in module.parametrizations[name]):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+__all__ = ["FakeQuantize", "row_axes", "enable_qat", "is_qat", "bake"]

@@ -1,0 +1,101 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lm.compression.lowbit import (decode_rows, dequantize_rows, encode_rows, fake_quantize, pack_codes, packed_bytes,
+                                   quantize_rows, unpack_codes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(1, 8), count=st.integers(0, 61), seed=st.integers(0, 100))
+def test_pack_unpack_roundtrip(bits, count, seed):
+    codes = torch.randint(0, 2**bits, (count,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == packed_bytes(count, bits) == -(-count * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, count), codes)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("count", [1, 7, 13, 333])
+def test_pack_unpack_low_bits_on_odd_lengths(bits, count):
+    codes = (torch.arange(count) * 7 % 2**bits).to(torch.uint8).reshape(-1, 1)  # every level, any shape
+    packed = pack_codes(codes, bits)
+    assert packed.numel() == (count * bits + 7) // 8
+    assert torch.equal(unpack_codes(packed, bits, count), codes.reshape(-1))
+
+
+def test_pack_refuses_bad_input():
+    with pytest.raises(ValueError, match="codes must lie in"):
+        pack_codes(torch.tensor([0, 4]), 2)
+    with pytest.raises(ValueError, match="bits must be"):
+        pack_codes(torch.tensor([0]), 9)
+    with pytest.raises(ValueError, match="hold at most"):
+        unpack_codes(torch.zeros(1, dtype=torch.uint8), 3, 3)
+    with pytest.raises(ValueError, match="1-D uint8"):
+        unpack_codes(torch.zeros(2), 2, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(2, 4), shape=st.lists(st.integers(1, 7), min_size=1, max_size=4), data=st.data(),
+       seed=st.integers(0, 100))
+def test_quantize_rows_levels_and_idempotence(bits, shape, data, seed):
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+    codes, lo, hi = quantize_rows(t, bits, axis)
+    assert codes.shape == t.shape and codes.dtype == torch.uint8 and int(codes.max()) < 2**bits
+    assert lo.shape == hi.shape == (shape[axis],) and (lo <= hi).all()
+    values = dequantize_rows(codes, lo, hi, bits, axis)
+    for row in values.movedim(axis, 0):
+        assert row.unique().numel() <= 2**bits
+    # the quantized values are their own quantization, bit for bit (what the artifact relies on)
+    again = quantize_rows(values, bits, axis)
+    assert all(torch.equal(a, b) for a, b in zip(again, (codes, lo, hi)))
+    assert torch.equal(dequantize_rows(*again, bits, axis), values)
+
+
+def test_clipped_range_beats_the_extremes_on_outliers():
+    t = torch.cat([torch.randn(1, 500, generator=torch.Generator().manual_seed(0)), torch.tensor([[40.0]])], 1)
+    codes, lo, hi = quantize_rows(t, 2)
+    err = (dequantize_rows(codes, lo, hi, 2) - t).square().sum()
+    full = torch.lerp(t.min(), t.max(), torch.round((t - t.min()) / (t.max() - t.min()) * 3) / 3)
+    assert hi < t.max() and err < (full - t).square().sum()
+
+
+def test_constant_rows_and_bad_input():
+    t = torch.full((2, 3), 0.25)
+    assert torch.equal(dequantize_rows(*quantize_rows(t, 2), 2), t)
+    with pytest.raises(ValueError, match="floating-point"):
+        quantize_rows(torch.ones(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="axis"):
+        quantize_rows(torch.ones(3, 2), 2, axis=2)
+    with pytest.raises(ValueError, match="bits"):
+        quantize_rows(torch.ones(3, 2), 0)
+    with pytest.raises(ValueError, match="float16"):
+        quantize_rows(torch.tensor([[0.0, 1e6]]), 2)
+    with pytest.raises(ValueError, match="lo and hi"):
+        dequantize_rows(torch.zeros(3, 2, dtype=torch.uint8), torch.zeros(2), torch.zeros(2), 2)
+
+
+def test_fake_quantize_gradient_is_straight_through_inside_the_range():
+    t = torch.cat([torch.randn(3, 200, generator=torch.Generator().manual_seed(1)), torch.full((3, 1), 8.0)], 1)
+    t.requires_grad_(True)
+    upstream = torch.randn(t.shape)
+    out = fake_quantize(t, 2)
+    (out * upstream).sum().backward()
+    codes, lo, hi = quantize_rows(t, 2)
+    assert torch.equal(out.detach(), dequantize_rows(codes, lo, hi, 2))
+    inside = (t.detach() >= lo[:, None]) & (t.detach() <= hi[:, None])
+    assert not inside[:, -1].any() and inside.float().mean() > 0.5  # the outliers (and the tails) were clipped
+    assert torch.equal(t.grad, upstream * inside)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_encode_decode_rows_stores_the_quantized_values_exactly(bits):
+    t = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(4))
+    packed, scale = encode_rows(t, bits, axis=1)
+    assert packed.numel() == packed_bytes(t.numel(), bits) and scale.shape == (2, 5) and scale.dtype == torch.float16
+    values = decode_rows(packed, scale, bits, tuple(t.shape), axis=1)
+    assert torch.equal(values, dequantize_rows(*quantize_rows(t, bits, 1), bits, 1))
+    again = encode_rows(values, bits, axis=1)
+    assert torch.equal(again[0], packed) and torch.equal(again[1], scale)
