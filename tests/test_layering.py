@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = {"lm", "lm.__main__"}
-STUDY = ("lm.study", "lm.budget", "lm.ship", "lm.methods", "lm.pipeline")
+# the study, and lm's own benchmarks (of training speed and of the study's model files), on top
+STUDY = ("lm.study", "lm.budget", "lm.ship", "lm.methods", "lm.pipeline", "lm.benchmarks")
 
 
 def rank(module: str) -> int:

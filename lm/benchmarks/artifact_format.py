@@ -3,7 +3,7 @@ the study's architectures at the small and medium sizes (the same tensors, value
 random: the sizes depend on shapes, encodings and the zero pattern only), and of the
 checkpoint against the retired ``torch.save`` checkpoint. Writes results/artifact_format.json.
 
-    python benchmarks/artifact_format.py
+    python -m lm.benchmarks.artifact_format
 
 The retired exporter is read from the git history (``OLD_COMMIT``), where it last lived.
 """
@@ -15,20 +15,17 @@ import subprocess
 import sys
 import types
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lm.checkpoint import save_model  # noqa: E402
-from lm.compression import export  # noqa: E402
-from lm.compression.prune import finalize, prune_model  # noqa: E402
-from lm.compression.surgery import compress_model  # noqa: E402
-from lm.config import preset  # noqa: E402
-from lm.model import LanguageModel  # noqa: E402
-from lm.results import ROOT, stamp, write_json  # noqa: E402
-from lm.methods import load_methods  # noqa: E402
+from ..checkpoint import save_model
+from ..compression import export
+from ..compression.prune import finalize, prune_model
+from ..compression.surgery import compress_model
+from ..config import preset
+from ..methods import load_methods
+from ..model import LanguageModel
+from ..results import ROOT, stamp, write_json
 
 OLD_COMMIT = "7d25122"  # the last commit with the LMZ1 exporter and torch.save checkpoints
 METHODS = ["dense", "q8", "q8c", "prune_embdec90_ft_q8", "lr_all_ft_q8", "tt_paper_scratch_q8", "lr_tied_scratch_q8"]

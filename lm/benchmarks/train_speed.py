@@ -3,7 +3,7 @@ the start of PTB's training split, timed in CPU seconds of this process (what on
 with a core to itself, however busy the machine) and wall seconds, and the hours that makes
 for the preset's full schedule (training steps only; evaluation not counted).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --presets medium medium_awd --steps 300
+    OMP_NUM_THREADS=1 python -m lm.benchmarks.train_speed --presets medium medium_awd --steps 300
 
 Writes results/bench_train.json.
 """
@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.optim.swa_utils import AveragedModel  # noqa: E402
-
-from benchmarks.report import RESULTS  # noqa: E402
-from lm.config import preset  # noqa: E402
-from lm.data import Corpus, batchify, bptt_windows  # noqa: E402
-from lm.model import detach  # noqa: E402
-from lm.results import stamp, write_json  # noqa: E402
-from lm.train import build_model  # noqa: E402
+from ..config import preset
+from ..data import Corpus, batchify, bptt_windows
+from ..model import detach
+from ..results import RESULTS, stamp, write_json
+from ..train import build_model
 
 
 def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
