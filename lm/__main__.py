@@ -1,4 +1,4 @@
-"""Command line: ``python -m lm {train,eval,info,study,compress,convert,ship} ...`` (also installed as ``lm``).
+"""Command line: ``python -m lm {train,eval,info,study,compress,convert,ship,export,predict,score} ...`` (also installed as ``lm``).
 
 Every number, choice and path is checked when the arguments are parsed: a bad one stops
 with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import modelfile
-from .checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, model_from_file, resolve
+from .checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, load, model_from_file, resolve
 from .config import PRESETS, ModelConfig, TrainConfig, preset
 from .data import Corpus, DataError
 from .evaluate import perplexity
@@ -214,7 +214,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                          checkpoint=args.checkpoint,
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
-                         latency_tokens=args.latency_tokens,
+                         latency_tokens=args.latency_tokens, onnx=args.onnx,
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
@@ -245,6 +245,47 @@ def cmd_ship(args: argparse.Namespace) -> None:
     manifest = ship(json.loads(Path(args.front).read_text()), run_dirs, args.out, max_mb=args.max_mb)
     for e in manifest["models"]:
         print(f"{e['name']}: {e['file'] or e['note']}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .onnx_export import export_onnx
+
+    model = Path(args.model)
+    out = Path(args.out or model.with_name(model.name.split(".")[0] + (".int8.onnx" if args.int8 else ".onnx")))
+    info = export_onnx(load(model), out, int8=args.int8, tt=args.tt)
+    print(f"{info.path}: {info.bytes} bytes ({'int8' if info.int8 else 'float32'}, TT layers as {info.tt})")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .runtime import open_runtime, predict
+
+    for word, p in predict(open_runtime(args.model, args.runtime), args.text, args.top):
+        print(f"{word}\t{p:.4f}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from .runtime import open_runtime, score
+
+    result = score(open_runtime(args.model, args.runtime), Path(args.file).read_text())
+    print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")
+
+
+def runnable_model(text: str) -> str:
+    """A model file or run directory (``model_path``), or an exported ``.onnx`` file."""
+    if text.endswith(".onnx"):
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} is {'a directory' if Path(text).exists() else 'missing'}; "
+                                             "expected an .onnx file written by `lm export`")
+        return text
+    return model_path(text)
+
+
+def in_file(text: str) -> str:
+    """A file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is {'a directory' if path.exists() else 'missing'}; expected a file")
+    return text
 
 
 def preset_dir(text: str) -> tuple[str, str]:
@@ -326,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-lr", type=positive_float, help="fine-tuning learning rate, > 0 (default: the preset's recipe)")
     s.add_argument("--scratch-epochs", type=positive_int, help="epochs of the from-scratch runs, >= 1 (default: the preset's)")
     s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
+    s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")
     s.add_argument("--eval-tokens", type=token_count,
                    help="score only this many first tokens of valid/test, >= 2 (smoke runs; default: all, exactly)")
     s.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)
@@ -353,6 +396,30 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--out", type=out_dir, default="models", help="where the artifacts and manifest.json go")
     h.add_argument("--max-mb", type=positive_float, default=5.0, help="ship only front models up to this size")
     h.set_defaults(func=cmd_ship)
+
+    x = command("export", "export a model's streaming step (ids, state -> logits, state) to ONNX, with its vocabulary")
+    x.add_argument("model", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format")
+    x.add_argument("--int8", action="store_true", help="quantize with onnxruntime's dynamic int8 quantizer")
+    x.add_argument("--tt", choices=["cores", "dense"], default="cores",
+                   help="TT layers as products with their cores (TT size) or with their built weights (one product)")
+    x.add_argument("--out", type=out_file, help="the .onnx file (default: beside the model, NAME.onnx or NAME.int8.onnx)")
+    x.set_defaults(func=cmd_export)
+
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                         help="eager torch, or onnxruntime (an .onnx file, or the model exported on the fly)")
+    runnable = f"model file, run directory with {MODEL_FILE} or {ARTIFACT_FILE}, or (--runtime onnx) an exported .onnx"
+    r = command("predict", "next-word suggestions after a text", [runtime])
+    r.add_argument("model", type=runnable_model, help=runnable)
+    r.add_argument("text", help="the words typed so far")
+    r.add_argument("--top", type=positive_int, default=5, help="how many suggestions, >= 1")
+    r.set_defaults(func=cmd_predict)
+
+    o = command("score", "per-token perplexity of a text file", [runtime])
+    o.add_argument("model", type=runnable_model, help=runnable)
+    o.add_argument("file", type=in_file, help="a text file, one sentence a line")
+    o.set_defaults(func=cmd_score)
     return p
 
 
@@ -367,6 +434,13 @@ def _check(args: argparse.Namespace) -> None:
             args.parser.error(f"max_train_tokens {config.max_train_tokens} is too few for batch_size "
                               f"{config.batch_size}: at least {2 * config.batch_size} (two tokens per stream)")
         args.config = config
+    if args.command in ("predict", "score") and args.model.endswith(".onnx") and args.runtime != "onnx":
+        args.parser.error(f"{args.model} is an ONNX file: run it with --runtime onnx")
+    if args.command in ("export", "predict", "score") and (args.command == "export" or args.runtime == "onnx"):
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            args.parser.error("onnxruntime is not installed: pip install 'ttlayers[export]' (or -e '.[export]')")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

@@ -7,7 +7,8 @@ artifact, decodes that artifact and measures its exact perplexities. Each finish
 method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
 its recipe is unchanged; fine-tuning resumes after a kill, losing at most one epoch.
 A final pass times every artifact side by side (one token, batch 1, one thread,
-eager and int8) and writes the results JSON, the markdown report and the Pareto plot.
+eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and
+writes the results JSON, the markdown report and the Pareto plot.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class StudyConfig:
     scratch_epochs: int | None = None  # None: the preset's
     eval_tokens: int | None = None  # score a prefix of valid/test (tests only); None: the whole splits, exactly
     latency_tokens: int = 100
+    onnx: bool | None = None  # time the onnxruntime exports too; None: when onnxruntime is installed
     methods: list[str] | None = None  # None: all
     report_dir: str = str(ROOT / "results")
     data_dir: str | None = None
@@ -227,7 +229,12 @@ class Study:
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")
         models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
-        for name, t in compare(models, tokens=self.config.latency_tokens).items():
+        onnx = self.config.onnx
+        if onnx is None:
+            import importlib.util
+
+            onnx = importlib.util.find_spec("onnxruntime") is not None
+        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=onnx).items():
             next(r for r in rows if r["name"] == name).update(t)
         return self.write_report(rows)
 

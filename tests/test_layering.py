@@ -14,17 +14,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TOP = {"lm", "lm.__main__"}
 # the study, and lm's own benchmarks (of training speed and of the study's model files), on top
-STUDY = ("lm.study", "lm.budget", "lm.ship", "lm.methods", "lm.pipeline", "lm.benchmarks")
+# (lm.compression.report and .latency are the study's: its report and its timing of every artifact)
+STUDY = ("lm.study", "lm.budget", "lm.ship", "lm.methods", "lm.pipeline", "lm.benchmarks", "lm.deploy_bench",
+         "lm.compression.report", "lm.compression.latency")
 
 
-def rank(module: str) -> int:
-    """0 ttlayers, 1 lm core, 2 lm.compression, 3 the study."""
+# the deployment of compressed models (ONNX export, runtimes): on top of lm.compression, below the study
+DEPLOY = ("lm.inference", "lm.onnx_export", "lm.runtime")
+
+
+def rank(module: str) -> float:
+    """0 ttlayers, 1 lm core, 2 lm.compression, 2.5 deployment, 3 the study."""
     if module.split(".")[0] == "ttlayers":
         return 0
     if module.startswith(STUDY):
         return 3
     if module.startswith("lm.compression"):
         return 2
+    if module.startswith(DEPLOY):
+        return 2.5
     return 1
 
 

@@ -45,7 +45,7 @@ SOME = ["q8", "prune_dec90", "prune_all90_gradual_ft", "groupreduce_ft_q8", "lr_
 def run_tiny_study(tmp_path, methods):
     args = ["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--scratch-epochs", "1",
             "--latency-tokens", "5", "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
-            "--quiet"]
+            "--quiet", "--no-onnx"]  # the onnxruntime columns: tests/test_onnx_export.py
     main(args + (["--methods", *methods] if methods else []))
     payload = json.loads((tmp_path / "report" / "study_tiny.json").read_text())
     return args, payload, {r["name"]: r for r in payload["rows"]}
