@@ -7,6 +7,8 @@ the command line ``lm/__main__.py`` sit on top of everything and are not ranked.
 """
 
 import ast
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TOP = {"lm", "lm.__main__"}
 # the study, and lm's own benchmarks (of training speed and of the study's model files), on top
-# (lm.compression.report and .latency are the study's: its report and its timing of every artifact)
-STUDY = ("lm.study", "lm.budget", "lm.ship", "lm.methods", "lm.pipeline", "lm.benchmarks", "lm.deploy_bench",
-         "lm.compression.report", "lm.compression.latency")
+STUDY = ("lm.study", "lm.benchmarks", "lm.deploy_bench")
+# deprecated aliases of moved modules (one release): each one imports its new home
+ALIASES = {"lm.budget", "lm.ship", "lm.compression.report", "lm.compression.latency", "lm.compression.layers"}
 
 
 # the deployment of compressed models (ONNX export, runtimes): on top of lm.compression, below the study
@@ -67,10 +69,10 @@ MODULES = modules()
 
 
 def test_the_modules_are_found():
-    assert {"ttlayers.tt_matrix", "lm.model", "lm.compression.surgery", "lm.study"} <= set(MODULES)
+    assert {"ttlayers.tt_matrix", "lm.model", "lm.compression.surgery", "lm.study.runner"} <= set(MODULES)
 
 
-@pytest.mark.parametrize("module", sorted(set(MODULES) - TOP))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - TOP - ALIASES))
 def test_no_module_imports_a_layer_above_its_own(module):
     upward = sorted(m for m in imports(module, MODULES[module]) if m not in TOP and rank(m) > rank(module))
     assert upward == [], f"{module} (layer {rank(module)}) imports {upward}"
@@ -78,3 +80,11 @@ def test_no_module_imports_a_layer_above_its_own(module):
 
 def test_ttlayers_never_imports_lm():
     assert [m for m in MODULES if m.startswith("ttlayers") and any(i.startswith("lm") for i in imports(m, MODULES[m]))] == []
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_a_moved_module_keeps_its_old_name_for_a_release(alias):
+    sys.modules.pop(alias, None)
+    with pytest.warns(DeprecationWarning, match=f"{alias} moved to"):
+        moved = importlib.import_module(alias)
+    assert moved.__name__ != alias and moved.__name__ in MODULES  # the module itself, under its new name

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lm import study as study_module
+from lm import study as study_package
 from lm.config import preset
-from lm.methods import (CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, Method, Prune, Shape, load_finetune,
+from lm.study.methods import (CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, Method, Prune, Shape, load_finetune,
                         load_methods, read_methods)
 from lm.study import Study, StudyConfig
 
@@ -33,7 +33,7 @@ def test_every_method_keeps_its_cache_key_byte_for_byte(preset):
 
 def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_release():
     with pytest.warns(DeprecationWarning, match="load_finetune"):
-        old = study_module.FINETUNE
+        old = study_package.FINETUNE
     for preset, recipes in FROZEN["recipe"].items():
         frozen = json.loads(recipes["dense_ft"])["finetune"]
         assert json.dumps(old[preset]) == json.dumps(asdict(load_finetune(preset))) == json.dumps(frozen)
@@ -41,13 +41,13 @@ def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_rele
 
 def test_methods_for_keeps_its_name_for_a_release():
     with pytest.warns(DeprecationWarning, match="load_methods"):
-        old = study_module.methods_for(preset("medium"))
+        old = study_package.methods_for(preset("medium"))
     assert old == load_methods("medium")
 
 
 def test_the_config_files_are_package_data():
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lm"]
-    shipped = {p for g in globs for p in (ROOT / "lm").glob(g)}
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lm.study"]
+    shipped = {p for g in globs for p in (ROOT / "lm" / "study").glob(g)}
     assert set(CONFIG_DIR.glob("*.toml")) <= shipped and len(shipped) >= 4
 
 

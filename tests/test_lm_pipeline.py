@@ -1,15 +1,15 @@
-"""lm.pipeline.run: compress -> prune -> fine-tune -> export -> evaluate, every number the decoded artifact's."""
+"""lm.study.pipeline.run: compress -> prune -> fine-tune -> export -> evaluate, every number the decoded artifact's."""
 
 import copy
 
 import pytest
 import torch
 
-from lm import pipeline
+from lm.study import pipeline
 from lm.compression.export import load_artifact
 from lm.config import ModelConfig
 from lm.evaluate import perplexity
-from lm.methods import Prune
+from lm.study.methods import Prune
 from lm.model import LanguageModel
 
 

@@ -13,20 +13,20 @@ import pytest
 import torch
 from ptb_fixture import corpus  # noqa: F401  (fixture)
 
-from lm import study
+from lm.study import runner as study
 from lm.__main__ import main
-from lm.budget import families, fit
+from lm.study.budget import families, fit
 from lm.checkpoint import save_model
 from lm.compression.export import artifact_size, load_artifact
 from lm.compression.lowbit import dequantize_rows, quantize_rows
 from lm.compression.qat import row_axes
 from lm.compression.prune import finalized_copy
-from lm.compression.report import MB, pareto_front
+from lm.study.report import MB, pareto_front
 from lm.config import ModelConfig, preset
 from lm.data import Corpus
 from lm.distill import Distillation
 from lm.model import LanguageModel
-from lm.methods import load_finetune, load_methods
+from lm.study.methods import load_finetune, load_methods
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from ..compression import export
 from ..compression.prune import finalize, prune_model
 from ..compression.surgery import compress_model
 from ..config import preset
-from ..methods import load_methods
 from ..model import LanguageModel
 from ..results import ROOT, stamp, write_json
+from ..study.methods import load_methods
 
 OLD_COMMIT = "7d25122"  # the last commit with the LMZ1 exporter and torch.save checkpoints
 METHODS = ["dense", "q8", "q8c", "prune_embdec90_ft_q8", "lr_all_ft_q8", "tt_paper_scratch_q8", "lr_tied_scratch_q8"]

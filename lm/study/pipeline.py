@@ -1,7 +1,7 @@
 """One model's way from a trained model to a measured artifact: compress -> prune -> fine-tune -> export -> evaluate.
 
-``run`` is the sequence that the study (``lm.study``, once per method) and the budget
-search (``lm.budget``, for the candidate it picks) both follow. Every number it
+``run`` is the sequence that the study (``lm.study.runner``, once per method) and the budget
+search (``lm.study.budget``, for the candidate it picks) both follow. Every number it
 returns is the exported artifact's, decoded as it ships.
 """
 
@@ -12,17 +12,17 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .checkpoint import ARTIFACT_FILE
-from .compression import prune as pruning
-from .compression import qat
-from .compression.export import ArtifactInfo, export, load_artifact
-from .compression.surgery import compress_model, set_dropout
-from .config import TrainConfig
-from .distill import Distillation
-from .evaluate import perplexity
+from ..checkpoint import ARTIFACT_FILE
+from ..compression import prune as pruning
+from ..compression import qat
+from ..compression.export import ArtifactInfo, export, load_artifact
+from ..compression.surgery import compress_model, set_dropout
+from ..config import TrainConfig
+from ..distill import Distillation
+from ..evaluate import perplexity
+from ..model import LanguageModel
+from ..train import train
 from .methods import Finetune, Prune
-from .model import LanguageModel
-from .train import train
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The compression study's methods, as data: one TOML file per preset, read into typed methods.
 
-``lm/configs/<preset>.toml`` holds the preset's fine-tuning recipe (``[finetune]``, read by
+``lm/study/configs/<preset>.toml`` holds the preset's fine-tuning recipe (``[finetune]``, read by
 ``load_finetune``) and one ``[[methods]]`` table per method::
 
     [[methods]]
@@ -215,7 +215,7 @@ def presets() -> list[str]:
 
 
 def load_methods(preset: str) -> list[Method]:
-    """The study's methods on ``preset``, from ``lm/configs/<preset>.toml``."""
+    """The study's methods on ``preset``, from ``lm/study/configs/<preset>.toml``."""
     return read_methods(_config(preset))
 
 
@@ -227,7 +227,7 @@ def _config(preset: str) -> Path:
 
 
 def load_finetune(preset: str) -> Finetune:
-    """The study's fine-tuning recipe on ``preset``, from ``lm/configs/<preset>.toml``."""
+    """The study's fine-tuning recipe on ``preset``, from ``lm/study/configs/<preset>.toml``."""
     return read_finetune(_config(preset))
 
 

@@ -25,19 +25,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import pipeline
-from .checkpoint import ARTIFACT_FILE, MODEL_FILE, load
-from .compression import report
-from .compression.export import load_artifact
-from .compression.latency import compare
-from .compression.surgery import compress_model
-from .config import TrainConfig, preset
-from .data import Corpus
-from .distill import Distillation
+from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, load
+from ..compression.export import load_artifact
+from ..compression.surgery import compress_model
+from ..config import TrainConfig, preset
+from ..data import Corpus
+from ..distill import Distillation
+from ..model import LanguageModel, count_parameters
+from ..results import ROOT, stamp, write_json
+from ..train import train
+from . import pipeline, report
+from .latency import compare
 from .methods import Finetune, Method, load_finetune, load_methods, presets
-from .model import LanguageModel, count_parameters
-from .results import ROOT, stamp, write_json
-from .train import train
 
 
 def scratch_model(cfg: TrainConfig, vocab: list[str] | None) -> LanguageModel:
@@ -146,7 +145,7 @@ class Study:
 
     def outcome(self, m: Method, dense: LanguageModel) -> pipeline.Outcome:
         """The method's artifact and its perplexities: its model compressed, pruned and trained as its
-        recipe says (``lm.pipeline.run``), exported and decoded."""
+        recipe says (``lm.study.pipeline.run``), exported and decoded."""
         out = self.run_dir / m.name
         start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
         common = {"valid": self.stream("valid"), "test": self.stream("test"), "quant": m.quant,
@@ -273,19 +272,11 @@ def run_study(config: StudyConfig) -> dict:
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
-    """Deprecated (one release): ``lm.methods.load_methods(preset)``; the preset is the one of ``cfg``'s hidden size."""
-    warnings.warn("lm.study.methods_for(cfg) is deprecated; use lm.methods.load_methods(preset)", DeprecationWarning,
+    """Deprecated (one release): ``lm.study.methods.load_methods(preset)``; the preset is the one of ``cfg``'s hidden size."""
+    warnings.warn("lm.study.methods_for(cfg) is deprecated; use lm.study.methods.load_methods(preset)", DeprecationWarning,
                   stacklevel=2)
     name = next((p for p in presets() if preset(p).model.hidden_size == cfg.model.hidden_size), None)
     if name is None:
-        raise ValueError(f"no study file for hidden size {cfg.model.hidden_size}; use lm.methods.load_methods(preset)")
+        raise ValueError(f"no study file for hidden size {cfg.model.hidden_size}; use lm.study.methods.load_methods(preset)")
     return load_methods(name)
 
-
-def __getattr__(name: str) -> object:
-    """``FINETUNE``, deprecated: the fine-tuning recipes are in the study files (``lm.methods.load_finetune``)."""
-    if name == "FINETUNE":
-        warnings.warn("lm.study.FINETUNE is deprecated; use lm.methods.load_finetune(preset)", DeprecationWarning,
-                      stacklevel=2)
-        return {p: asdict(load_finetune(p)) for p in presets()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
