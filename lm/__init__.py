@@ -5,6 +5,7 @@ Loading contract: ``lm.load(path)`` returns the ``LanguageModel`` in eval mode;
 (seq_len, batch) and returns ``(logits (seq_len, batch, vocab), state)``.
 """
 
+from . import compression  # noqa: F401 (registers the compressed layer types and the artifact reader)
 from .checkpoint import load
 from .model import LanguageModel
 

@@ -225,7 +225,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from .budget import compress_to_budget
+    from .study.budget import compress_to_budget
 
     result = compress_to_budget(args.checkpoint, args.budget_mb, out_dir=args.out, data_dir=args.data_dir,
                                 finetune_epochs=args.finetune_epochs, search_tokens=args.search_tokens,
@@ -239,7 +239,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
-    from .ship import ship
+    from .study.ship import ship
 
     run_dirs = dict(args.run_dir) or {p: f"runs/study_{p}" for p in PRESETS}
     manifest = ship(json.loads(Path(args.front).read_text()), run_dirs, args.out, max_mb=args.max_mb)
@@ -307,9 +307,9 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def method_names() -> list[str]:
-    from .study import methods_for
+    from .study.methods import load_methods
 
-    return [m.name for m in methods_for(PRESETS["small"])]
+    return [m.name for m in load_methods("small")]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import os
 import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -183,12 +184,15 @@ def save_model(model: LanguageModel, path: str | os.PathLike) -> int:
     return modelfile.write(path, "checkpoint", meta, {**tensors, **encode_vocab(model.vocab)})
 
 
+# model-file kind -> reader(file, name) of the kinds other than checkpoints; lm.compression.export registers
+# "artifact" (importing lm imports it)
+READERS: dict[str, Callable[[modelfile.ModelFile, str | os.PathLike], LanguageModel]] = {}
+
+
 def model_from_file(f: modelfile.ModelFile, name: str | os.PathLike) -> LanguageModel:
     """The model held by a checkpoint or an artifact that ``modelfile`` has read."""
-    if f.kind == "artifact":
-        from .compression.export import model_from_artifact  # the export module imports this one
-
-        return model_from_artifact(f, name)
+    if f.kind in READERS:
+        return READERS[f.kind](f, name)
     if f.kind != "checkpoint":
         raise ModelFileError(name, f"is a {f.kind}, not a model (load the {MODEL_FILE} beside it)")
     config = f.meta.get("config")

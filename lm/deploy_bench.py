@@ -3,7 +3,7 @@
 ``python -m lm.deploy_bench`` builds freshly initialised models of the small preset's
 study shapes (latency and file size do not depend on training), times one token at
 batch 1 on one thread for every model and runtime side by side in one run
-(``lm.compression.latency.compare``), measures the compact artifact and the exported
+(``lm.study.latency.compare``), measures the compact artifact and the exported
 ONNX files, and judges the deployment targets of issue 17:
 
 * onnxruntime float32 <= 0.5x eager torch, and onnxruntime int8 <= 0.5x ``torch.ao`` int8;
@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 
 from .compression.export import artifact_size
-from .compression.latency import compare
 from .compression.surgery import compress_model
 from .config import preset
 from .data import DataError, EOS, build_vocab, find_ptb, read_words
 from .inference import inference_form
 from .model import LanguageModel
 from .results import ROOT, stamp, write_json
-from .study import methods_for, scratch_model
+from .study import scratch_model
+from .study.latency import compare
+from .study.methods import load_methods
 
 MB = 1e6
 METHODS = ("dense", "lr_lstm_scratch", "lr_paper_scratch", "tt_paper_scratch", "tt_lstm_scratch", "lr_tied_scratch")
@@ -49,13 +50,13 @@ def study_shapes(preset_name: str, methods: tuple[str, ...] = METHODS) -> dict[s
     """Freshly initialised models of the study's from-scratch shapes (as ``lm.study`` builds them)."""
     cfg = preset(preset_name)
     vocab = vocabulary(cfg.model.vocab_size)
-    known = {m.name: m for m in methods_for(cfg)}
+    known = {m.name: m for m in load_methods(preset_name)}
     models = {}
     for name in methods:
         m = known[name]
-        shaped = LanguageModel(replace(cfg.model, **{**m.shape, "tie_weights": False}), vocab)
-        config = replace(compress_model(shaped, **m.compress).config, **m.shape) if m.compress else cfg.model
-        models[name] = scratch_model(replace(cfg, model=replace(config, **m.shape)), vocab).eval()
+        shaped = LanguageModel(replace(cfg.model, **{**m.shape_fields(), "tie_weights": False}), vocab)
+        config = replace(compress_model(shaped, **m.layer_specs()).config, **m.shape_fields()) if m.compress else cfg.model
+        models[name] = scratch_model(replace(cfg, model=replace(config, **m.shape_fields())), vocab).eval()
     return models
 
 

@@ -20,7 +20,8 @@ from .regularize import Regularization, activation_penalty, embedding_dropout, l
 
 State = tuple[Tensor, Tensor]
 
-# spec type -> builder(config) -> module. Compression methods register their variants here.
+# spec type -> builder(config) -> module. lm.compression registers the compressed layer types here (importing lm
+# imports it), so that the core knows nothing of them.
 EMBEDDINGS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "dense": lambda c: nn.Embedding(c.vocab_size, c.embedding_dim),
 }
@@ -97,22 +98,3 @@ class LanguageModel(nn.Module):
 def detach(state: State) -> State:
     """Cut the graph between bptt windows, keeping the values."""
     return tuple(s.detach() for s in state)  # type: ignore[return-value]
-
-
-def _compressed(builder: str) -> Callable[..., nn.Module]:
-    """A registry entry for a compressed layer type of ``lm.compression.layers`` (imported
-    lazily: that package imports this module)."""
-
-    def build(*args) -> nn.Module:
-        from .compression import layers
-
-        return getattr(layers, builder)(*args)
-
-    return build
-
-
-for _kind in ("low_rank", "groupreduce", "tt"):
-    EMBEDDINGS[_kind] = _compressed("build_embedding")
-    DECODERS[_kind] = _compressed("build_decoder")
-for _kind in ("lr_lstm", "tt_lstm"):
-    LSTMS[_kind] = _compressed("build_lstm")

@@ -3,7 +3,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.compression.report import PAPER, markdown, pareto_front, plot, targets, write_front
+from lm.study.report import PAPER, markdown, pareto_front, plot, targets, write_front
 
 
 def row(name, size_mb, ppl, family="x"):

@@ -12,7 +12,7 @@ from lm.compression.export import export
 from lm.config import preset
 from lm.evaluate import perplexity
 from lm.modelfile import ModelFileError
-from lm.ship import MODELS, NOT_ON_DISK, front_models, ship, verify
+from lm.study.ship import MODELS, NOT_ON_DISK, front_models, ship, verify
 from lm.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

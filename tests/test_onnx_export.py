@@ -150,8 +150,8 @@ def test_bad_arguments_are_refused():
 
 
 def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it():
-    from lm.compression.latency import compare
-    from lm.compression.report import markdown
+    from lm.study.latency import compare
+    from lm.study.report import markdown
 
     t = compare({"tt": tiny("tt")}, tokens=3, repeats=1, onnx=True)["tt"]
     assert all(t[k] > 0 for k in ("eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes", "onnx_int8_bytes"))

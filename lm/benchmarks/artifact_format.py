@@ -25,7 +25,7 @@ from ..compression.surgery import compress_model
 from ..config import preset
 from ..model import LanguageModel
 from ..results import ROOT, stamp, write_json
-from ..study import methods_for
+from ..study.methods import load_methods
 
 OLD_COMMIT = "7d25122"  # the last commit with the LMZ1 exporter and torch.save checkpoints
 METHODS = ["dense", "q8", "q8c", "prune_embdec90_ft_q8", "lr_all_ft_q8", "tt_paper_scratch_q8", "lr_tied_scratch_q8"]
@@ -43,7 +43,7 @@ def old_exporter() -> types.ModuleType:
 
 def build(name: str, preset_name: str) -> tuple[LanguageModel, str | None]:
     cfg = preset(preset_name)
-    known = {m.name: m for m in methods_for(cfg)}
+    known = {m.name: m for m in load_methods(preset_name)}
     m = known[name]
     quant = m.quant
     while m.base:
@@ -56,14 +56,14 @@ def build(name: str, preset_name: str) -> tuple[LanguageModel, str | None]:
     if m.train == "scratch":
         from dataclasses import replace
 
-        shaped = LanguageModel(replace(cfg.model, **{**m.shape, "tie_weights": False}), vocab)
-        config = replace(compress_model(shaped, counts=counts, **m.compress).config, **m.shape)
+        shaped = LanguageModel(replace(cfg.model, **{**m.shape_fields(), "tie_weights": False}), vocab)
+        config = replace(compress_model(shaped, counts=counts, **m.layer_specs()).config, **m.shape_fields())
         model = LanguageModel(config, vocab)
         model.init_uniform(0.01)
     elif m.compress:
-        model = compress_model(model, counts=counts, **m.compress)
+        model = compress_model(model, counts=counts, **m.layer_specs())
     if m.prune:
-        prune_model(model, m.prune["amount"], m.prune["layers"])
+        prune_model(model, m.prune.amount, m.prune.layers)
         finalize(model)
     return model.eval(), quant
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import modelfile
-from ..checkpoint import build, dedupe, encode_vocab, decode_vocab, model_config
+from ..checkpoint import READERS, build, dedupe, encode_vocab, decode_vocab, model_config
 from ..model import LanguageModel
 from ..modelfile import ModelFileError, expect
 from . import lowbit, qat
@@ -221,6 +221,8 @@ def artifact_size(model: LanguageModel, quant: str | None = None) -> int:
     """Bytes of the artifact ``export`` would write, without writing it."""
     return export_bytes(model, quant)[1].bytes
 
+
+READERS["artifact"] = model_from_artifact  # lm.load and the CLI read artifacts through lm.checkpoint
 
 __all__ = ["ArtifactInfo", "export", "export_bytes", "decode", "load_artifact", "artifact_size", "encode_tensor",
            "decode_tensor", "model_from_artifact"]

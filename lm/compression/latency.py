@@ -1,84 +1,9 @@
-"""CPU latency of one language-model step: one token at batch 1, on one thread.
+"""Deprecated: moved to ``lm.study.latency``; this alias goes in the next release."""
 
-``compare`` measures several models side by side in one process, round-robin, so
-that every ratio against the dense baseline is taken under the same machine load;
-each model is timed eager (float32) and int8 (``torch.ao`` dynamic quantization), and
-with ``onnx=True`` also exported (``lm.onnx_export``) and run by onnxruntime, float32
-and int8 (its own dynamic quantizer).
-"""
+import sys
+import warnings
 
-from __future__ import annotations
+from ..study import latency as _moved
 
-import statistics
-import tempfile
-import time
-from pathlib import Path
-
-import torch
-from torch import nn
-
-from .quantize import int8_dynamic
-
-
-@torch.no_grad()
-def token_latency(model: nn.Module, tokens: int = 100, warmup: int = 10) -> float:
-    """Seconds per token for ``model(token (1, 1), state)``, the state carried from step to step."""
-    model.eval()
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (warmup + tokens, 1, 1), generator=torch.Generator().manual_seed(0))
-    state = None
-    for t in range(warmup):
-        _, state = model(ids[t], state)
-    tic = time.perf_counter()
-    for t in range(warmup, warmup + tokens):
-        _, state = model(ids[t], state)
-    return (time.perf_counter() - tic) / tokens
-
-
-def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -> float:
-    """Seconds per token of a ``lm.runtime`` runtime's ``step`` at batch 1, the state carried (the same
-    token ids as ``token_latency``)."""
-    ids = torch.randint(0, vocab_size, (warmup + tokens, 1), generator=torch.Generator().manual_seed(0)).numpy()
-    state = run.initial_state(1)
-    for t in range(warmup):
-        _, state = run.step(ids[t], state)
-    tic = time.perf_counter()
-    for t in range(warmup, warmup + tokens):
-        _, state = run.step(ids[t], state)
-    return (time.perf_counter() - tic) / tokens
-
-
-def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, threads: int = 1,
-            onnx: bool = False) -> dict[str, dict]:
-    """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads,
-    after one warm-up pass. With ``onnx``, also ``"ort_ms"``, ``"ort_int8_ms"`` (onnxruntime, float32 and
-    int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    kinds = ("eager", "int8") + (("ort", "ort_int8") if onnx else ())
-    sizes: dict[str, dict] = {name: {} for name in models}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            timers = {}
-            for name, m in models.items():
-                timers[(name, "eager")] = lambda m=m: token_latency(m, tokens)
-                timers[(name, "int8")] = lambda m=int8_dynamic(m): token_latency(m, tokens)
-                if onnx:
-                    from ..onnx_export import export_onnx
-                    from ..runtime import OnnxRuntime
-
-                    for kind, int8 in (("ort", False), ("ort_int8", True)):
-                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", int8=int8)
-                        sizes[name][f"onnx{'_int8' if int8 else ''}_bytes"] = info.bytes
-                        run = OnnxRuntime(info.path, threads)
-                        timers[(name, kind)] = lambda run=run, v=m.config.vocab_size: runtime_latency(run, v, tokens)
-            times: dict[tuple[str, str], list[float]] = {key: [] for key in timers}
-            for rep in range(repeats + 1):  # the first pass warms every model up and is not counted
-                for key, timer in timers.items():
-                    t = timer()
-                    if rep:
-                        times[key].append(t)
-    finally:
-        torch.set_num_threads(previous)
-    return {name: {**{f"{kind}_ms": 1e3 * statistics.median(times[(name, kind)]) for kind in kinds}, **sizes[name]}
-            for name in models}
+warnings.warn("lm.compression.latency moved to lm.study.latency", DeprecationWarning, stacklevel=2)
+sys.modules[__name__] = _moved

@@ -5,7 +5,7 @@ a new ``LanguageModel`` whose named parts are replaced; the others are copied. A
 spec is what the study asks for (``{"type": "groupreduce", "groups": 6, "ratio": 8}``);
 the returned model's config holds the resolved spec (block edges, ranks, shapes), so
 that ``LanguageModel(config)`` and hence ``lm.load`` and the artifact decoder rebuild
-the same architecture (``lm.compression.layers`` registers the builders).
+the same architecture (``lm.compression.builders`` registers the builders).
 
 Types: embedding and decoder ``low_rank`` (truncated SVD; ``LowRankLinear`` for the
 decoder), ``groupreduce`` (frequency blocks, weighted SVD, greedy ranks) and ``tt``
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ttlayers import LowRankLinear, TTEmbedding, TTLinear, lr_decoder, lr_lstm, tt_lstm
 
 from ..model import LanguageModel
-from . import layers
+from . import builders
 from .groupreduce import allocate_ranks, frequency_boundaries, word_weights
 
 
@@ -57,21 +57,21 @@ def _groupreduce(weight: Tensor, spec: dict, counts: Tensor | None, hidden: int)
 
 def _embedding_low_rank(emb: nn.Embedding, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     spec = {**spec, "type": "low_rank", "rank": int(spec["rank"])}
-    module = layers.build_embedding(config, spec)
+    module = builders.build_embedding(config, spec)
     module.set_from(emb.weight)
     return module, spec
 
 
 def _embedding_groupreduce(emb: nn.Embedding, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     spec = _groupreduce(emb.weight.detach(), spec, counts, config.hidden_size)
-    module = layers.build_embedding(config, spec)
+    module = builders.build_embedding(config, spec)
     module.set_from(emb.weight, word_weights(counts, float(spec.get("alpha", 0.5))))
     return module, spec
 
 
 def _decoder_groupreduce(dec: nn.Linear, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     spec = _groupreduce(dec.weight.detach(), spec, counts, config.hidden_size)
-    module = layers.build_decoder(config, dec.in_features, spec)
+    module = builders.build_decoder(config, dec.in_features, spec)
     module.set_from(dec.weight, word_weights(counts, float(spec.get("alpha", 0.5))))
     with torch.no_grad():
         module.bias.copy_(dec.bias)
@@ -80,7 +80,7 @@ def _decoder_groupreduce(dec: nn.Linear, spec: dict, counts, config) -> tuple[nn
 
 def _embedding_tt(emb: nn.Embedding, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     module = TTEmbedding.from_embedding(emb, rank=spec.get("rank"), rel_eps=spec.get("rel_eps"))
-    return module, layers.tt_spec(module, spec)
+    return module, builders.tt_spec(module, spec)
 
 
 def _decoder_low_rank(dec: nn.Linear, spec: dict, counts, config) -> tuple[nn.Module, dict]:
@@ -89,12 +89,12 @@ def _decoder_low_rank(dec: nn.Linear, spec: dict, counts, config) -> tuple[nn.Mo
 
 def _decoder_tt(dec: nn.Linear, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     module = TTLinear.from_linear(dec, rank=spec.get("rank"), rel_eps=spec.get("rel_eps"))
-    return module, layers.tt_spec(module, spec)
+    return module, builders.tt_spec(module, spec)
 
 
 def _lstm_tt(lstm: nn.Module, spec: dict, counts, config) -> tuple[nn.Module, dict]:
     module = tt_lstm(lstm, rank=spec.get("rank"), rel_eps=spec.get("rel_eps"))
-    return module, layers.tt_lstm_spec(module, spec)
+    return module, builders.tt_lstm_spec(module, spec)
 
 
 Init = Callable[[nn.Module, dict, "Tensor | None", object], "tuple[nn.Module, dict]"]

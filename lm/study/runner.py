@@ -1,0 +1,282 @@
+"""The compression study: every method on one preset, cached per method and resumable.
+
+``python -m lm study --preset small --checkpoint runs/small/model.safetensors`` takes a trained
+dense model (or trains the preset first), then for every method: compresses it,
+fine-tunes or trains it from scratch where the method says so, exports the compact
+artifact, decodes that artifact and measures its exact perplexities. Each finished
+method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
+its recipe is unchanged; fine-tuning resumes after a kill, losing at most one epoch.
+A final pass times every artifact side by side (one token, batch 1, one thread,
+eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and
+writes the results JSON, the markdown report and the Pareto plot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, load
+from ..compression.export import load_artifact
+from ..compression.surgery import compress_model
+from ..config import TrainConfig, preset
+from ..data import Corpus
+from ..distill import Distillation
+from ..model import LanguageModel, count_parameters
+from ..results import ROOT, stamp, write_json
+from ..train import train
+from . import pipeline, report
+from .latency import compare
+from .methods import Finetune, Method, load_finetune, load_methods, presets
+
+
+def scratch_model(cfg: TrainConfig, vocab: list[str] | None) -> LanguageModel:
+    """A fresh compressed model with Zaremba's init: every dense tensor uniform in
+    ±init_scale, and every factorised layer (TT, low-rank, GroupReduce) drawn by its own
+    init and scaled so that its reconstructed weight has the same standard deviation
+    (uniform entries in each of several TT cores would multiply to almost zero)."""
+    torch.manual_seed(cfg.seed)
+    model = LanguageModel(cfg.model, vocab)
+    model.init_uniform(cfg.init_scale)
+    target = cfg.init_scale / math.sqrt(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if not hasattr(module, "dense_weight"):
+                continue
+            module.reset_parameters()
+            depth = len(module.cores) if hasattr(module, "cores") else 2  # factors in each product
+            scale = (target / module.dense_weight().std()) ** (1 / depth)
+            for name, p in module.named_parameters():
+                if not name.endswith("bias"):
+                    p.mul_(scale)
+                else:
+                    nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
+    return model
+
+
+@dataclass
+class StudyConfig:
+    preset: str = "small"
+    run_dir: str = "runs/study_small"
+    checkpoint: str | None = None  # the trained dense model; None trains the preset in run_dir/dense
+    overrides: dict = field(default_factory=dict)  # preset overrides (tests shrink the model and the data)
+    finetune: dict | None = None  # overrides of the preset's fine-tuning recipe (epochs, lr, dropout)
+    scratch_epochs: int | None = None  # None: the preset's
+    eval_tokens: int | None = None  # score a prefix of valid/test (tests only); None: the whole splits, exactly
+    latency_tokens: int = 100
+    onnx: bool | None = None  # time the onnxruntime exports too; None: when onnxruntime is installed
+    methods: list[str] | None = None  # None: all
+    report_dir: str = str(ROOT / "results")
+    data_dir: str | None = None
+    progress: bool = True
+
+
+class Study:
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.cfg = preset(config.preset, **config.overrides)
+        self.finetune = {**asdict(load_finetune(config.preset)), **(config.finetune or {})}
+        self.run_dir = Path(config.run_dir)
+        self.corpus = Corpus.load(config.data_dir)
+        self.all_methods = load_methods(config.preset)
+        known = {m.name: m for m in self.all_methods}
+        names = config.methods or list(known)
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
+        # dependencies first: every base, and dense unless every method starts from scratch or from a base
+        order, i = [n for n in names if n != "dense"], 0
+        while i < len(order):  # a base's own base too (chains such as lr_tied_scratch -> lr_tied_ft -> its QAT)
+            base = known[order[i]].base
+            if base and base not in order:
+                order.insert(i, base)
+            else:
+                i += 1
+        self.needs_dense = bool(config.checkpoint) or "dense" in names or any(
+            not known[n].base and known[n].train != "scratch" for n in order)
+        self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        if self.config.progress:
+            tqdm.write(text)
+
+    def stream(self, split: str) -> torch.Tensor:
+        s = getattr(self.corpus, split)
+        return s[: self.config.eval_tokens] if self.config.eval_tokens else s
+
+    def counts(self) -> torch.Tensor:
+        train = self.corpus.train[: self.cfg.max_train_tokens] if self.cfg.max_train_tokens else self.corpus.train
+        return torch.bincount(train, minlength=self.cfg.model.vocab_size)
+
+    def dense_model(self) -> LanguageModel:
+        if self.config.checkpoint:
+            self.log(f"reusing the dense model {self.config.checkpoint}")
+            model = load(self.config.checkpoint)
+            if model.vocab is not None and model.vocab != self.corpus.vocab:
+                raise ValueError(f"{self.config.checkpoint} was trained on another vocabulary")
+            return model
+        out = self.run_dir / "dense" / "train"
+        if not (out / "results.json").is_file() or not (out / MODEL_FILE).is_file():
+            self.log(f"training the dense {self.config.preset} model in {out}")
+            train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
+        else:
+            self.log(f"reusing the dense model trained in {out}")
+        return load(out / MODEL_FILE)
+
+    def recipe(self, m: Method) -> dict:
+        """Everything a method's result depends on; a cached result is reused only if it matches."""
+        r = {"method": m.recipe(), "preset": self.config.preset, "overrides": self.config.overrides,
+             "checkpoint": self.config.checkpoint, "eval_tokens": self.config.eval_tokens}
+        if m.train == "finetune":
+            r["finetune"] = self.finetune
+        if m.train == "scratch":
+            r["scratch_epochs"] = self.config.scratch_epochs
+        return r
+
+    def outcome(self, m: Method, dense: LanguageModel) -> pipeline.Outcome:
+        """The method's artifact and its perplexities: its model compressed, pruned and trained as its
+        recipe says (``lm.study.pipeline.run``), exported and decoded."""
+        out = self.run_dir / m.name
+        start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
+        common = {"valid": self.stream("valid"), "test": self.stream("test"), "quant": m.quant,
+                  "data_dir": self.config.data_dir, "progress": self.config.progress}
+        if m.train == "scratch":
+            return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
+        if m.base and m.train == "none":
+            return pipeline.run(start, out, **common)
+        finetune = Finetune(self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
+        kd = Distillation(start, alpha=m.distill.alpha, temperature=m.distill.temperature) if m.distill else None
+        return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
+                            counts=self.counts() if m.compress else None, prune=m.prune,
+                            finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
+                            qat_bits=m.qat_bits, **common)
+
+    def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
+        """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
+        # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
+        # (untied there: a dense LSTM's output does not match a reshaped embedding)
+        shaped = LanguageModel(replace(dense.config, **{**m.shape_fields(), "tie_weights": False}), dense.vocab)
+        shape = replace(compress_model(shaped, counts=self.counts(), **m.layer_specs()).config, **m.shape_fields())
+        epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
+        cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
+        model = scratch_model(cfg, dense.vocab)
+        train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
+        return model.eval()
+
+    def run_method(self, m: Method, dense: LanguageModel) -> dict:
+        path = self.run_dir / m.name / "result.json"
+        recipe = self.recipe(m)
+        cached = self.cached(m)
+        if cached is not None:
+            self.log(f"{m.name}: cached")
+            return cached
+        self.log(f"{m.name}: {m.description}")
+        tic = time.time()
+        done = self.outcome(m, dense)
+        info, decoded = done.artifact, done.decoded
+        result = {
+            "name": m.name, "family": m.family, "label": m.name, "description": m.description, "recipe": recipe,
+            "size_bytes": info.bytes, "size_mb": info.bytes / report.MB,
+            "parameters": count_parameters(decoded),
+            "nonzero": sum(int((p != 0).sum()) for p in decoded.parameters()),
+            "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,
+            "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
+            "config": asdict(decoded.config), "wall_time_s": time.time() - tic,
+        }
+        write_json(path, result)
+        self.log(f"{m.name}: {result['size_mb']:.3f} MB, valid {result['valid_ppl']:.2f}, test {result['test_ppl']:.2f}")
+        return result
+
+    # -- the whole study --------------------------------------------------------------------------
+    def cached(self, m: Method) -> dict | None:
+        """The method's finished result, if it was run with its current recipe."""
+        path = self.run_dir / m.name / "result.json"
+        if path.is_file() and (self.run_dir / m.name / ARTIFACT_FILE).is_file():
+            result = json.loads(path.read_text())
+            if result.get("recipe") == self.recipe(m):
+                return result
+        return None
+
+    def run(self) -> dict:
+        """Run the selected methods, then report on them and on every other finished one."""
+        torch.manual_seed(self.cfg.seed)
+        if self.needs_dense:
+            dense = self.dense_model()
+        else:  # only from-scratch methods: an untrained dense model gives their shapes
+            dense = LanguageModel(self.cfg.model, self.corpus.vocab)
+        done, start, spent = {}, time.time(), []
+        todo = {m.name for m in self.methods if self.cached(m) is None}
+        for i, m in enumerate(self.methods, 1):
+            left = len(todo - set(done))  # methods still to run, this one included
+            estimate = f", about {_clock(sum(spent) / len(spent) * left)} left" if spent and left else ""
+            self.log(f"method {i} of {len(self.methods)}: {m.name} (elapsed {_clock(time.time() - start)}{estimate})")
+            tic = time.time()
+            done[m.name] = self.run_method(m, dense)
+            if m.name in todo:
+                spent.append(time.time() - tic)
+        rows = [done.get(m.name) or self.cached(m) for m in self.all_methods]
+        rows = [r for r in rows if r is not None]
+        self.log("timing every artifact side by side (1 thread, batch 1)")
+        models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
+        onnx = self.config.onnx
+        if onnx is None:
+            import importlib.util
+
+            onnx = importlib.util.find_spec("onnxruntime") is not None
+        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=onnx).items():
+            next(r for r in rows if r["name"] == name).update(t)
+        return self.write_report(rows)
+
+    def write_report(self, rows: list[dict]) -> dict:
+        out = Path(self.config.report_dir)
+        name = f"study_{self.config.preset}"
+        # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself
+        provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},
+                           self.cfg.seed)
+        plot = report.plot(rows, out / f"{name}.png", f"PTB, preset {self.config.preset}: size vs test perplexity")
+        payload = {
+            **provenance,
+            "preset": self.config.preset,
+            "eval": f"first {self.config.eval_tokens} tokens of valid/test" if self.config.eval_tokens
+            else "whole valid/test streams, lm.evaluate.perplexity",
+            "plot": plot.name,
+            "rows": [{k: v for k, v in r.items() if k not in ("recipe", "tensor_bytes")} for r in rows],
+            "paper": report.PAPER,
+        }
+        payload["targets"] = report.targets(payload["rows"], self.config.preset)
+        write_json(out / f"{name}.json", payload)
+        (out / f"{name}.md").write_text(report.markdown(payload))
+        if self.config.preset in report.FRONT_PRESETS:
+            report.write_front(out)
+        return payload
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def run_study(config: StudyConfig) -> dict:
+    """Run (or resume) the study and write ``<report_dir>/study_<preset>.{json,md,png}``; returns the payload."""
+    return Study(config).run()
+
+
+def methods_for(cfg: TrainConfig) -> list[Method]:
+    """Deprecated (one release): ``lm.study.methods.load_methods(preset)``; the preset is the one of ``cfg``'s hidden size."""
+    warnings.warn("lm.study.methods_for(cfg) is deprecated; use lm.study.methods.load_methods(preset)", DeprecationWarning,
+                  stacklevel=2)
+    name = next((p for p in presets() if preset(p).model.hidden_size == cfg.model.hidden_size), None)
+    if name is None:
+        raise ValueError(f"no study file for hidden size {cfg.model.hidden_size}; use lm.study.methods.load_methods(preset)")
+    return load_methods(name)
+

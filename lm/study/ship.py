@@ -1,0 +1,102 @@
+"""The trained models that travel with the code: the study front's compact artifacts in ``models/``.
+
+``python -m lm ship`` takes the Pareto front of ``results/study_front.json`` (the models no
+other is both smaller and better than), keeps those of at most ``MAX_MB``, copies each one's
+artifact from its study run directory into ``models/<preset>_<method>.safetensors`` and writes
+``models/manifest.json``: per model the file, its sha256 and size, the study's valid/test
+perplexities, the method and its recipe (with its bases'), the study's commit, and a check value (the
+perplexity of the first ``CHECK_TOKENS`` tokens of PTB's test split, measured on the shipped
+file). A front model whose run directory no longer holds its artifact is listed with
+``"file": null`` and a note, to be shipped when the study next produces it.
+``verify`` is what ``tests/test_models.py`` runs on every shipped entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..checkpoint import ARTIFACT_FILE, load
+from ..data import Corpus
+from ..evaluate import perplexity
+from ..results import ROOT
+from .methods import load_methods
+from .report import MB, pareto_front
+
+MODELS = ROOT / "models"
+MAX_MB = 5.0
+CHECK_TOKENS = 2000
+NOT_ON_DISK = "not on disk: to be shipped when the study next produces it"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def front_models(front: dict, max_mb: float = MAX_MB) -> list[dict]:
+    """The front's rows of at most ``max_mb`` MB, with the commit of the study that made each."""
+    commits = {s["preset"]: s["commit"] for s in front.get("sources", [])}
+    rows = []
+    for r in pareto_front(front["rows"]):
+        if r["size_mb"] > max_mb:
+            continue
+        p, _, method = r["name"].rpartition(":")
+        rows.append({**r, "preset": p, "method": method, "commit": commits.get(p)})
+    return rows
+
+
+def recipe(preset_name: str, method: str) -> list[dict]:
+    """The method's recipe, then its base's, down to one that starts from the dense model or scratch."""
+    known = {m.name: m for m in load_methods(preset_name)}
+    chain = [known[method]]
+    while chain[-1].base:
+        chain.append(known[chain[-1].base])
+    return [{"preset": preset_name, **m.to_dict()} for m in chain]
+
+
+def check_ppl(model, corpus: Corpus, tokens: int = CHECK_TOKENS) -> float:
+    """The perplexity the manifest records and the test re-measures: the test split's first ``tokens``."""
+    return perplexity(model, corpus.test[:tokens])
+
+
+def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.PathLike = MODELS,
+         corpus: Corpus | None = None, max_mb: float = MAX_MB) -> dict:
+    """Copy the front's artifacts found in ``run_dirs`` (preset -> study run directory) into ``out``
+    and write ``out/manifest.json``; returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for r in front_models(front, max_mb):
+        entry = {"name": r["name"], "file": None, "sha256": None, "size_bytes": None,
+                 "study_size_bytes": r["size_bytes"], "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
+                 "method": r["method"], "recipe": recipe(r["preset"], r["method"]), "commit": r["commit"],
+                 "check": None, "note": NOT_ON_DISK}
+        source = Path(run_dirs.get(r["preset"], "/nonexistent")) / r["method"] / ARTIFACT_FILE
+        if source.is_file():
+            target = out / f"{r['preset']}_{r['method']}.safetensors"
+            shutil.copyfile(source, target)
+            corpus = corpus or Corpus.load()
+            entry.update(file=target.name, sha256=sha256(target), size_bytes=target.stat().st_size, note=None,
+                         check={"split": "test", "tokens": CHECK_TOKENS, "ppl": check_ppl(load(target), corpus)})
+        entries.append(entry)
+    manifest = {"source": "results/study_front.json", "max_mb": max_mb, "models": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def verify(entry: dict, models_dir: str | os.PathLike, corpus: Corpus) -> None:
+    """Check a shipped entry: its file's sha256 and size, and its check perplexity (AssertionError otherwise)."""
+    path = Path(models_dir) / entry["file"]
+    assert path.stat().st_size == entry["size_bytes"], f"{path}: size differs from the manifest"
+    assert sha256(path) == entry["sha256"], f"{path}: sha256 differs from the manifest"
+    assert entry["size_bytes"] <= MAX_MB * MB, f"{path}: larger than {MAX_MB} MB"
+    measured = check_ppl(load(path), corpus, entry["check"]["tokens"])
+    assert abs(measured - entry["check"]["ppl"]) <= 1e-6 * entry["check"]["ppl"], (
+        f"{path}: test[:{entry['check']['tokens']}] perplexity {measured}, manifest {entry['check']['ppl']}")
