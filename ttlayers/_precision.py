@@ -94,7 +94,8 @@ def from_work(cores: list[torch.Tensor], exponent: int, dtype: torch.dtype, hold
     cores cannot all fit raises a ``ValueError``.
     """
     info = np.finfo(torch.empty(0, dtype=dtype).numpy().dtype)
-    low, high = info.minexp + info.nmant, info.maxexp - 1  # entries 2**low .. 2**high stay normal to eps
+    # a core's largest entry must be a normal number (as the input's was): its exponent from low to high
+    low, high = info.minexp + 1, info.maxexp - 1
 
     def fits(core, power):
         return not bool(core.abs().max() > 0) or low <= core_exponent(core) + power <= high
