@@ -69,24 +69,24 @@ def _in_own_backend(method):
     return run
 
 
-class TTTensor(tt_tensor.TTTensor):
-    """tensorly's ``TTTensor`` built, and its dense forms computed, with the backend of its cores."""
+class _BuiltInOwnBackend:
+    """Builds a tensorly factorized tensor under the backend of its factors (a mixin)."""
 
     def __init__(self, factors, inplace=False):
         with backend_for(factors):
             super().__init__(factors, inplace)
+
+
+class TTTensor(_BuiltInOwnBackend, tt_tensor.TTTensor):
+    """tensorly's ``TTTensor`` built, and its dense forms computed, with the backend of its cores."""
 
     to_tensor = _in_own_backend(tt_tensor.TTTensor.to_tensor)
     to_unfolding = _in_own_backend(tt_tensor.TTTensor.to_unfolding)
     to_vec = _in_own_backend(tt_tensor.TTTensor.to_vec)
 
 
-class TTMatrix(tt_matrix.TTMatrix):
+class TTMatrix(_BuiltInOwnBackend, tt_matrix.TTMatrix):
     """tensorly's ``TTMatrix`` built, and its dense forms computed, with the backend of its cores."""
-
-    def __init__(self, factors, inplace=False):
-        with backend_for(factors):
-            super().__init__(factors, inplace)
 
     to_tensor = _in_own_backend(tt_matrix.TTMatrix.to_tensor)
     to_matrix = _in_own_backend(tt_matrix.TTMatrix.to_matrix)
