@@ -64,7 +64,10 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def best_times(fns: dict, rounds: int, min_time: float, clock) -> dict:
-    """Best-round mean seconds per call of each function, the functions interleaved in every round."""
+    """Best-round mean seconds per call of each function, the functions interleaved in every round.
+    On a GPU each call waits for its kernels, so that the clock measures their work."""
+    if torch.get_default_device().type == "cuda":
+        fns = {name: _synchronized(fn) for name, fn in fns.items()}
     for fn in fns.values():  # warm up (plans, allocator)
         fn()
     reps = {}
@@ -82,6 +85,14 @@ def best_times(fns: dict, rounds: int, min_time: float, clock) -> dict:
                 fn()
             best[name] = min(best[name], (clock() - start) / reps[name])
     return best
+
+
+def _synchronized(fn):
+    def call():
+        fn()
+        torch.cuda.synchronize()
+
+    return call
 
 
 def train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor):
@@ -343,9 +354,17 @@ def main() -> None:
     parser.add_argument("--orders", action="store_true", help="only the chosen vs fewest-FLOP orders")
     parser.add_argument("--recurrence", action="store_true",
                         help="only TT-LSTMs, steps planned together vs each alone")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda (wall clock; its own results file, docs tables left alone)")
     parser.add_argument("--docs-only", action="store_true", help="rewrite the docs tables from the results file")
     args = parser.parse_args()
+    if args.device != "cpu":
+        if not torch.cuda.is_available() or not args.device.startswith("cuda"):
+            parser.error(f"argument --device: expected cpu or an available cuda device, got {args.device!r}")
+        torch.set_default_device(args.device)
+        args.clock = "wall"
     suffix = "" if (args.threads, args.clock) == (1, "cpu") else f"_{args.threads}threads_{args.clock}"
+    suffix = "_cuda" if args.device != "cpu" else suffix
     name = NAME + ("_orders" if args.orders else "_recurrence" if args.recurrence else "") + suffix
     if args.docs_only:
         write_docs(name, json.loads((RESULTS / f"{name}.json").read_text())["rows"])
@@ -353,7 +372,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
     config = {"rounds": args.rounds, "min_time": args.min_time, "threads": args.threads, "clock": args.clock,
-              "shapes": SHAPES}
+              "shapes": SHAPES, "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu"}
     if args.orders:
         rows = bench_orders(args.rounds, args.min_time, clock, args.quick)
     elif args.recurrence:
@@ -365,7 +384,8 @@ def main() -> None:
         rows += [{"part": "lstm", **r} for r in bench_lstm(args.rounds, args.min_time, clock, args.quick)]
     if not args.quick:
         write_results(name, rows, config, SEED)
-        write_docs(name, rows)
+        if args.device == "cpu":
+            write_docs(name, rows)
 
 
 if __name__ == "__main__":

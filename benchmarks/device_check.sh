@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The GPU check, for the device machine a session is sometimes lent: the CUDA tests
+# (pytest -m cuda) and the layer benchmark on the GPU, in well under 8 minutes.
+#
+# That machine's image has CUDA PyTorch but not tensorly or tensorly-torch, and cannot download;
+# fetch their wheels here once, into a folder git ignores, and carry it:
+#   pip download tensorly tensorly-torch --no-deps -d .whl
+#   device run:  bash benchmarks/device_check.sh      carry: [".whl"]
+# Results come back under $OUT; commit benchmarks/results/bench_layers_cuda.json from there.
+set -euo pipefail
+OUT=${OUT:-$(mktemp -d)}
+python3 -m pip install --quiet --no-deps --no-index .whl/*.whl
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 240 python3 -m benchmarks.bench_layers --device cuda --rounds 3 --min-time 0.02 2>&1 | tail -5
+cp benchmarks/results/bench_layers_cuda.json "$OUT/"
