@@ -32,7 +32,7 @@ from ..config import TrainConfig, preset
 from ..data import Corpus
 from ..distill import Distillation
 from ..model import LanguageModel, count_parameters
-from ..results import ROOT, stamp, write_json
+from ..results import ROOT, git_commit, stamp, write_json
 from ..train import train
 from . import pipeline, report
 from .latency import compare
@@ -191,7 +191,7 @@ class Study:
             "nonzero": sum(int((p != 0).sum()) for p in decoded.parameters()),
             "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,
             "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
-            "config": asdict(decoded.config), "wall_time_s": time.time() - tic,
+            "config": asdict(decoded.config), "wall_time_s": time.time() - tic, "commit": git_commit(),
         }
         write_json(path, result)
         self.log(f"{m.name}: {result['size_mb']:.3f} MB, valid {result['valid_ppl']:.2f}, test {result['test_ppl']:.2f}")

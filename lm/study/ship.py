@@ -6,7 +6,9 @@ artifact from its study run directory into ``models/<preset>_<method>.safetensor
 ``models/manifest.json``: per model the file, its sha256 and size, the study's valid/test
 perplexities, the method and its recipe (with its bases'), the study's commit, and a check value (the
 perplexity of the first ``CHECK_TOKENS`` tokens of PTB's test split, measured on the shipped
-file). A front model whose run directory no longer holds its artifact is listed with
+file). Where the run that produced the shipped file is not the study's (a re-run on another
+machine), the entry's ``valid_ppl``/``test_ppl``/``commit`` are that run's, from its
+``result.json``, and the study's own figures stay beside them as ``study_*``. A front model whose run directory no longer holds its artifact is listed with
 ``"file": null`` and a note, to be shipped when the study next produces it.
 ``verify`` is what ``tests/test_models.py`` runs on every shipped entry.
 """
@@ -80,6 +82,10 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
                  "check": None, "note": NOT_ON_DISK}
         source = Path(run_dirs.get(r["preset"], "/nonexistent")) / r["method"] / ARTIFACT_FILE
         if source.is_file():
+            run = json.loads((source.parent / "result.json").read_text())
+            if (run["valid_ppl"], run["test_ppl"]) != (r["valid_ppl"], r["test_ppl"]):
+                entry.update(valid_ppl=run["valid_ppl"], test_ppl=run["test_ppl"], commit=run.get("commit", "not recorded"),
+                             study_valid_ppl=r["valid_ppl"], study_test_ppl=r["test_ppl"], study_commit=r["commit"])
             target = out / f"{r['preset']}_{r['method']}.safetensors"
             shutil.copyfile(source, target)
             corpus = corpus or Corpus.load()
