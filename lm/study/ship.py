@@ -82,7 +82,8 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
                  "check": None, "note": NOT_ON_DISK}
         source = Path(run_dirs.get(r["preset"], "/nonexistent")) / r["method"] / ARTIFACT_FILE
         if source.is_file():
-            run = json.loads((source.parent / "result.json").read_text())
+            result = source.parent / "result.json"
+            run = json.loads(result.read_text()) if result.is_file() else r
             if (run["valid_ppl"], run["test_ppl"]) != (r["valid_ppl"], r["test_ppl"]):
                 entry.update(valid_ppl=run["valid_ppl"], test_ppl=run["test_ppl"], commit=run.get("commit", "not recorded"),
                              study_valid_ppl=r["valid_ppl"], study_test_ppl=r["test_ppl"], study_commit=r["commit"])
