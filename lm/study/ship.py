@@ -8,7 +8,7 @@ perplexities, the method and its recipe (with its bases'), the study's commit, a
 perplexity of the first ``CHECK_TOKENS`` tokens of PTB's test split, measured on the shipped
 file). A front model whose run directory no longer holds its artifact is listed with
 ``"file": null`` and a note, to be shipped when the study next produces it.
-``verify`` is what ``tests/test_models.py`` runs on every shipped entry.
+``verify`` is what ``tests/project/test_models.py`` runs on every shipped entry.
 """
 
 from __future__ import annotations

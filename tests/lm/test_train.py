@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 import lm
 from lm.config import preset

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.checkpoint import ARTIFACT_FILE, load
 from lm.compression.export import export
@@ -15,7 +14,7 @@ from lm.modelfile import ModelFileError
 from lm.study.ship import MODELS, NOT_ON_DISK, front_models, ship, verify
 from lm.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = json.loads((MODELS / "manifest.json").read_text())
 
 
@@ -27,7 +26,7 @@ def test_the_manifest_lists_the_front():
 
 
 @pytest.mark.parametrize("entry", MANIFEST["models"], ids=[e["name"] for e in MANIFEST["models"]])
-def test_shipped_model_matches_its_manifest(entry, corpus):  # noqa: F811
+def test_shipped_model_matches_its_manifest(entry, corpus):
     if entry["file"] is None:
         pytest.skip(f"{entry['name']}: {entry['note']}")
     verify(entry, MODELS, corpus)
@@ -35,7 +34,7 @@ def test_shipped_model_matches_its_manifest(entry, corpus):  # noqa: F811
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", MANIFEST["models"], ids=[e["name"] for e in MANIFEST["models"]])
-def test_shipped_model_gives_the_reports_perplexities(entry, corpus):  # noqa: F811
+def test_shipped_model_gives_the_reports_perplexities(entry, corpus):
     if entry["file"] is None:
         pytest.skip(f"{entry['name']}: {entry['note']}")
     model = load(MODELS / entry["file"])
@@ -43,7 +42,7 @@ def test_shipped_model_gives_the_reports_perplexities(entry, corpus):  # noqa: F
     assert perplexity(model, corpus.valid) == pytest.approx(entry["valid_ppl"], rel=1e-6)
 
 
-def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):  # noqa: F811
+def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):
     cfg = preset("tiny", max_train_tokens=2000, epochs=1)
     train(cfg, tmp_path / "train", progress=False)
     model = load(tmp_path / "train")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from lm.results import lm_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readme_example_runs(capsys):

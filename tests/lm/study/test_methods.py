@@ -13,7 +13,7 @@ from lm.study.methods import (CONFIG_DIR, Distill, GroupReduceSpec, LRLSTMSpec, 
                         load_methods, read_methods)
 from lm.study import Study, StudyConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # every method's recipe (the study's cache key) and fields, as lm.study computed them when the methods were Python code
 FROZEN = json.loads((Path(__file__).parent / "fixtures" / "study_recipes.json").read_text())
 

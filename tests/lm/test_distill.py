@@ -4,7 +4,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.config import preset
 from lm.distill import Distillation, soft_target_loss

@@ -2,7 +2,6 @@ import shutil
 
 import pytest
 import torch
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.data import EOS, Corpus, DataError, batchify, bptt_windows, build_vocab, find_ptb
 

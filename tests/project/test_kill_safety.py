@@ -12,7 +12,6 @@ import threading
 
 import pytest
 import torch
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 import lm
 from lm.checkpoint import MODEL_FILE, TRAIN_STATE_FILE, load_train_state
@@ -81,7 +80,7 @@ def run_until_killed(out, kill_after: float | None, kill_at_write: int = 0) -> t
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_loses_at_most_one_epoch(tmp_path, corpus):  # noqa: F811
+def test_sigkill_at_random_points_loses_at_most_one_epoch(tmp_path, corpus):
     ref = tmp_path / "ref"
     code, _ = run_until_killed(ref, None)
     assert code == 0

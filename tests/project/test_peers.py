@@ -17,7 +17,7 @@ with warnings.catch_warnings():  # torchtt warns that its C++ extension is not b
     warnings.simplefilter("ignore")
     torchtt = pytest.importorskip("torchtt")
 
-from test_ill_conditioned import allowance, decaying_tt, rel_error, smooth  # noqa: E402
+from tests.ttlayers.test_precision import allowance, decaying_tt, rel_error, smooth  # noqa: E402
 
 
 class Cores:

@@ -8,7 +8,6 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 

@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from ptb_fixture import corpus  # noqa: F401  (fixture)
 
 from lm.study import runner as study
 from lm.__main__ import main
@@ -30,7 +29,7 @@ from lm.study.methods import load_finetune, load_methods
 
 
 @pytest.fixture
-def short_corpus(corpus, monkeypatch):  # noqa: F811
+def short_corpus(corpus, monkeypatch):
     short = Corpus(corpus.vocab, corpus.train[:4000], corpus.valid[:1000], corpus.test[:1000])
     monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: short))
     return short
@@ -202,7 +201,7 @@ def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus,
 
 
 def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
-    names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/test_compression_qat.py
+    names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/lm/compression/test_qat.py
     _, payload, rows = run_tiny_study(tmp_path, names)
     for name, bits in zip(names, (2, 2)):
         model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")

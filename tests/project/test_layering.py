@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOP = {"lm", "lm.__main__"}
 # the study, and lm's own benchmarks (of training speed and of the study's model files), on top
 STUDY = ("lm.study", "lm.benchmarks", "lm.deploy_bench")

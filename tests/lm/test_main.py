@@ -1,7 +1,7 @@
 """Every bad command-line input stops with a message that says what is allowed.
 
 ``BAD_INPUTS`` is the table docs/lm.md shows (between the ``cli_errors`` markers); the
-test checks that they agree, and ``python tests/test_cli.py`` rewrites the docs' copy.
+test checks that they agree, and ``python -m tests.lm.test_main`` rewrites the docs' copy.
 Placeholders: EMPTY is an empty directory, FILE a file that is no model, MODEL a checkpoint.
 """
 
@@ -19,7 +19,7 @@ from lm.compression.export import export
 from lm.config import ModelConfig
 from lm.model import LanguageModel
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "lm.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "lm.md"
 
 BAD_INPUTS = [
     ("train --epochs 0", "argument --epochs: expected a whole number >= 1, got '0'"),
@@ -99,7 +99,7 @@ def test_bad_input_is_a_clear_error(argv, message, places, capsys):
 
 
 def test_docs_show_the_table():
-    assert docs_table() == render(), "docs/lm.md's cli_errors table is stale: run python tests/test_cli.py"
+    assert docs_table() == render(), "docs/lm.md's cli_errors table is stale: run python -m tests.lm.test_main"
 
 
 def test_every_option_has_help_and_the_methods_are_listed(capsys):
