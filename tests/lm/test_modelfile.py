@@ -21,29 +21,18 @@ from lm.checkpoint import convert_legacy, load_train_state, save_model, save_tra
 from lm.compression.export import export_bytes
 from lm.compression.prune import finalize, prune_model
 from lm.compression.surgery import compress_model
-from lm.config import ModelConfig
 from lm.model import LanguageModel
 from lm.modelfile import ModelFileError
 
-VOCAB = [f"w{i}" for i in range(60)]
-
-
-def tiny(**kw) -> LanguageModel:
-    torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=60, hidden_size=8, num_layers=2, **kw), VOCAB)
-    m.init_uniform(0.2)
-    return m.eval()
-
-
-def _pruned() -> LanguageModel:
-    m = tiny()
+def _pruned(tiny_lm) -> LanguageModel:
+    m = tiny_lm()
     prune_model(m, 0.9, ("embedding", "decoder"))
     finalize(m)
     return m
 
 
-def _train_state() -> dict:
-    model = tiny()
+def _train_state(tiny_lm) -> dict:
+    model = tiny_lm()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     model.train()
     logits, _ = model(torch.randint(0, 60, (5, 2)))
@@ -60,22 +49,22 @@ def _bytes_of(save, obj, tmp) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, bytes]:
+def files(tmp_path_factory, tiny_lm) -> dict[str, bytes]:
     """Real files of every kind: checkpoints (plain, tied) and artifacts (f32, q8, q8c, sparse, TT)."""
     tmp = tmp_path_factory.mktemp("files") / "f"
-    tt = compress_model(tiny(), embedding={"type": "tt", "rank": 2}, lstm={"type": "tt_lstm", "rank": 2})
+    tt = compress_model(tiny_lm(), embedding={"type": "tt", "rank": 2}, lstm={"type": "tt_lstm", "rank": 2})
     save_model(tt.eval(), tmp)
     lm.load(tmp)  # the first load's imports (meta device, TT layers) happen here, outside any deadline
     return {
-        "checkpoint": _bytes_of(save_model, tiny(), tmp),
-        "checkpoint_tied": _bytes_of(save_model, tiny(tie_weights=True), tmp),
-        "artifact_f32": export_bytes(tiny())[0],
-        "artifact_q8": export_bytes(tiny(tie_weights=True), "q8")[0],
-        "artifact_q8c": export_bytes(tiny(), "q8c")[0],
-        "artifact_sparse": export_bytes(_pruned(), "q8")[0],
-        "artifact_sparse_f32": export_bytes(_pruned())[0],
+        "checkpoint": _bytes_of(save_model, tiny_lm(), tmp),
+        "checkpoint_tied": _bytes_of(save_model, tiny_lm(tie_weights=True), tmp),
+        "artifact_f32": export_bytes(tiny_lm())[0],
+        "artifact_q8": export_bytes(tiny_lm(tie_weights=True), "q8")[0],
+        "artifact_q8c": export_bytes(tiny_lm(), "q8c")[0],
+        "artifact_sparse": export_bytes(_pruned(tiny_lm), "q8")[0],
+        "artifact_sparse_f32": export_bytes(_pruned(tiny_lm))[0],
         "artifact_tt": export_bytes(tt.eval(), "q8")[0],
-        "train_state": _bytes_of(save_train_state, _train_state(), tmp),
+        "train_state": _bytes_of(save_train_state, _train_state(tiny_lm), tmp),
     }
 
 
@@ -115,12 +104,12 @@ KINDS = ["checkpoint", "checkpoint_tied", "artifact_f32", "artifact_q8", "artifa
 FUZZ = settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def test_every_kind_round_trips(files, tmp_path):
+def test_every_kind_round_trips(files, tmp_path, tiny_lm):
     for kind in KINDS:
         reference = _load(files[kind], kind, tmp_path / "ref")
         assert _same(reference, _load(files[kind], kind, tmp_path / "again"))
-    assert _same(_load(files["checkpoint"], "checkpoint", tmp_path / "c"), tiny())
-    assert _same(_load(files["train_state"], "train_state", tmp_path / "s"), _train_state())
+    assert _same(_load(files["checkpoint"], "checkpoint", tmp_path / "c"), tiny_lm())
+    assert _same(_load(files["train_state"], "train_state", tmp_path / "s"), _train_state(tiny_lm))
 
 
 @FUZZ
@@ -294,19 +283,10 @@ def test_a_crafted_pickle_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_legacy_checkpoint_converts(tmp_path):
-    model = tiny(tie_weights=True)
-    from dataclasses import asdict
-
-    torch.save({"config": asdict(model.config), "vocab": VOCAB, "state_dict": model.state_dict()}, tmp_path / "old.pt")
-    convert_legacy(tmp_path / "old.pt", tmp_path / "new.safetensors")
-    assert _same(lm.load(tmp_path / "new.safetensors"), model)
-
-
-def test_writes_are_atomic(tmp_path, monkeypatch):
+def test_writes_are_atomic(tmp_path, monkeypatch, tiny_lm):
     """A write that dies half-way leaves the previous file intact and no temporary behind."""
     path = tmp_path / "model.safetensors"
-    save_model(tiny(), path)
+    save_model(tiny_lm(), path)
     before = path.read_bytes()
 
     def crash(*args):
@@ -314,5 +294,5 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(modelfile.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_model(tiny(tie_weights=True), path)
+        save_model(tiny_lm(tie_weights=True), path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]

@@ -1,4 +1,5 @@
-"""End-to-end training on PTB: the tiny preset, resume after a kill, DDP, divergence."""
+"""End-to-end training on PTB: the tiny preset, resume after a kill, DDP, divergence, and
+averaged SGD (fixed and non-monotonically triggered, its exact resume, the tiny AWD recipe)."""
 
 import json
 import math
@@ -7,12 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lm
-from lm.config import preset
+import lm.train
+from lm.checkpoint import load_train_state
+from lm.config import PRESETS, TrainConfig, preset
+from lm.evaluate import perplexity
 from lm.train import TrainingDiverged, build_model, train
 
 SHORT = ["--preset", "tiny", "--max-train-tokens", "20000", "--quiet"]
@@ -122,3 +128,69 @@ def test_non_finite_loss_stops_training(tmp_path, corpus):
 def test_bad_data_dir_is_a_clear_cli_error(tmp_path):
     done = run_lm("train", *SHORT, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
     assert done.returncode != 0 and "does not hold ptb.train.txt" in done.stderr
+
+
+def tiny_awd(**kw) -> TrainConfig:
+    return preset("tiny_awd", hidden_size=16, max_train_tokens=3000, **kw)
+
+
+def test_asgd_saves_and_evaluates_the_mean_of_every_step_since_the_switch(tmp_path, corpus, monkeypatch):
+    cfg = tiny_awd(epochs=2, asgd_start=2, asgd_nonmono=None)
+    model = lm.train.build_model(cfg, corpus.vocab)
+    iterates = []
+    handle = register_optimizer_step_post_hook(
+        lambda opt, args, kw: iterates.append([p.detach().clone() for p in model.parameters()]))
+    try:
+        results = train(cfg, tmp_path, model=model, progress=False)
+    finally:
+        handle.remove()
+    steps = math.ceil((cfg.max_train_tokens // cfg.batch_size - 1) / cfg.bptt)
+    assert len(iterates) == 2 * steps
+    mean = [torch.stack(ps).mean(0) for ps in zip(*iterates[steps:])]  # the second epoch's steps
+    saved = lm.load(tmp_path / "model.safetensors")
+    for p, m, q in zip(saved.parameters(), mean, model.parameters()):
+        torch.testing.assert_close(p, m)
+        torch.testing.assert_close(q, m)  # the caller's model ends averaged too
+    assert saved.decoder.weight is saved.embedding.weight  # tying composes
+    assert [h["averaged"] for h in results["history"]] == [False, True]
+    assert results["history"][-1]["valid_ppl"] == pytest.approx(perplexity(saved, corpus.valid), rel=1e-9)
+    state = load_train_state(tmp_path / "train_state.safetensors")
+    assert not torch.equal(state["model"]["embedding.weight"], saved.embedding.weight)  # SGD's own weights go on
+
+
+def test_nt_asgd_starts_averaging_after_the_epoch_that_triggers_it(tmp_path, corpus, monkeypatch):
+    seen = []
+
+    def trigger(valid, nonmono):
+        seen.append((list(valid), nonmono))
+        return len(valid) == 1
+
+    monkeypatch.setattr(lm.train, "nt_asgd_triggered", trigger)
+    results = train(tiny_awd(epochs=2, asgd_start=None, asgd_nonmono=3), tmp_path, progress=False)
+    assert [h["averaged"] for h in results["history"]] == [False, True]
+    assert seen == [([results["history"][0]["valid_ppl"]], 3)]  # asked once, until it said yes
+
+
+def test_resume_restores_the_average_exactly(tmp_path, corpus):
+    cfg = tiny_awd(epochs=2, asgd_start=1, asgd_nonmono=None)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    train(replace(cfg, epochs=1), tmp_path / "cut", progress=False)
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed["test_ppl"] == whole["test_ppl"]
+    a, b = (load_train_state(tmp_path / d / "train_state.safetensors") for d in ("whole", "cut"))
+    assert a["average"].keys() == b["average"].keys()
+    assert all(torch.equal(a["average"][k], b["average"][k]) for k in a["average"])
+    assert all(torch.equal(lm.load(tmp_path / d / "model.safetensors").state_dict()[k], v)
+               for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.safetensors").state_dict().items())
+
+
+def test_tiny_awd_trains_end_to_end_from_the_command_line(tmp_path, corpus):
+    out = tmp_path / "awd"
+    done = run_lm("train", "--preset", "tiny_awd", "--max-train-tokens", "20000", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_ppl"] < 1500 and results["config"]["weight_drop"] == PRESETS["tiny_awd"].weight_drop
+    evaluated = run_lm("eval", str(out / "model.safetensors"), "--splits", "test")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
+    assert asdict(lm.load(out / "model.safetensors").config) == asdict(PRESETS["tiny_awd"].model)
