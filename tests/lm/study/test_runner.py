@@ -1,8 +1,8 @@
-"""The compression study and the budget pipeline, end to end on a shrunken tiny preset.
+"""The compression study, end to end on a shrunken tiny preset.
 
-PTB's valid and test streams are cut to a few thousand tokens (``Corpus.load`` is
-patched) so that the many training runs' evaluations stay cheap; everything else is
-the real pipeline, run through the command line.
+PTB's streams are cut to a few thousand tokens (the ``short_corpus`` fixture) so that the many
+training runs' evaluations stay cheap; everything else is the real pipeline, run through the
+command line.
 """
 
 import json
@@ -14,25 +14,13 @@ import torch
 
 from lm.study import runner as study
 from lm.__main__ import main
-from lm.study.budget import families, fit
-from lm.checkpoint import save_model
-from lm.compression.export import artifact_size, load_artifact
+from lm.compression.export import load_artifact
 from lm.compression.lowbit import dequantize_rows, quantize_rows
 from lm.compression.qat import row_axes
-from lm.compression.prune import finalized_copy
 from lm.study.report import MB, pareto_front
-from lm.config import ModelConfig, preset
-from lm.data import Corpus
+from lm.config import preset
 from lm.distill import Distillation
-from lm.model import LanguageModel
 from lm.study.methods import load_finetune, load_methods
-
-
-@pytest.fixture
-def short_corpus(corpus, monkeypatch):
-    short = Corpus(corpus.vocab, corpus.train[:4000], corpus.valid[:1000], corpus.test[:1000])
-    monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: short))
-    return short
 
 
 # one method of every kind of code path: storage only, pruning (LSTM too, gradual), a base chain,
@@ -83,45 +71,6 @@ def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
     stamps = {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in rows}
     main(args + ["--methods", "q8", "lr_all_ft"])
     assert all((tmp_path / "runs" / n / "result.json").stat().st_mtime_ns == t for n, t in stamps.items())
-
-
-@pytest.mark.slow
-def test_compress_to_a_budget(tmp_path, short_corpus, capsys):
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(hidden_size=24, num_layers=1), short_corpus.vocab)
-    model.init_uniform(0.1)
-    save_model(model, tmp_path / "dense.safetensors")
-    dense_mb = sum(p.numel() for p in model.parameters()) * 4 / MB
-    budget = round(dense_mb / 6, 3)
-    main(["compress", str(tmp_path / "dense.safetensors"), "--budget-mb", str(budget), "--out", str(tmp_path / "out"),
-          "--finetune-epochs", "1", "--search-tokens", "500", "--quiet"])
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["size_bytes"] <= budget * MB
-    assert (tmp_path / "out" / "artifact.safetensors").stat().st_size == result["size_bytes"]
-    assert {c["family"] for c in result["candidates"]} >= {"pruned", "groupreduce"}
-    assert load_artifact(tmp_path / "out" / "artifact.safetensors").vocab == short_corpus.vocab
-    assert '"size_mb"' in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("quant", [None, "q8"])
-def test_budget_search_finds_the_mildest_fitting_setting(quant):
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=16, num_layers=1), [f"w{i}" for i in range(300)])
-    model.init_uniform(0.1)
-    counts = torch.arange(300, 0, -1)
-    dense_bytes = artifact_size(model, quant)
-    budget = dense_bytes // 3
-    for family in families(16, 300):
-        found = fit(family, model, counts, budget, quant)
-        if found is None:  # even the strongest setting is too large
-            assert artifact_size(finalized_copy(family.build(model, family.lo, counts)), quant) > budget
-            continue
-        keep, compressed, size = found
-        assert size <= budget and artifact_size(finalized_copy(compressed), quant) == size
-        if keep < family.hi:  # a little milder no longer fits
-            step = 1 if family.integer else keep * 0.3
-            milder = family.build(model, min(family.hi, keep + step), counts)
-            assert artifact_size(finalized_copy(milder), quant) > budget
 
 
 def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeypatch):
