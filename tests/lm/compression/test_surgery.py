@@ -1,3 +1,5 @@
+"""Compression surgery: a trained model's layers replaced by compressed ones holding its weights."""
+
 import pytest
 import torch
 from torch import nn
@@ -7,10 +9,7 @@ from lm.checkpoint import save_model
 from lm.compression.export import decode, export_bytes
 from lm.compression.quantize import int8_dynamic
 from lm.compression.surgery import compress_model, set_dropout
-from lm.config import ModelConfig
-from lm.model import LanguageModel
 
-VOCAB = [f"w{i}" for i in range(120)]
 COUNTS = torch.arange(120, 0, -1) ** 2
 GR = {"type": "groupreduce", "groups": 3, "ratio": 3}
 CASES = {
@@ -23,16 +22,9 @@ CASES = {
 }
 
 
-def dense(layers=2) -> LanguageModel:
-    torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=120, hidden_size=16, num_layers=layers), VOCAB)
-    m.init_uniform(0.3)
-    return m.eval()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_compressed_models_rebuild_from_config(case, tmp_path):
-    m = dense()
+def test_compressed_models_rebuild_from_config(case, tmp_path, tiny_lm):
+    m = tiny_lm(vocab=120, hidden=16, init=0.3)
     c = compress_model(m, counts=COUNTS, **CASES[case])
     assert c.config.embedding["type"] != "dense" or c.config.lstm["type"] != "dense"
     tokens = torch.randint(0, 120, (7, 2))
@@ -46,8 +38,8 @@ def test_compressed_models_rebuild_from_config(case, tmp_path):
     assert all(p.grad is not None for p in c.parameters())
 
 
-def test_full_rank_compressions_are_exact():
-    m = dense()
+def test_full_rank_compressions_are_exact(tiny_lm):
+    m = tiny_lm(vocab=120, hidden=16, init=0.3)
     tokens = torch.randint(0, 120, (6, 3))
     ref = m(tokens)[0]
     full = {"low_rank": dict(embedding={"type": "low_rank", "rank": 16}, decoder={"type": "low_rank", "rank": 16}),
@@ -56,15 +48,15 @@ def test_full_rank_compressions_are_exact():
         torch.testing.assert_close(compress_model(m, counts=COUNTS, **kw)(tokens)[0], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_lr_lstm_shares_one_projection_per_layer():
-    c = compress_model(dense(), lstm={"type": "lr_lstm", "rank": 5})
+def test_lr_lstm_shares_one_projection_per_layer(tiny_lm):
+    c = compress_model(tiny_lm(vocab=120, hidden=16, init=0.3), lstm={"type": "lr_lstm", "rank": 5})
     assert c.lstm.output_size == 5 and c.decoder.in_features == 5
     assert all(layer.projection.weight.shape == (5, 16) for layer in c.lstm.layers)
     assert c.lstm.layers[1].input_map.in_features == 5
 
 
-def test_bad_specs():
-    m = dense()
+def test_bad_specs(tiny_lm):
+    m = tiny_lm(vocab=120, hidden=16, init=0.3)
     with pytest.raises(ValueError, match="unknown embedding compression"):
         compress_model(m, embedding={"type": "bogus"})
     with pytest.raises(ValueError, match="counts"):
