@@ -4,20 +4,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lm.compression.prune import finalize, finalized_copy, gradual_amounts, prune_model, sparsity
-from lm.config import ModelConfig
-from lm.model import LanguageModel
-
-
-def model() -> LanguageModel:
-    torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=40, hidden_size=8, num_layers=2))
-    m.init_uniform(0.3)
-    return m
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
-def test_prune_removes_smallest_and_retraining_keeps_zeros(scope):
-    m = model()
+def test_prune_removes_smallest_and_retraining_keeps_zeros(scope, tiny_lm):
+    m = tiny_lm(vocab=40, init=0.3)
     before = m.decoder.weight.detach().clone()
     prune_model(m, 0.9, ("decoder", "lstm"), scope=scope)
     assert sparsity(m, ("decoder", "lstm")) == pytest.approx(0.9, abs=0.01)
@@ -38,8 +29,8 @@ def test_prune_removes_smallest_and_retraining_keeps_zeros(scope):
     assert sparsity(m, ("decoder", "lstm")) == pytest.approx(0.9, abs=0.01)
 
 
-def test_repeated_pruning_and_bad_input():
-    m = model()
+def test_repeated_pruning_and_bad_input(tiny_lm):
+    m = tiny_lm(vocab=40, init=0.3)
     for amount in gradual_amounts(0.8, 4):
         prune_model(m, amount, ("embedding",))
     assert sparsity(m, ("embedding",)) == pytest.approx(0.8, abs=0.01)
@@ -59,8 +50,8 @@ def test_gradual_amounts_reach_final_sparsity(final, steps):
     assert 1 - alive == pytest.approx(final)
 
 
-def test_finalized_copy_leaves_the_masks():
-    m = model()
+def test_finalized_copy_leaves_the_masks(tiny_lm):
+    m = tiny_lm(vocab=40, init=0.3)
     prune_model(m, 0.5, ("decoder", "lstm"))
     m(torch.randint(0, 40, (3, 2)))[0].sum().backward()  # weights now carry autograd history
     c = finalized_copy(m)

@@ -152,18 +152,13 @@ def test_qat_refuses_bad_bits_and_a_second_enable():
         enable_qat(model, 3)
 
 
-def lm_for_export(**kw) -> LanguageModel:
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=300, hidden_size=256, num_layers=1, **kw)
-    model = LanguageModel(config, [f"w{i}" for i in range(300)])
-    model.init_uniform(0.1)
-    return model.eval()
+EXPORTED = dict(vocab=300, hidden=256, layers=1, init=0.1)  # a model whose artifact's size is mostly its weights
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_low_bit_artifact_stores_the_qat_baked_weights_exactly(tmp_path, bits):
+def test_low_bit_artifact_stores_the_qat_baked_weights_exactly(tmp_path, bits, tiny_lm):
     for spec in ({}, {"lstm": {"type": "lr_lstm", "rank": 32}, "embedding_size": 32, "tie_weights": True}):
-        model = bake(enable_qat(lm_for_export(**spec), bits))
+        model = bake(enable_qat(tiny_lm(**EXPORTED, **spec), bits))
         info = export(model, tmp_path / "m.safetensors", f"q{bits}")
         loaded = load_artifact(info.path)
         assert info.bytes == info.path.stat().st_size
@@ -174,8 +169,8 @@ def test_low_bit_artifact_stores_the_qat_baked_weights_exactly(tmp_path, bits):
         assert {e for n, e in info.encodings.items() if n in row_axes(model)} == {f"q{bits}"}
 
 
-def test_two_bit_artifact_is_about_a_quarter_of_an_eight_bit_one():
-    model = lm_for_export()
+def test_two_bit_artifact_is_about_a_quarter_of_an_eight_bit_one(tiny_lm):
+    model = tiny_lm(**EXPORTED)
     (_, q8), (_, q2), (_, q4) = (export_bytes(model, q) for q in ("q8", "q2", "q4"))
     # per row along its axis, two float16 (lo, hi); biases stay float32 (a few percent of the bytes here)
     assert 0.25 < q2.bytes / q8.bytes < 0.3 and 0.5 < q4.bytes / q8.bytes < 0.55
@@ -184,13 +179,13 @@ def test_two_bit_artifact_is_about_a_quarter_of_an_eight_bit_one():
         assert q2.tensor_bytes[name] == expected, name
 
 
-def test_export_refuses_a_model_in_qat_mode():
+def test_export_refuses_a_model_in_qat_mode(tiny_lm):
     with pytest.raises(ValueError, match="bake"):
-        export_bytes(enable_qat(lm_for_export(), 2), "q2")
+        export_bytes(enable_qat(tiny_lm(**EXPORTED), 2), "q2")
 
 
-def test_baking_one_copy_leaves_the_other_in_qat():
-    model = enable_qat(lm_for_export(tie_weights=True, embedding_size=256), 2)
+def test_baking_one_copy_leaves_the_other_in_qat(tiny_lm):
+    model = enable_qat(tiny_lm(**EXPORTED, tie_weights=True, embedding_size=256), 2)
     twin = copy.deepcopy(model)  # e.g. the ASGD average of a QAT run: torch shares its parametrized classes
     bake(model)
     tokens = torch.randint(0, 300, (3, 2))
@@ -198,8 +193,8 @@ def test_baking_one_copy_leaves_the_other_in_qat():
     torch.testing.assert_close(twin(tokens)[0], model(tokens)[0])
 
 
-def test_checkpoint_of_a_model_in_qat_holds_the_quantized_weights(tmp_path):
-    model = enable_qat(lm_for_export(tie_weights=True, embedding_size=256), 3)
+def test_checkpoint_of_a_model_in_qat_holds_the_quantized_weights(tmp_path, tiny_lm):
+    model = enable_qat(tiny_lm(**EXPORTED, tie_weights=True, embedding_size=256), 3)
     save_model(model, tmp_path / "model.safetensors")
     loaded = load(tmp_path / "model.safetensors")
     baked = bake(copy.deepcopy(model))

@@ -7,21 +7,12 @@ import torch
 
 from lm.study import pipeline
 from lm.compression.export import load_artifact
-from lm.config import ModelConfig
 from lm.evaluate import perplexity
 from lm.study.methods import Prune
-from lm.model import LanguageModel
 
 
-def model() -> LanguageModel:
-    torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=50, hidden_size=12, num_layers=1), [f"w{i}" for i in range(50)])
-    m.init_uniform(0.1)
-    return m.eval()
-
-
-def test_run_compresses_a_copy_and_scores_the_shipped_artifact(tmp_path):
-    start = model()
+def test_run_compresses_a_copy_and_scores_the_shipped_artifact(tmp_path, tiny_lm):
+    start = tiny_lm(vocab=50, hidden=12, layers=1, init=0.1)
     before = copy.deepcopy(start.state_dict())
     stream = torch.randint(0, 50, (300,), generator=torch.Generator().manual_seed(1))
     done = pipeline.run(start, tmp_path, valid=stream[:150], test=stream[150:], quant="q8",
@@ -35,7 +26,7 @@ def test_run_compresses_a_copy_and_scores_the_shipped_artifact(tmp_path):
     assert done.valid_ppl != perplexity(start, stream[:150])  # the compressed model's, not the start's
 
 
-def test_fine_tuning_needs_the_preset_it_trains_on(tmp_path):
+def test_fine_tuning_needs_the_preset_it_trains_on(tmp_path, tiny_lm):
     with pytest.raises(ValueError, match="base="):
-        pipeline.run(model(), tmp_path, valid=torch.zeros(5, dtype=torch.long), test=torch.zeros(5, dtype=torch.long),
+        pipeline.run(tiny_lm(vocab=50, hidden=12, layers=1, init=0.1), tmp_path, valid=torch.zeros(5, dtype=torch.long), test=torch.zeros(5, dtype=torch.long),
                      finetune=pipeline.Finetune(1, 0.5, 0.0))
