@@ -8,15 +8,7 @@ from lm.compression import builders
 from lm.compression.surgery import compress_model
 from lm.config import ModelConfig
 from lm.model import DECODERS, EMBEDDINGS, LSTMS, LanguageModel
-
-GR = {"type": "groupreduce", "groups": 3, "ratio": 3}
-SPECS = {
-    "low_rank": dict(embedding={"type": "low_rank", "rank": 5}, decoder={"type": "low_rank", "rank": 4}),
-    "groupreduce": dict(embedding=GR, decoder=GR),
-    "tt": dict(embedding={"type": "tt", "rank": 3}, decoder={"type": "tt", "rank": 2}),
-    "lr_lstm": dict(lstm={"type": "lr_lstm", "rank": 6}),
-    "tt_lstm": dict(lstm={"type": "tt_lstm", "rank": 3}),
-}
+from tests.lm.compression.test_surgery import CASES, COUNTS  # every compressed architecture
 
 
 def test_every_compressed_type_is_registered():
@@ -25,10 +17,9 @@ def test_every_compressed_type_is_registered():
     assert {LSTMS[k] for k in ("lr_lstm", "tt_lstm")} == {builders.build_lstm}
 
 
-@pytest.mark.parametrize("case", sorted(SPECS))
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_the_config_of_a_compressed_model_rebuilds_its_architecture(case, tiny_lm):
-    compressed = compress_model(tiny_lm(vocab=120, hidden=16, init=0.3), counts=torch.arange(120, 0, -1) ** 2,
-                                **SPECS[case])
+    compressed = compress_model(tiny_lm(vocab=120, hidden=16, init=0.3), counts=COUNTS, **CASES[case])
     rebuilt = LanguageModel(compressed.config)
     for part in ("embedding", "lstm", "decoder"):
         assert type(getattr(rebuilt, part)) is type(getattr(compressed, part))
@@ -39,7 +30,8 @@ def test_the_config_of_a_compressed_model_rebuilds_its_architecture(case, tiny_l
 
 
 def test_tt_specs_record_the_ranks_and_shapes_they_were_built_with(tiny_lm):
-    compressed = compress_model(tiny_lm(vocab=120, hidden=16), **SPECS["tt"], lstm={"type": "tt_lstm", "rank": 3})
+    compressed = compress_model(tiny_lm(vocab=120, hidden=16), embedding={"type": "tt", "rank": 3},
+                                decoder={"type": "tt", "rank": 2}, lstm={"type": "tt_lstm", "rank": 3})
     c = compressed.config
     assert c.embedding["ranks"] == list(compressed.embedding.ranks[1:-1])
     assert c.decoder["in_shape"] == list(compressed.decoder.in_shape)
