@@ -1,4 +1,6 @@
-"""The decompositions' guarantees on ill-conditioned inputs, in float32 and float64, at any scale.
+"""The decompositions' guarantees on ill-conditioned inputs, in float32 and float64, at any scale:
+the working precision, scale and round-off contract of ``ttlayers._precision``, checked on every
+decomposition that computes under it (``tt_svd``, ``tt_round``, ``tt_matrix_svd``, ``TTLinear.from_linear``).
 
 Inputs: TT tensors and matrices whose singular values decay geometrically down to 1e-12 of the
 largest, smooth functions on grids, Hilbert-like matrices, shapes with modes of size one, and
