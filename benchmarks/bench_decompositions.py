@@ -10,7 +10,7 @@ relative bound, tensorly, which has none, the ranks ours chose). Errors are rela
 errors of the returned cores multiplied out in float64. Checks written to the results: at
 ``rel_eps``, ours within the bound and its largest rank no larger than that of the best peer
 within the bound; at ``max_rank``, ours minus the best peer's error, against the round-off
-allowance of tests/test_ill_conditioned.py.
+allowance of tests/ttlayers/test_precision.py.
 
 Times: the best of ``--repeats`` interleaved batches (each at least 50 ms of CPU) of process CPU
 time, one thread by default (the machine this runs on is shared: wall time there mostly measures
@@ -142,7 +142,7 @@ def timed(fn, min_cpu: float = 0.05):
 
 
 def allowance(dtype, shape) -> float:
-    """Round-off allowance of tests/test_ill_conditioned.py."""
+    """Round-off allowance of tests/ttlayers/test_precision.py."""
     torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
     d = len(shape)
     return math.sqrt(d - 1) * roundoff(torch_dtype, math.prod(shape)) + 2 * storage_roundoff(torch_dtype, d)

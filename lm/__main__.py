@@ -2,7 +2,7 @@
 
 Every number, choice and path is checked when the arguments are parsed: a bad one stops
 with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
-(``tests/test_cli.py`` holds the table of bad inputs and their messages, which
+(``tests/lm/test_main.py`` holds the table of bad inputs and their messages, which
 docs/lm.md repeats).
 """
 

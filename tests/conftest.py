@@ -1,10 +1,53 @@
-"""Under CI (``CI=true``), hypothesis draws the same examples on every run, so that a red build
-points at a change and not at a newly drawn example; locally it keeps exploring."""
+"""Fixtures shared by the whole suite (pytest finds them here; test files import nothing from
+each other), and the hypothesis profile.
+
+Under CI (``CI=true``), hypothesis draws the same examples on every run, so that a red build
+points at a change and not at a newly drawn example; locally it keeps exploring.
+
+``corpus``: the PTB corpus for the lm tests, read once per session through PTB_DIR. Without the
+data the tests are skipped locally but fail on CI, where .ci/run sets PTB_DIR.
+
+``tiny_lm``: a builder of small seeded language models, for the tests that need a model but no
+training.
+"""
 
 import os
+from collections.abc import Callable
 
+import pytest
+import torch
 from hypothesis import settings
+
+from lm.config import ModelConfig
+from lm.data import Corpus, DataError
+from lm.model import LanguageModel
 
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI", "").lower() == "true":
     settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    try:
+        return Corpus.load()
+    except DataError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PTB not available: {err}")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> Callable[..., LanguageModel]:
+    """``tiny_lm(vocab=60, hidden=8, layers=2, init=0.2, **config)``: a ``LanguageModel`` over the
+    words ``w0 .. w{vocab-1}``, its parameters drawn uniformly in ``[-init, init]`` after
+    ``torch.manual_seed(0)``, in eval mode; ``config`` goes to ``ModelConfig``."""
+
+    def make(vocab: int = 60, hidden: int = 8, layers: int = 2, init: float = 0.2, **config) -> LanguageModel:
+        torch.manual_seed(0)
+        model = LanguageModel(ModelConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, **config),
+                              [f"w{i}" for i in range(vocab)])
+        model.init_uniform(init)
+        return model.eval()
+
+    return make

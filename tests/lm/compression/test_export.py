@@ -1,0 +1,73 @@
+"""The artifact: tensors encoded (sparse, q8, q8c) and decoded, whole models exported and rebuilt."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lm.compression.export import artifact_size, decode, decode_tensor, encode_tensor, export, export_bytes, load_artifact
+from lm.compression.prune import finalize, prune_model
+from lm.compression.quantize import fake_quantize_
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), density=st.floats(0.0, 1.0),
+       quant=st.sampled_from([None, "q8", "q8c"]), seed=st.integers(0, 100))
+def test_encode_decode_roundtrip(shape, density, quant, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < density)
+    entry, parts = encode_tensor(t, quant)
+    back = decode_tensor(entry, parts)
+    assert back.shape == t.shape
+    assert torch.equal(back == 0, t == 0) or not entry["sparse"]
+    if quant is None:
+        assert torch.equal(back, t)
+    else:
+        span = (t.max() - t.min()).item() if t.numel() else 0.0
+        assert (back - t).abs().max() <= span / 255 / 2 + 1e-6
+    dense_bytes = t.numel() * (4 if quant is None else 1)
+    assert sum(p.numel() * p.element_size() for p in parts.values()) <= dense_bytes + 8 * (t.shape[0] if quant == "q8c" and t.dim() > 1 else 1)
+
+
+def test_artifact_roundtrip_and_sizes(tiny_lm):
+    m = tiny_lm()
+    tokens = torch.randint(0, 60, (6, 2))
+    data, info = export_bytes(m)
+    back = decode(data)
+    assert back.vocab == m.vocab == [f"w{i}" for i in range(60)]
+    torch.testing.assert_close(back(tokens)[0], m(tokens)[0], rtol=0, atol=0)
+    n = sum(p.numel() for p in m.parameters())
+    assert 4 * n < info.bytes < 4 * n + 4000  # float32 values plus header and vocabulary
+    q8 = artifact_size(m, "q8")
+    assert n < q8 < n + 4000
+    assert artifact_size(m, "q8c") > q8  # a lo and a step per row
+
+
+def test_pruned_artifact_is_sparse(tmp_path, tiny_lm):
+    m = tiny_lm(hidden=16)
+    prune_model(m, 0.9, ("decoder", "embedding"))
+    with pytest.raises(ValueError, match="finalize"):
+        export_bytes(m)
+    finalize(m)
+    info = export(m, tmp_path / "m.safetensors")
+    assert info.encodings["decoder.weight"] == "sparse f32"
+    assert info.tensor_bytes["decoder.weight"] < 0.55 * 4 * m.decoder.weight.numel()
+    back = load_artifact(tmp_path / "m.safetensors")
+    tokens = torch.randint(0, 60, (5, 1))
+    torch.testing.assert_close(back(tokens)[0], m(tokens)[0], rtol=0, atol=0)
+
+
+def test_quantized_artifact_decodes_to_fake_quantized_model(tiny_lm):
+    m = tiny_lm()
+    back = decode(export_bytes(m, "q8")[0])
+    fake_quantize_(m)
+    tokens = torch.randint(0, 60, (5, 2))
+    torch.testing.assert_close(back(tokens)[0], m(tokens)[0])
+
+
+def test_tied_weights_stored_once(tiny_lm):
+    m = tiny_lm(tie_weights=True)
+    untied = tiny_lm()
+    assert artifact_size(m) < artifact_size(untied) - 4 * 60 * 8 + 100
+    back = decode(export_bytes(m)[0])
+    assert back.decoder.weight is back.embedding.weight

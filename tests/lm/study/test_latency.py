@@ -1,0 +1,68 @@
+"""Per-token latency: the step loop carries the state, the eager and runtime timers feed the same
+token ids, and ``compare`` returns one row per model with the columns it promises (the onnxruntime
+columns are tested with the ONNX export)."""
+
+import pytest
+import torch
+from torch import nn
+
+from lm.study.latency import compare, runtime_latency, token_latency
+
+
+class Recorder(nn.Module):
+    """A stand-in model that records its inputs and checks that each call gets the last state."""
+
+    def __init__(self, vocab_size: int = 30):
+        super().__init__()
+        self.config = type("Config", (), {"vocab_size": vocab_size})()
+        self.ids, self.states = [], []
+
+    def forward(self, ids, state=None):
+        assert ids.shape == (1, 1) and state == (len(self.ids) or None)
+        self.ids.append(int(ids))
+        return torch.zeros(1, 1, self.config.vocab_size), len(self.ids)
+
+
+class Runtime:
+    def __init__(self):
+        self.ids = []
+
+    def initial_state(self, batch):
+        assert batch == 1
+        return 0
+
+    def step(self, ids, state):
+        assert ids.shape == (1,) and state == len(self.ids)
+        self.ids.append(int(ids[0]))
+        return None, state + 1
+
+
+def test_token_latency_steps_warmup_plus_tokens_times_in_eval_mode_with_the_runtime_s_ids():
+    model = Recorder().train()
+    seconds = token_latency(model, tokens=7, warmup=3)
+    assert seconds > 0 and not model.training and len(model.ids) == 10
+    run = Runtime()
+    assert runtime_latency(run, 30, tokens=7, warmup=3) > 0
+    assert run.ids == model.ids and all(0 <= i < 30 for i in run.ids)
+
+
+def test_compare_gives_every_model_its_eager_and_int8_times_and_restores_the_threads(tiny_lm):
+    threads = torch.get_num_threads()
+    models = {"dense": tiny_lm(vocab=40, hidden=16), "tied": tiny_lm(vocab=40, hidden=16, tie_weights=True)}
+    rows = compare(models, tokens=3, repeats=2, threads=1)
+    assert list(rows) == ["dense", "tied"]
+    for row in rows.values():
+        assert set(row) == {"eager_ms", "int8_ms"}
+        assert all(isinstance(v, float) and 0 < v < 1e4 for v in row.values())
+    assert torch.get_num_threads() == threads
+
+
+def test_compare_restores_the_threads_when_a_model_fails():
+    class Broken(Recorder):
+        def forward(self, ids, state=None):
+            raise RuntimeError("broken")
+
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="broken"):
+        compare({"broken": Broken()}, tokens=1, repeats=1, threads=threads + 1)
+    assert torch.get_num_threads() == threads

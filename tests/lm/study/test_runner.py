@@ -1,0 +1,173 @@
+"""The compression study, end to end on a shrunken tiny preset.
+
+PTB's streams are cut to a few thousand tokens (the ``short_corpus`` fixture) so that the many
+training runs' evaluations stay cheap; everything else is the real pipeline, run through the
+command line.
+"""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lm.study import runner as study
+from lm.__main__ import main
+from lm.compression.export import load_artifact
+from lm.compression.lowbit import dequantize_rows, quantize_rows
+from lm.compression.qat import row_axes
+from lm.study.report import MB, pareto_front
+from lm.config import preset
+from lm.distill import Distillation
+from lm.study.methods import load_finetune, load_methods
+
+
+# one method of every kind of code path: storage only, pruning (LSTM too, gradual), a base chain,
+# GroupReduce, LR-LSTM (also distilled), TT layers fine-tuned and trained from scratch
+SOME = ["q8", "prune_dec90", "prune_all90_gradual_ft", "groupreduce_ft_q8", "lr_all_ft", "lr_lstm_ft_kd",
+        "tt_embdec_ft", "tt_lstm_scratch"]
+
+
+def run_tiny_study(tmp_path, methods):
+    args = ["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--scratch-epochs", "1",
+            "--latency-tokens", "5", "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
+            "--quiet", "--no-onnx"]  # the onnxruntime columns: tests/test_onnx_export.py
+    main(args + (["--methods", *methods] if methods else []))
+    payload = json.loads((tmp_path / "report" / "study_tiny.json").read_text())
+    return args, payload, {r["name"]: r for r in payload["rows"]}
+
+
+@pytest.mark.slow
+def test_tiny_study_every_method(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, None)
+    # a smoke test of every code path: ten SGD steps on a 24-unit model judge no method's quality (distilling
+    # lr_all_ft from this near-uniform teacher, 2,400 PPL, ends above the uniform 10,000), the real study does
+    assert len(rows) == len(load_methods("tiny")) and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+
+
+def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
+    args, payload, rows = run_tiny_study(tmp_path, SOME)
+    assert set(rows) == {"dense", "groupreduce_ft", *SOME}
+    assert payload["commit"] and payload["seed"] is not None and payload["config"]["study"]["preset"] == "tiny"
+    for name, r in rows.items():
+        artifact = tmp_path / "runs" / name / "artifact.safetensors"
+        assert r["size_bytes"] == artifact.stat().st_size and r["size_mb"] == r["size_bytes"] / MB
+        assert 1 < r["test_ppl"] < 10_000 and r["eager_ms"] > 0 and r["int8_ms"] > 0
+    dense = rows["dense"]
+    assert rows["q8"]["size_bytes"] < 0.27 * dense["size_bytes"]
+    assert rows["prune_dec90"]["nonzero"] < dense["nonzero"] and rows["prune_all90_gradual_ft"]["nonzero"] < 0.2 * dense["nonzero"]
+    assert rows["prune_dec90"]["size_bytes"] < dense["size_bytes"]
+    assert abs(rows["q8"]["test_ppl"] - dense["test_ppl"]) < 0.05 * dense["test_ppl"]
+    assert pareto_front(payload["rows"])[0]["size_mb"] == min(r["size_mb"] for r in payload["rows"])
+    page = (tmp_path / "report" / "study_tiny.md").read_text()
+    assert "117.66" in page and "| q8 |" in page and "## Targets" in page
+    assert (tmp_path / "report" / "study_tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "report" / "study_front.md").exists()  # the tiny preset is no model of the paper's
+    recipe = json.loads((tmp_path / "runs" / "lr_lstm_ft_kd" / "result.json").read_text())["recipe"]
+    assert recipe["method"]["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    assert "distill" not in json.loads((tmp_path / "runs" / "lr_all_ft" / "result.json").read_text())["recipe"]["method"]
+    # a second run reuses every finished method
+    stamps = {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in rows}
+    main(args + ["--methods", "q8", "lr_all_ft"])
+    assert all((tmp_path / "runs" / n / "result.json").stat().st_mtime_ns == t for n, t in stamps.items())
+
+
+def test_scratch_only_study_needs_no_dense_model(tmp_path, short_corpus, monkeypatch):
+    teachers = []
+    monkeypatch.setattr(study, "Distillation", lambda teacher, **kw: teachers.append(teacher) or Distillation(teacher, **kw))
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_paper_scratch_q8", "lr_paper_kd"])  # bases trained from scratch
+    assert set(rows) == {"lr_paper_scratch", "lr_paper_scratch_q8", "lr_paper_kd"}
+    assert not (tmp_path / "runs" / "dense").exists()
+    # lr_paper_kd fine-tunes its base with the base as the teacher
+    base = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "artifact.safetensors").state_dict()
+    assert len(teachers) == 1 and all(torch.equal(v, base[k]) for k, v in teachers[0].state_dict().items())
+    tuned = load_artifact(tmp_path / "runs" / "lr_paper_kd" / "artifact.safetensors").state_dict()
+    assert not torch.equal(tuned["embedding.weight"], base["embedding.weight"])
+    assert rows["lr_paper_scratch_q8"]["size_bytes"] < rows["lr_paper_scratch"]["size_bytes"] / 3
+    model = load_artifact(tmp_path / "runs" / "lr_paper_scratch" / "artifact.safetensors")
+    r = model.lstm.proj_size
+    # the paper's LR-LSTM: an r-dim embedding feeds the first layer, the softmax reads the r-dim projection
+    assert model.config.embedding_size == r and model.embedding.weight.shape == (model.config.vocab_size, r)
+    assert model.lstm.layers[0].input_map.weight.shape == (4 * model.config.hidden_size, r)
+    assert model.decoder.in_features == r
+
+
+def test_tt_paper_scratch_has_the_lr_paper_shape_and_its_own_learning_rate(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, ["tt_paper_scratch_q8", "tt_paper_ft"])
+    assert set(rows) == {"tt_paper_scratch", "tt_paper_scratch_q8", "tt_paper_ft"}
+    methods = {m.name: m for m in load_methods("tiny")}
+    for name, default in [("tt_paper_scratch", preset("tiny").lr), ("tt_paper_ft", load_finetune("tiny").lr)]:
+        history = json.loads((tmp_path / "runs" / name / "train" / "results.json").read_text())["history"]
+        assert methods[name].lr != default and history[0]["lr"] == methods[name].lr
+    method = methods["tt_paper_scratch"]
+    model = load_artifact(tmp_path / "runs" / "tt_paper_scratch" / "artifact.safetensors")
+    r, hidden = model.config.embedding_size, model.config.hidden_size
+    # the TT maps were tensorised for the r-dim embedding, not for the hidden size the preset's embedding has
+    assert model.embedding.weight.shape == (model.config.vocab_size, r) and r != hidden
+    assert model.lstm.layers[0].input_map.in_features == r
+    assert model.decoder.rank == method.compress["decoder"].rank
+    out, _ = model(torch.zeros(3, 2, dtype=torch.long))
+    assert out.shape == (3, 2, model.config.vocab_size)
+
+
+def test_lr_tied_scratch_shares_one_table_between_embedding_and_softmax(tmp_path, short_corpus):
+    _, payload, rows = run_tiny_study(tmp_path, ["lr_tied_scratch_q8", "lr_tied_ft_q8", "lr_paper_scratch"])
+    for name in ("lr_tied_scratch", "lr_tied_ft", "lr_tied_ft_q8"):  # fine-tuning and 8 bits keep the tie
+        model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
+        assert model.config.tie_weights and model.decoder.weight is model.embedding.weight
+    model = load_artifact(tmp_path / "runs" / "lr_tied_scratch" / "artifact.safetensors")
+    r, vocab = model.config.embedding_size, model.config.vocab_size
+    assert model.embedding.weight.shape == (vocab, r) and model.decoder.in_features == model.lstm.proj_size == r
+    # the table counted and stored once: one vocab x r table fewer than the untied paper model
+    assert rows["lr_paper_scratch"]["parameters"] - rows["lr_tied_scratch"]["parameters"] == vocab * r
+    assert rows["lr_tied_scratch"]["size_bytes"] < rows["lr_paper_scratch"]["size_bytes"] - 4 * vocab * r + 1000
+    # about 3 of every parameter's 4 bytes saved in 8 bits, the shared table included
+    saved = rows["lr_tied_scratch"]["size_bytes"] - rows["lr_tied_scratch_q8"]["size_bytes"]
+    assert saved > 2.9 * rows["lr_tied_scratch"]["parameters"]
+
+
+def test_medium_tt_paper_scratch_stops_after_the_first_epoch_below_one_percent_of_its_lr():
+    cfg = preset("medium")
+    methods = {m.name: m for m in load_methods("medium")}
+    tt = methods["tt_paper_scratch"]
+    rates = [replace(cfg, lr=tt.lr).lr_at(epoch) for epoch in range(cfg.epochs)]
+    assert tt.epochs == next(epoch + 1 for epoch, lr in enumerate(rates) if lr < tt.lr / 100) < cfg.epochs
+    assert methods["lr_tied_scratch"].epochs < cfg.epochs  # cut for the CPU budget (docs/study.md)
+    assert all(m.epochs is None for m in methods.values() if m.name not in ("tt_paper_scratch", "lr_tied_scratch"))
+    assert all(m.epochs is None for m in load_methods("small"))  # the small study keeps its recipes
+
+
+def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus, monkeypatch):
+    shipped = study.load_methods
+    monkeypatch.setattr(study, "load_methods", lambda preset: [
+        replace(m, epochs=1) if m.name == "lr_lstm_scratch" else m for m in shipped(preset)])
+    main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=2", "--latency-tokens", "5",
+          "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet",
+          "--methods", "lr_lstm_scratch"])
+    trained = json.loads((tmp_path / "runs" / "lr_lstm_scratch" / "train" / "results.json").read_text())
+    assert trained["config"]["epochs"] == 1 and len(trained["history"]) == 1  # the preset says 2
+
+
+def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
+    names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/lm/compression/test_qat.py
+    _, payload, rows = run_tiny_study(tmp_path, names)
+    for name, bits in zip(names, (2, 2)):
+        model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
+        axes = row_axes(model)
+        assert {rows[name]["encodings"][n] for n in axes if n in rows[name]["encodings"]} == {f"q{bits}"}
+        for key, axis in axes.items():  # the decoded weights lie on their rows' 2**bits levels
+            w = model.state_dict()[key]
+            assert torch.equal(dequantize_rows(*quantize_rows(w, bits, axis), bits, axis), w)
+            assert max(r.unique().numel() for r in w.movedim(axis, 0)) <= 2**bits
+        assert 1 < rows[name]["test_ppl"] < 10_000
+    embedding = rows["lr_tied_ft_qat2"]["config"]["embedding_size"] * 10_000  # the tied table's numbers
+    result = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "result.json").read_text())
+    assert result["tensor_bytes"]["embedding.weight"] == embedding * 2 // 8 + 4 * 10_000  # codes and float16 ranges
+    recipe = result["recipe"]
+    assert recipe["method"]["qat_bits"] == 2 and recipe["method"]["quant"] == "q2"
+    # methods without the field keep the cache keys they had before it existed
+    base = json.loads((tmp_path / "runs" / "lr_tied_ft" / "result.json").read_text())
+    assert "qat_bits" not in base["recipe"]["method"]
+    qat_trained = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "train" / "results.json").read_text())
+    assert qat_trained["config"]["epochs"] == load_finetune("tiny").epochs

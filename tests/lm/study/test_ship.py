@@ -1,0 +1,46 @@
+"""Shipping the study's front: the manifest, the files and their checks, end to end on a tiny
+model trained here (the models shipped in models/ are checked in tests/project/test_models.py)."""
+
+import json
+
+import pytest
+
+from lm.checkpoint import ARTIFACT_FILE, load
+from lm.compression.export import export
+from lm.config import preset
+from lm.modelfile import ModelFileError
+from lm.study.ship import NOT_ON_DISK, ship, verify
+from lm.train import train
+
+
+def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):
+    cfg = preset("tiny", max_train_tokens=2000, epochs=1)
+    train(cfg, tmp_path / "train", progress=False)
+    model = load(tmp_path / "train")
+    runs = tmp_path / "runs"
+    info = export(model, runs / "q8" / ARTIFACT_FILE, "q8")
+    row = {"size_bytes": info.bytes, "size_mb": info.bytes / 1e6, "valid_ppl": 900.0, "test_ppl": 800.0}
+    front = {"sources": [{"preset": "small", "commit": "abc1234"}],
+             "rows": [{**row, "name": "small:q8"}, {**row, "name": "small:lr_all_ft_q8", "size_mb": 0.1, "test_ppl": 900.0},
+                      {**row, "name": "small:dense", "size_mb": 6.0, "test_ppl": 1.0}]}  # > 5 MB: not shipped
+    manifest = ship(front, {"small": runs}, tmp_path / "models", corpus)
+    assert json.loads((tmp_path / "models" / "manifest.json").read_text()) == manifest
+    shipped, missing = {e["name"]: e for e in manifest["models"]}["small:q8"], manifest["models"][0]
+    assert [e["name"] for e in manifest["models"]] == ["small:lr_all_ft_q8", "small:q8"]
+    assert missing["file"] is None and missing["note"] == NOT_ON_DISK
+    assert [r["name"] for r in missing["recipe"]] == ["lr_all_ft_q8", "lr_all_ft"]
+    assert shipped["file"] == "small_q8.safetensors" and shipped["commit"] == "abc1234"
+    assert shipped["size_bytes"] == info.bytes and shipped["test_ppl"] == 800.0
+    verify(shipped, tmp_path / "models", corpus)
+    # a wrong perplexity, or a damaged file, fails the check
+    with pytest.raises(AssertionError, match="perplexity"):
+        verify({**shipped, "check": {**shipped["check"], "ppl": shipped["check"]["ppl"] * 1.01}},
+               tmp_path / "models", corpus)
+    path = tmp_path / "models" / shipped["file"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="sha256"):
+        verify(shipped, tmp_path / "models", corpus)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load(path)

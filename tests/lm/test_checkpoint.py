@@ -1,0 +1,41 @@
+"""The checkpoint: a model saved with its config and vocabulary and loaded back (``lm.load``), the
+training state, and the legacy ``torch.save`` checkpoints."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import lm
+from lm.checkpoint import convert_legacy, save_model
+
+
+def test_load_contract_round_trip(tmp_path, tiny_lm):
+    model = tiny_lm(vocab=50, init=0.3)
+    size = save_model(model, tmp_path / "model.safetensors")
+    assert size == (tmp_path / "model.safetensors").stat().st_size
+    loaded = lm.load(tmp_path / "model.safetensors")
+    assert not loaded.training and loaded.vocab == [f"w{i}" for i in range(50)]
+    tokens = torch.randint(0, 50, (6, 2))
+    torch.testing.assert_close(loaded(tokens)[0], model(tokens)[0])
+
+
+def test_load_rejects_other_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        lm.load(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not an lm model file: a torch.save"):
+        lm.load(tmp_path / "other.pt")
+
+
+def test_legacy_checkpoint_converts(tmp_path, tiny_lm):
+    """A ``torch.save`` checkpoint of the old format becomes the same model in the safetensors one."""
+    model = tiny_lm(tie_weights=True)
+    torch.save({"config": asdict(model.config), "vocab": model.vocab, "state_dict": model.state_dict()}, tmp_path / "old.pt")
+    convert_legacy(tmp_path / "old.pt", tmp_path / "new.safetensors")
+    loaded = lm.load(tmp_path / "new.safetensors")
+    assert loaded.config == model.config and loaded.vocab == model.vocab
+    assert loaded.decoder.weight is loaded.embedding.weight
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(t, expected[k]) and t.dtype == expected[k].dtype for k, t in loaded.state_dict().items())

@@ -1,0 +1,73 @@
+"""Knowledge distillation: the soft-target loss and fine-tuning from a teacher."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lm.config import preset
+from lm.distill import Distillation, soft_target_loss
+from lm.train import TrainingDiverged, build_model, train
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(2, 9), st.floats(0.5, 4.0), st.integers(0, 2**31 - 1))
+def test_soft_target_loss_is_the_scaled_kl_divergence(tokens, vocab, temperature, seed):
+    g = torch.Generator().manual_seed(seed)
+    student, teacher = torch.randn(tokens, 2, vocab, generator=g, dtype=torch.float64).unbind(1)
+    p = torch.softmax(teacher / temperature, -1)
+    expected = temperature**2 * (p * (p.log() - torch.log_softmax(student / temperature, -1))).sum(-1).mean()
+    torch.testing.assert_close(soft_target_loss(student, teacher, temperature), expected)
+    shift = torch.randn(tokens, 1, generator=g, dtype=torch.float64)  # a constant per token changes no softmax
+    assert soft_target_loss(teacher + shift, teacher, temperature).abs() < 1e-12
+
+
+def test_no_gradient_reaches_the_teacher_and_alpha_zero_is_cross_entropy():
+    student, teacher = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(student, torch.arange(6) % 5)
+    Distillation(torch.nn.Identity(), alpha=0.3).loss(ce, student, teacher).backward()
+    assert student.grad is not None and teacher.grad is None
+    torch.testing.assert_close(Distillation(torch.nn.Identity(), alpha=0.0).loss(ce, student, teacher), ce)
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha": -0.1}, {"alpha": 1.5}, {"temperature": 0.0},
+                                    {"temperature": float("nan")}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        Distillation(torch.nn.Identity(), **kwargs)
+
+
+def test_mismatched_logits_are_refused():
+    with pytest.raises(ValueError, match="differ"):
+        soft_target_loss(torch.zeros(3, 5), torch.zeros(3, 6), 2.0)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher_and_cross_entropy_does_not(tmp_path, corpus):
+    cfg = preset("tiny", max_train_tokens=8000, epochs=1, lr=0.5)
+    teacher = build_model(preset("tiny", seed=7), corpus.vocab)
+    counts = torch.bincount(corpus.train, minlength=len(corpus.vocab)).float() + 1
+    with torch.no_grad():  # a teacher that the data alone would not teach: rare words most likely
+        teacher.decoder.bias.copy_(-counts.log())
+    window = corpus.valid[:400].view(20, 20)
+
+    def gap_after(alpha: float) -> float:
+        student = build_model(cfg, corpus.vocab)
+        train(cfg, tmp_path / str(alpha), model=student, progress=False,
+              distill=Distillation(teacher, alpha=alpha, temperature=1.0))
+        with torch.no_grad():
+            return soft_target_loss(student(window)[0], teacher(window)[0], 1.0).item()
+
+    untrained = build_model(cfg, corpus.vocab)
+    with torch.no_grad():
+        before = soft_target_loss(untrained(window)[0], teacher(window)[0], 1.0).item()
+    assert gap_after(1.0) < before < gap_after(0.0)
+    assert teacher.training  # training ran a copy of it in eval mode and left the caller's model alone
+
+
+def test_a_teacher_with_non_finite_logits_stops_training(tmp_path, corpus):
+    cfg = preset("tiny", max_train_tokens=2000, epochs=1)
+    teacher = build_model(cfg, corpus.vocab)
+    with torch.no_grad():
+        teacher.decoder.bias[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at epoch 1, step 1,"):  # before any NaN step
+        train(cfg, tmp_path, model=build_model(cfg, corpus.vocab), progress=False, distill=Distillation(teacher))

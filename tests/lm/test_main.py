@@ -1,0 +1,130 @@
+"""Every bad command-line input stops with a message that says what is allowed.
+
+``BAD_INPUTS`` is the table docs/lm.md shows (between the ``cli_errors`` markers); the
+test checks that they agree, and ``python -m tests.lm.test_main`` rewrites the docs' copy.
+Placeholders: EMPTY is an empty directory, FILE a file that is no model, MODEL a checkpoint.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm.__main__ import main, parser
+from lm.checkpoint import load, save_model
+from lm.compression.export import export
+from lm.config import ModelConfig
+from lm.model import LanguageModel
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "lm.md"
+
+BAD_INPUTS = [
+    ("train --epochs 0", "argument --epochs: expected a whole number >= 1, got '0'"),
+    ("train --epochs -1", "argument --epochs: expected a whole number >= 1, got '-1'"),
+    ("train --max-train-tokens 0", "argument --max-train-tokens: expected a whole number >= 2, got '0'"),
+    ("train --max-train-tokens -5", "argument --max-train-tokens: expected a whole number >= 2, got '-5'"),
+    ("train --max-train-tokens 5", "max_train_tokens 5 is too few for batch_size 20: at least 40 (two tokens per stream)"),
+    ("train --seed -3", "argument --seed: expected a whole number >= 0 and <= 4294967295, got '-3'"),
+    ("train --resume --out EMPTY", "--resume: nothing to resume, EMPTY/train_state.safetensors does not exist "
+                                   "(train without --resume to start)"),
+    ("train --set batch_size=0", "argument --set: batch_size must be a whole number >= 1, got '0'"),
+    ("train --set bptt=0", "argument --set: bptt must be a whole number >= 1, got '0'"),
+    ("train --set hidden_size=-4", "argument --set: hidden_size must be a whole number >= 1, got '-4'"),
+    ("train --set hidden_size=abc", "argument --set: hidden_size must be a whole number >= 1, got 'abc'"),
+    ("train --set hidden_size=2.5", "argument --set: hidden_size must be a whole number >= 1, got '2.5'"),
+    ("train --set dropout=1.5", "argument --set: dropout must be a probability in [0, 1), got '1.5'"),
+    ("train --set lr=nan", "argument --set: lr must be a finite number > 0, got 'nan'"),
+    ("train --set lr=-1", "argument --set: lr must be a finite number > 0, got '-1'"),
+    ("train --set lr_decay=0", "argument --set: lr_decay must be a number in (0, 1], got '0'"),
+    ("train --set clip=inf", "argument --set: clip must be a finite number > 0, got 'inf'"),
+    ("train --set tie_weights=maybe", "argument --set: tie_weights must be a bool, got 'maybe'"),
+    ("train --set lstm=tt", "argument --set: lstm must be a layer spec like {'type': 'dense'}"),
+    ("train --set colour=red", "argument --set: expected KEY=VALUE with KEY one of"),
+    ("train --device cuda", "argument --device: 'cuda': CUDA is not available on this machine"),
+    ("train --device tpu", "argument --device: expected cpu, cuda or cuda:INDEX, got 'tpu'"),
+    ("train --out FILE", "argument --out: 'FILE' is a file; expected a directory"),
+    ("train --results EMPTY", "argument --results: 'EMPTY' is a directory; expected a file path"),
+    ("train --data-dir FILE", "argument --data-dir: 'FILE' is a file; expected a directory"),
+    ("train --preset huge", "argument --preset: invalid choice: 'huge'"),
+    ("eval EMPTY", "EMPTY: is a directory without a model file (model.safetensors or artifact.safetensors)"),
+    ("eval EMPTY/missing.safetensors", "no model file at EMPTY/missing.safetensors"),
+    ("info FILE", "FILE: truncated or corrupted header"),
+    ("compress MODEL --budget-mb nan", "argument --budget-mb: expected a finite number > 0, got 'nan'"),
+    ("compress MODEL --budget-mb inf", "argument --budget-mb: expected a finite number > 0, got 'inf'"),
+    ("compress MODEL --budget-mb 0", "argument --budget-mb: expected a finite number > 0, got '0'"),
+    ("compress MODEL --budget-mb -2", "argument --budget-mb: expected a finite number > 0, got '-2'"),
+    ("compress MODEL --budget-mb 1 --search-tokens 1", "argument --search-tokens: expected a whole number >= 2, got '1'"),
+    ("study --methods nosuch", "argument --methods: invalid choice: 'nosuch'"),
+    ("study --finetune-lr 0", "argument --finetune-lr: expected a finite number > 0, got '0'"),
+    ("study --finetune-epochs 0", "argument --finetune-epochs: expected a whole number >= 1, got '0'"),
+    ("study --latency-tokens 0", "argument --latency-tokens: expected a whole number >= 1, got '0'"),
+    ("study --checkpoint EMPTY", "argument --checkpoint: EMPTY: is a directory without a model file"),
+    ("convert FILE new.safetensors", "the following arguments are required: --legacy"),
+]
+
+
+def render() -> str:
+    escape = lambda text: text.replace("|", "\\|")
+    rows = [f"| `lm {argv}` | {escape(message)} |" for argv, message in BAD_INPUTS]
+    return "\n".join(["| command | message (after `lm <command>: error:`) |", "|---|---|", *rows])
+
+
+def docs_table() -> str:
+    text = DOCS.read_text()
+    return text[text.index("<!-- BEGIN cli_errors -->\n") + 26 : text.index("\n<!-- END cli_errors -->")]
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_bytes(b"not a model, not even close" * 10)
+    torch.manual_seed(0)
+    save_model(LanguageModel(ModelConfig(vocab_size=10, hidden_size=4, num_layers=1)), tmp_path / "model.safetensors")
+    return {"EMPTY": str(tmp_path / "empty"), "FILE": str(tmp_path / "file"), "MODEL": str(tmp_path / "model.safetensors")}
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS)
+def test_bad_input_is_a_clear_error(argv, message, places, capsys):
+    if "--device cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    fill = lambda text: re.sub("EMPTY|FILE|MODEL", lambda m: places[m.group()], text)
+    with pytest.raises(SystemExit) as done:
+        main(fill(argv).split())
+    said = capsys.readouterr().err + (done.value.code if isinstance(done.value.code, str) else "")
+    assert done.value.code != 0 and fill(message) in said
+    assert f"lm {argv.split()[0]}: error: " in said
+
+
+def test_docs_show_the_table():
+    assert docs_table() == render(), "docs/lm.md's cli_errors table is stale: run python -m tests.lm.test_main"
+
+
+def test_every_option_has_help_and_the_methods_are_listed(capsys):
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"lm {name} {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    out = capsys.readouterr().out
+    assert "tt_paper_ft_q8" in out and "(default: 100)" in out and "(default: small)" in out
+
+
+def test_info_opens_a_run_directory_and_an_artifact(places, capsys):
+    main(["info", str(Path(places["MODEL"]).parent)])
+    assert '"kind": "checkpoint"' in capsys.readouterr().out
+    artifact = Path(places["EMPTY"]) / "compact.bin"  # by content, whatever the name
+    export(load(places["MODEL"]), artifact, "q8")
+    main(["info", str(artifact)])
+    out = capsys.readouterr().out
+    assert '"kind": "artifact"' in out and f'"file_bytes": {artifact.stat().st_size}' in out
+
+
+if __name__ == "__main__":
+    text = DOCS.read_text()
+    head, rest = text.split("<!-- BEGIN cli_errors -->\n")
+    DOCS.write_text(head + "<!-- BEGIN cli_errors -->\n" + render() + rest[rest.index("\n<!-- END cli_errors -->"):])
+    sys.exit(0)
