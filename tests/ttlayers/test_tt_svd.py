@@ -143,14 +143,6 @@ def test_input_kinds_are_preserved():
     assert tl.get_backend() == backend
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda():
-    tensor = random_tensor((4, 5, 6), 0, torch.float32).cuda()
-    tt = tt_svd(tensor, rel_eps=0.1)
-    assert all(core.is_cuda and core.dtype == torch.float32 for core in tt.factors)
-    assert rel_error(tt, tensor) <= 0.1 + 1e-5
-
-
 @pytest.mark.parametrize("tensor, kwargs, message", [
     (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {}, "non-finite"),
     (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), {}, "non-finite"),
