@@ -44,3 +44,24 @@ def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):
         verify(shipped, tmp_path / "models", corpus)
     with pytest.raises(ModelFileError, match="checksum"):
         load(path)
+
+
+def test_a_rerun_ships_with_its_own_figures(tmp_path, corpus):
+    """A front model produced again (another machine, another run) differs from the study's row:
+    the manifest gives the shipped file's own perplexities and commit, the study's beside them."""
+    cfg = preset("tiny", max_train_tokens=2000, epochs=1)
+    train(cfg, tmp_path / "train", progress=False)
+    runs = tmp_path / "runs"
+    info = export(load(tmp_path / "train"), runs / "q8" / ARTIFACT_FILE, "q8")
+    (runs / "q8" / "result.json").write_text(json.dumps({"valid_ppl": 901.5, "test_ppl": 801.5, "commit": "def5678"}))
+    row = {"name": "small:q8", "size_bytes": info.bytes, "size_mb": info.bytes / 1e6, "valid_ppl": 900.0, "test_ppl": 800.0}
+    manifest = ship({"sources": [{"preset": "small", "commit": "abc1234"}], "rows": [row]}, {"small": runs},
+                    tmp_path / "models", corpus)
+    entry = manifest["models"][0]
+    assert (entry["valid_ppl"], entry["test_ppl"], entry["commit"]) == (901.5, 801.5, "def5678")
+    assert (entry["study_valid_ppl"], entry["study_test_ppl"], entry["study_commit"]) == (900.0, 800.0, "abc1234")
+    # the same figures as the study's: nothing added
+    (runs / "q8" / "result.json").write_text(json.dumps({"valid_ppl": 900.0, "test_ppl": 800.0}))
+    entry = ship({"sources": [{"preset": "small", "commit": "abc1234"}], "rows": [row]}, {"small": runs},
+                 tmp_path / "models", corpus)["models"][0]
+    assert entry["commit"] == "abc1234" and "study_test_ppl" not in entry
