@@ -248,7 +248,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .onnx_export import export_onnx
+    from .deploy.onnx_export import export_onnx
 
     model = Path(args.model)
     out = Path(args.out or model.with_name(model.name.split(".")[0] + (".int8.onnx" if args.int8 else ".onnx")))
@@ -257,14 +257,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .runtime import open_runtime, predict
+    from .deploy.runtime import open_runtime, predict
 
     for word, p in predict(open_runtime(args.model, args.runtime), args.text, args.top):
         print(f"{word}\t{p:.4f}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from .runtime import open_runtime, score
+    from .deploy.runtime import open_runtime, score
 
     result = score(open_runtime(args.model, args.runtime), Path(args.file).read_text())
     print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")

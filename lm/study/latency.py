@@ -3,7 +3,7 @@
 ``compare`` measures several models side by side in one process, round-robin, so
 that every ratio against the dense baseline is taken under the same machine load;
 each model is timed eager (float32) and int8 (``torch.ao`` dynamic quantization), and
-with ``onnx=True`` also exported (``lm.onnx_export``) and run by onnxruntime, float32
+with ``onnx=True`` also exported (``lm.deploy.onnx_export``) and run by onnxruntime, float32
 and int8 (its own dynamic quantizer).
 """
 
@@ -36,7 +36,7 @@ def token_latency(model: nn.Module, tokens: int = 100, warmup: int = 10) -> floa
 
 
 def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -> float:
-    """Seconds per token of a ``lm.runtime`` runtime's ``step`` at batch 1, the state carried (the same
+    """Seconds per token of a ``lm.deploy.runtime`` runtime's ``step`` at batch 1, the state carried (the same
     token ids as ``token_latency``)."""
     ids = torch.randint(0, vocab_size, (warmup + tokens, 1), generator=torch.Generator().manual_seed(0)).numpy()
     state = run.initial_state(1)
@@ -64,8 +64,8 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                 timers[(name, "eager")] = lambda m=m: token_latency(m, tokens)
                 timers[(name, "int8")] = lambda m=int8_dynamic(m): token_latency(m, tokens)
                 if onnx:
-                    from ..onnx_export import export_onnx
-                    from ..runtime import OnnxRuntime
+                    from ..deploy.onnx_export import export_onnx
+                    from ..deploy.runtime import OnnxRuntime
 
                     for kind, int8 in (("ort", False), ("ort_int8", True)):
                         info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", int8=int8)
