@@ -15,7 +15,9 @@ layers as products with constant matrices) through ``torch.onnx.export`` (dynamo
 weight becomes an int8 product (weights stored as int8 with a float scale per tensor,
 activations quantized on the fly) and every ``Gather`` from a constant table (the
 embedding, TT cores' slices) reads int8 rows. ``Gemm`` nodes, which that quantizer
-skips, are first rewritten as ``MatMul`` + ``Add``.
+skips, are first rewritten as ``MatMul`` + ``Add``. A softmax tied to the embedding, which the
+exporter writes as two constants (the table and its transpose), is then stored once: the
+softmax's int8 weight, quantized per word, from which the lookup gathers the word's column.
 """
 
 from __future__ import annotations
@@ -85,6 +87,87 @@ def _fold_transposes(graph) -> None:
             keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
+
+
+def _tied_tables(graph) -> dict[str, str]:
+    """{table: its transposed copy} for every constant (V, H) table that a ``Gather`` reads by rows and whose
+    transpose, a constant (H, V), a ``MatMul`` multiplies by: a tied embedding and softmax, which the
+    exporter writes as two constants."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and _axis(n) == 0 and n.input[0] in inits}
+    weights = {n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    tied = {}
+    for table in tables:
+        if len(inits[table].dims) != 2:
+            continue
+        value = numpy_helper.to_array(inits[table])
+        for weight in weights:
+            if list(inits[weight].dims) == list(value.shape[::-1]) and np.array_equal(numpy_helper.to_array(inits[weight]), value.T):
+                tied[table] = weight
+    return tied
+
+
+def _axis(node) -> int:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+
+
+def _share_int8_table(graph, table: str, copy: str, weight) -> None:
+    """After ``quantize_dynamic``: one int8 table for a tied embedding and softmax.
+
+    The softmax's weight (H, V) is quantized again per word (column v: symmetric int8 with scale
+    ``max|w_v| / 127``), in place of the quantizer's per-tensor codes, so that its integer product
+    (``MatMulInteger``, its output scaled per column) stays as it is; the embedding's
+    lookup gathers the word's column of those codes and its scale, ``float(codes[:, id]) * scale[id]``, and
+    the quantizer's separate (V, H) table is dropped. ``weight``: the float (H, V) softmax weight.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    codes, scale, zero = f"{copy}_quantized", f"{copy}_scale", f"{copy}_zero_point"
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == f"{table}_quantized"), None)
+    dequantize = gather and next((n for n in graph.node if n.op_type == "DequantizeLinear"
+                                  and n.input[0] == gather.output[0]), None)
+    if dequantize is None or not {codes, scale, zero} <= set(inits) or inits[codes].data_type != TensorProto.INT8:
+        raise RuntimeError(f"onnxruntime's quantizer did not produce the expected int8 {copy!r} and "
+                           f"quantized Gather of {table!r}: cannot share the tied table")
+    step = np.abs(weight).max(axis=0) / 127
+    step = np.where(step > 0, step, 1).astype(np.float32)
+    q = np.clip(np.rint(weight / step), -127, 127).astype(np.int8)
+    if numpy_helper.to_array(inits[zero]).any():
+        raise RuntimeError(f"onnxruntime's quantizer gave {copy!r} a nonzero zero point: expected symmetric int8")
+    for name, value in ((codes, q), (scale, step)):  # the zero point stays the quantizer's scalar 0
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    out = dequantize.output[0]
+    ids = gather.input[1]
+    nodes = [
+        helper.make_node("Reshape", [ids, out + "_flat_shape"], [out + "_flat_ids"], name=out + "_flat_ids"),
+        helper.make_node("Gather", [codes, out + "_flat_ids"], [out + "_columns"], axis=1, name=out + "_columns"),
+        helper.make_node("Cast", [out + "_columns"], [out + "_columns_float"], to=TensorProto.FLOAT, name=out + "_cast"),
+        helper.make_node("Transpose", [out + "_columns_float"], [out + "_rows"], perm=[1, 0], name=out + "_rows"),
+        helper.make_node("Gather", [scale, out + "_flat_ids"], [out + "_row_scales"], axis=0, name=out + "_scales"),
+        helper.make_node("Unsqueeze", [out + "_row_scales", out + "_last_axis"], [out + "_row_scale"], name=out + "_unsq"),
+        helper.make_node("Mul", [out + "_rows", out + "_row_scale"], [out + "_flat"], name=out + "_dequantize"),
+        helper.make_node("Shape", [ids], [out + "_ids_shape"], name=out + "_ids_shape"),
+        helper.make_node("Concat", [out + "_ids_shape", out + "_width"], [out + "_shape"], axis=0, name=out + "_concat"),
+        helper.make_node("Reshape", [out + "_flat", out + "_shape"], [out], name=out + "_reshape"),
+    ]
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), out + "_flat_shape"),
+                              numpy_helper.from_array(np.array([-1], np.int64), out + "_last_axis"),
+                              numpy_helper.from_array(np.array([weight.shape[0]], np.int64), out + "_width")])
+    at = list(graph.node).index(gather)
+    kept = [n for n in graph.node if n is not gather and n is not dequantize]
+    kept[at:at] = nodes
+    del graph.node[:]
+    graph.node.extend(kept)
+    for name in (f"{table}_quantized", f"{table}_scale", f"{table}_zero_point"):
+        if name in inits and not any(name in n.input for n in graph.node):
+            graph.initializer.remove(inits[name])
 
 
 def _gemm_to_matmul(graph) -> None:
@@ -157,9 +240,13 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
     proto = program.model_proto
     _fold_transposes(proto.graph)
     if int8:
+        from onnx import numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         _gemm_to_matmul(proto.graph)
+        floats = {t.name: t for t in proto.graph.initializer}
+        tied = _tied_tables(proto.graph)
+        tied = {table: (copy, numpy_helper.to_array(floats[copy])) for table, copy in tied.items()}
         with tempfile.TemporaryDirectory() as tmp:
             plain = Path(tmp) / "float32.onnx"
             onnx.save(proto, plain)
@@ -170,6 +257,8 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
             finally:
                 logging.disable(logging.NOTSET)
             proto = onnx.load(Path(tmp) / "int8.onnx")
+        for table, (copy, weight) in tied.items():
+            _share_int8_table(proto.graph, table, copy, weight)
     _set_metadata(proto, model, tt, int8)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)

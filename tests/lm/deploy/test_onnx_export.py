@@ -55,3 +55,27 @@ def test_the_cli_refuses_bad_arguments(argv, message, exported, tmp_path, capsys
     with pytest.raises(SystemExit) as exit:
         main(argv)
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["lr_tied", "dense"])
+def test_int8_export_stores_a_tied_table_once(kind, tiny, steps, tmp_path):
+    from onnx import numpy_helper
+
+    from lm.checkpoint import dedupe
+
+    model = tiny(kind)
+    path = export_onnx(model, tmp_path / "model.int8.onnx", int8=True).path
+    graph = onnx.load(path).graph
+    vocab, width = model.decoder.weight.shape
+    tables = [t.name for t in graph.initializer if sorted(t.dims) == sorted((vocab, width))]
+    assert len(tables) == 1, tables
+    # every weight matrix is in the file once, as int8: the file's int8 bytes are the model's distinct weights
+    weights = [t for t in dedupe(model.state_dict())[0].values() if t.dim() == 2]
+    int8_bytes = sum(numpy_helper.to_array(t).size for t in graph.initializer
+                     if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2)  # not the zero points
+    assert int8_bytes == sum(t.numel() for t in weights)
+    assert not [t for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) == 2]
+    # the lookup reads the softmax's codes: the same outputs as the float model within int8's rounding
+    ids = np.random.default_rng(0).integers(0, 60, (6, 3))
+    for got, want in zip(steps(OnnxRuntime(path), ids, 3), steps(TorchRuntime(model), ids, 3)):
+        np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
