@@ -1,4 +1,4 @@
-"""ONNX export of a language model as a streaming step, float32 or int8.
+"""ONNX export of a language model as a streaming step, float32, int8 or n-bit.
 
 The exported graph is one step of next-word prediction, as a keyboard runs it:
 
@@ -10,7 +10,7 @@ with a dynamic batch dimension. The vocabulary (newline-separated) and the model
 all a runtime needs. The graph is made from ``lm.deploy.inference.inference_form`` (factorised
 layers as products with constant matrices) through ``torch.onnx.export`` (dynamo path).
 
-``int8=True`` then runs onnxruntime's own dynamic quantizer
+``weights="int8"`` then runs onnxruntime's own dynamic quantizer
 (``onnxruntime.quantization.quantize_dynamic``): every ``MatMul`` with a constant
 weight becomes an int8 product (weights stored as int8 with a float scale per tensor,
 activations quantized on the fly) and every ``Gather`` from a constant table (the
@@ -18,6 +18,9 @@ embedding, TT cores' slices) reads int8 rows. ``Gemm`` nodes, which that quantiz
 skips, are first rewritten as ``MatMul`` + ``Add``. A softmax tied to the embedding, which the
 exporter writes as two constants (the table and its transpose), is then stored once: the
 softmax's int8 weight, quantized per word, from which the lookup gathers the word's column.
+
+``weights="nbits"`` keeps a 2- or 4-bit model's weights at their width instead
+(``lm.deploy.onnx_nbits``: onnxruntime's ``MatMulNBits``, and lookups of packed rows).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .inference import inference_form
+from ..compression.export import LOW_BITS
 from ..model import LanguageModel
+from .inference import inference_form
+from .onnx_nbits import NBITS, rewrite_nbits
 
 INPUTS = ("ids", "h", "c")
 OUTPUTS = ("logits", "h_out", "c_out")
@@ -59,14 +64,23 @@ def state_shapes(model: LanguageModel, batch: int) -> tuple[tuple[int, ...], tup
             (lstm.num_layers, batch, lstm.hidden_size))
 
 
+WEIGHTS = ("float32", "int8", "nbits")
+
+
 @dataclass
 class OnnxInfo:
-    """What ``export_onnx`` wrote."""
+    """What ``export_onnx`` wrote: the file, its size, how its weights are stored (``weights``, and ``bits``
+    for n-bit weights) and the route of its TT layers."""
 
     path: Path
     bytes: int
-    int8: bool
+    weights: str
     tt: str
+    bits: int | None = None
+
+    @property
+    def int8(self) -> bool:
+        return self.weights == "int8"
 
 
 def _fold_transposes(graph) -> None:
@@ -201,16 +215,36 @@ def _gemm_to_matmul(graph) -> None:
         graph.initializer.remove(t)
 
 
-def _set_metadata(proto, model: LanguageModel, tt: str, int8: bool) -> None:
+def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None) -> None:
     from onnx import helper
 
     meta = {"vocab": "\n".join(model.vocab) if model.vocab is not None else "",
-            "config": json.dumps(asdict(model.config)), "tt": tt, "int8": str(int8).lower()}
+            "config": json.dumps(asdict(model.config)), "tt": tt, "weights": weights,
+            "int8": str(weights == "int8").lower(), **({"bits": str(bits)} if bits else {})}
     del proto.metadata_props[:]
     helper.set_model_props(proto, meta)
 
 
-def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = False, tt: str = "cores") -> OnnxInfo:
+def _check_weights(weights: str, bits: int | None, int8: bool | None) -> tuple[str, int | None]:
+    if int8 is not None:
+        warnings.warn("export_onnx(int8=...) is deprecated: use weights='int8'", DeprecationWarning, stacklevel=3)
+        weights = "int8" if int8 else weights
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if (weights == "nbits") != (bits is not None):
+        raise ValueError(f"bits (2, 3 or 4) goes with weights='nbits' and only with it; got weights={weights!r}, "
+                         f"bits={bits!r}")
+    if bits is not None and (isinstance(bits, bool) or bits not in LOW_BITS.values()):
+        raise ValueError(f"bits must be one of {sorted(LOW_BITS.values())} (the study's low-bit widths), got {bits!r}")
+    if bits is not None and bits not in NBITS:
+        warnings.warn(f"onnxruntime's MatMulNBits has no {bits}-bit weights: exported at 8 bits (int8) instead",
+                      stacklevel=3)
+        return "int8", None
+    return weights, bits
+
+
+def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str = "float32", bits: int | None = None,
+                tt: str = "cores", int8: bool | None = None) -> OnnxInfo:
     """Write the streaming step of ``model`` to ``path`` as ONNX (see the module docstring).
 
     Parameters
@@ -219,13 +253,21 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
         Any model ``lm.load`` returns (dense, low-rank, TT, GroupReduce maps).
     path : path
         The ``.onnx`` file to write.
-    int8 : bool
-        Quantize with ``onnxruntime.quantization.quantize_dynamic`` (needs onnxruntime).
+    weights : {"float32", "int8", "nbits"}
+        float32; int8 through ``onnxruntime.quantization.quantize_dynamic``; or ``bits``-bit weights
+        (``lm.deploy.onnx_nbits``: the model's quantized weights, as decoded from a q2 or q4 artifact,
+        in ``MatMulNBits`` and packed lookups).
+    bits : {2, 3, 4}, only with ``weights="nbits"``
+        The width of the model's low-bit weights. onnxruntime has no 3-bit weights: 3 falls back to
+        ``weights="int8"`` with a warning (``OnnxInfo.weights`` says which was written).
     tt : {"cores", "dense"}
         TT layers as products with their cores (the TT size) or with their built weights.
+    int8 : bool, deprecated
+        ``int8=True`` is ``weights="int8"``.
     """
     import onnx
 
+    weights, bits = _check_weights(weights, bits, int8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     form = inference_form(model, tt)
@@ -239,7 +281,11 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
                                     dynamic_shapes={"ids": {0: batch}, "h": {1: batch}, "c": {1: batch}})
     proto = program.model_proto
     _fold_transposes(proto.graph)
-    if int8:
+    if weights == "nbits":
+        _gemm_to_matmul(proto.graph)
+        rewrite_nbits(proto.graph, model, bits)
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    if weights == "int8":
         from onnx import numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -259,19 +305,33 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, int8: bool = F
             proto = onnx.load(Path(tmp) / "int8.onnx")
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
-    _set_metadata(proto, model, tt, int8)
+    _set_metadata(proto, model, tt, weights, bits)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)
     os.replace(tmp_path, path)
-    return OnnxInfo(path, path.stat().st_size, int8, tt)
+    return OnnxInfo(path, path.stat().st_size, weights, tt, bits)
+
+
+def artifact_bits(path: str | os.PathLike) -> int | None:
+    """The width of the low-bit weights (2, 3 or 4) of the model file at ``path``, or None when it holds none
+    (a checkpoint, a float32 or 8-bit artifact); what ``export_onnx(weights="nbits", bits=...)`` needs."""
+    from .. import modelfile
+
+    f = modelfile.read(path)
+    codecs = {e.get("codec") for e in f.meta.get("tensors", {}).values() if isinstance(e, dict)} if f.kind == "artifact" else set()
+    widths = {LOW_BITS[c] for c in codecs if c in LOW_BITS}
+    if len(widths) > 1:
+        raise ValueError(f"{path} stores weights at several low-bit widths {sorted(widths)}: n-bit export needs one")
+    return widths.pop() if widths else None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``int8``), without loading the weights."""
+    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``weights``, ``int8``, and ``bits`` for
+    n-bit weights), without loading the weights."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
 
-__all__ = ["StepModel", "OnnxInfo", "export_onnx", "read_metadata", "state_shapes"]
+__all__ = ["WEIGHTS", "StepModel", "OnnxInfo", "artifact_bits", "export_onnx", "read_metadata", "state_shapes"]
