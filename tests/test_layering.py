@@ -105,3 +105,13 @@ def test_a_moved_module_keeps_its_old_name_for_a_release(alias):
     with pytest.warns(DeprecationWarning, match=f"{alias} moved to"):
         moved = importlib.import_module(alias)
     assert moved.__name__ != alias and moved.__name__ in MODULES  # the module itself, under its new name
+
+
+def test_the_old_benchmark_command_still_runs():
+    import os
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "lm.deploy_bench", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0 and "python -m lm.benchmarks.deploy" in run.stdout
+    assert "lm.deploy_bench moved to lm.benchmarks.deploy" in run.stderr

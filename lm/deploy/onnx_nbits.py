@@ -3,11 +3,16 @@
 The study's 2- and 4-bit models (``lm.compression.lowbit``) store each weight row ``i`` as codes
 ``q`` in ``[0, 2**bits)`` on the grid ``w = lo_i + q * step_i``. onnxruntime's ``MatMulNBits``
 (``com.microsoft``, bits 2, 4 or 8) multiplies by a weight held as packed codes, dequantized as
-``(q - zero_point) * scale`` per block of ``block_size`` numbers of an output row, and it accepts
-float zero points: with ``scale = step_i`` and ``zero_point = -lo_i / step_i`` on every block of
-row ``i`` it computes with the artifact's weights, up to float32 rounding. The file keeps the codes
-at ``bits`` bits a number, rows padded to whole blocks, plus a float32 scale and zero point per
-block; ``_block_size`` picks the block size with the fewest bytes.
+``(q - zero_point) * scale`` per block of ``block_size`` numbers of an output row. It accepts
+float zero points (``-lo_i / step_i``), but its CPU kernel then dequantizes the whole weight at
+every call instead of running its packed kernels; so the default zero point
+``z = 2**(bits - 1)`` is used, with ``scale = step_i``, and the rest of each row is added back:
+
+    w_ik = (q_ik - z) * step_i + c_i,  c_i = lo_i + z * step_i,   so  (x W^T)_i = MatMulNBits(x)_i + c_i * sum_k x_k,
+
+the artifact's weights up to float32 rounding. The file keeps the codes at ``bits`` bits a number,
+rows padded to whole blocks, a float32 scale per block and ``c_i`` per row; ``_block_size`` picks
+the block size with the fewest bytes.
 
 ``rewrite_nbits(graph, model, bits)`` finds, by value, every constant of the exported graph that
 holds one of the model's quantized weights (``lm.compression.qat.row_axes``):
@@ -38,11 +43,11 @@ NBITS = (2, 4)  # the study's low-bit widths that onnxruntime's MatMulNBits runs
 
 def _block_size(k: int, bits: int) -> int:
     """The power of two >= 16 with the fewest bytes for a row of ``k`` codes: codes padded to whole blocks,
-    and a float32 scale and zero point per block."""
+    and a float32 scale per block."""
     sizes = [16]
     while sizes[-1] < k:
         sizes.append(2 * sizes[-1])
-    return min(sizes, key=lambda b: (-(-k // b) * (b * bits // 8 + 8), b))
+    return min(sizes, key=lambda b: (-(-k // b) * (b * bits // 8 + 4), b))
 
 
 class _Rows:
@@ -56,9 +61,9 @@ class _Rows:
         padded = np.zeros((n, blocks * self.block), np.uint8)
         padded[:, :k] = codes
         self.packed = lowbit.pack_codes(torch.from_numpy(padded), bits).numpy().reshape(n, blocks, -1)
-        safe = np.where(step > 0, step, 1).astype(np.float32)  # a constant row: codes 0, w = (0 + lo) * 1
+        safe = np.where(step > 0, step, 1).astype(np.float32)  # a constant row: codes 0, w = c
         self.scales = np.repeat(safe[:, None], blocks, axis=1)
-        self.zero_points = np.repeat((-lo / safe).astype(np.float32)[:, None], blocks, axis=1)
+        self.offsets = (lo + 2 ** (bits - 1) * safe).astype(np.float32)  # c: w = (q - z) * step + c
 
 
 def _on_grid(weight: torch.Tensor, bits: int, axis: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,23 +102,30 @@ def _attr(node, name: str, default=None):
 
 
 def _store(graph, name: str, rows: _Rows, stored: dict) -> tuple[str, str, str]:
-    """The initializers of ``rows`` (packed codes, scales, zero points), added once under ``name``."""
+    """The initializers of ``rows`` (packed codes, scales, row offsets), added once under ``name``."""
     from onnx import numpy_helper
 
     key = id(rows)
     if key not in stored:
-        names = (f"{name}_nbits", f"{name}_nbits_scales", f"{name}_nbits_zero_points")
-        for n, v in zip(names, (rows.packed, rows.scales, rows.zero_points)):
+        names = (f"{name}_nbits", f"{name}_nbits_scales", f"{name}_nbits_offsets")
+        for n, v in zip(names, (rows.packed, rows.scales, rows.offsets)):
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), n))
         stored[key] = names
     return stored[key]
 
 
-def _matmul(node, names: tuple[str, str, str], rows: _Rows):
-    from onnx import helper
+def _matmul(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
+    """``MatMulNBits(x)`` plus each row's offset times the sum of ``x``."""
+    from onnx import helper, numpy_helper
 
-    return [helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output), name=node.name + "_nbits",
-                             domain="com.microsoft", K=rows.k, N=rows.n, bits=rows.bits, block_size=rows.block)]
+    packed, scales, offsets = names
+    x, out = node.input[0], node.output[0]
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), out + "_last"))
+    return [helper.make_node("MatMulNBits", [x, packed, scales], [out + "_nbits"], name=out + "_nbits",
+                             domain="com.microsoft", K=rows.k, N=rows.n, bits=rows.bits, block_size=rows.block),
+            helper.make_node("ReduceSum", [x, out + "_last"], [out + "_sum"], keepdims=1, name=out + "_sum"),
+            helper.make_node("Mul", [out + "_sum", offsets], [out + "_offset"], name=out + "_offset"),
+            helper.make_node("Add", [out + "_nbits", out + "_offset"], [out], name=out + "_add")]
 
 
 def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
@@ -121,14 +133,14 @@ def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
     shape (..., 1)), unpack their codes and dequantize them."""
     from onnx import TensorProto, helper, numpy_helper
 
-    packed, scales, zero_points = names
+    packed, scales, offsets = names
     out, ids = node.output[0], node.input[1]
     per_byte = 8 // rows.bits
     consts = {"_flat": np.array([-1], np.int64), "_shifts": (np.arange(per_byte) * rows.bits).astype(np.uint8),
               "_mask": np.array(2**rows.bits - 1, np.uint8), "_starts": np.array([0], np.int64),
               "_ends": np.array([rows.k], np.int64), "_one": np.array([1], np.int64), "_axis1": np.array([1], np.int64),
               "_last": np.array([-1], np.int64), "_width": np.array([rows.k], np.int64),
-              "_row_shape": np.array([0, -1], np.int64)}
+              "_row_shape": np.array([0, -1], np.int64), "_z": np.array(2 ** (rows.bits - 1), np.float32)}
     graph.initializer.extend(numpy_helper.from_array(v, out + k) for k, v in consts.items())
     n = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [out + output], name=out + output, **kw)  # noqa: E731
     return [
@@ -140,12 +152,13 @@ def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
         n("Reshape", [out + "_codes8", out + "_row_shape"], "_padded"),
         n("Slice", [out + "_padded", out + "_starts", out + "_ends", out + "_axis1"], "_codes"),
         n("Cast", [out + "_codes"], "_float", to=TensorProto.FLOAT),
-        n("Gather", [zero_points, out + "_ids"], "_zps", axis=0),
-        n("Slice", [out + "_zps", out + "_starts", out + "_one", out + "_axis1"], "_zp"),
         n("Gather", [scales, out + "_ids"], "_scs", axis=0),
         n("Slice", [out + "_scs", out + "_starts", out + "_one", out + "_axis1"], "_scale"),
-        n("Sub", [out + "_float", out + "_zp"], "_centred"),
-        n("Mul", [out + "_centred", out + "_scale"], "_rows"),
+        n("Gather", [offsets, out + "_ids"], "_offs", axis=0),
+        n("Unsqueeze", [out + "_offs", out + "_last"], "_offset"),
+        n("Sub", [out + "_float", out + "_z"], "_centred"),
+        n("Mul", [out + "_centred", out + "_scale"], "_scaled"),
+        n("Add", [out + "_scaled", out + "_offset"], "_rows"),
         n("Shape", [ids], "_ids_shape", **({"end": -1} if node.op_type == "GatherND" else {})),
         n("Concat", [out + "_ids_shape", out + "_width"], "_shape", axis=0),
         helper.make_node("Reshape", [out + "_rows", out + "_shape"], [out], name=out + "_reshape"),
@@ -201,7 +214,7 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int) -> dict[str, str]:
         name, rows = hit
         kind = "matmul" if node.op_type == "MatMul" else "gather"
         names = _store(graph, name, rows, stored)
-        nodes.extend(_matmul(node, names, rows) if kind == "matmul" else _gather(node, names, rows, graph))
+        nodes.extend(_matmul(node, names, rows, graph) if kind == "matmul" else _gather(node, names, rows, graph))
         found[name] = "+".join(sorted({*found.get(name, "").split("+"), kind} - {""}))
     missing = sorted(set(weights) - set(found))
     if missing:

@@ -109,12 +109,12 @@ def test_nbits_export_runs_the_artifacts_own_weights(kind, bits, tiny, steps, tm
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     graph = onnx.load(path).graph
     assert "MatMulNBits" in {n.op_type for n in graph.node}
-    # every weight once, packed at its width; no float weight matrix left (floats: biases, per-block scales)
+    # every weight once, packed at its width; no float weight matrix left (floats: biases, offsets, block scales)
     packed = [t for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) == 3]
     weights = [t for t in dedupe(decoded.state_dict())[0].values() if t.dim() >= 2]
     assert len(packed) == len(weights)
     floats = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2]
-    assert all(name.endswith(("_nbits_scales", "_nbits_zero_points")) for name in floats), floats
+    assert all(name.endswith("_nbits_scales") for name in floats), floats
 
 
 def test_nbits_export_refuses_weights_off_the_grid_and_falls_back_to_int8_at_3_bits(tiny, tmp_path):
@@ -130,3 +130,9 @@ def test_nbits_export_refuses_weights_off_the_grid_and_falls_back_to_int8_at_3_b
     with pytest.warns(UserWarning, match="no 3-bit weights"):
         info = export_onnx(q3, tmp_path / "q3.onnx", weights="nbits", bits=3)
     assert info.weights == "int8" and info.bits is None and read_metadata(info.path)["weights"] == "int8"
+
+
+def test_the_int8_flag_of_the_last_release_still_exports_int8(tiny, tmp_path):
+    with pytest.warns(DeprecationWarning, match="use weights='int8'"):
+        info = export_onnx(tiny("lr_tied"), tmp_path / "x.onnx", int8=True)
+    assert info.weights == "int8" and info.int8 and read_metadata(info.path)["int8"] == "true"
