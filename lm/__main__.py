@@ -248,23 +248,25 @@ def cmd_ship(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .onnx_export import export_onnx
+    from .deploy.onnx_export import export_onnx
 
     model = Path(args.model)
-    out = Path(args.out or model.with_name(model.name.split(".")[0] + (".int8.onnx" if args.int8 else ".onnx")))
-    info = export_onnx(load(model), out, int8=args.int8, tt=args.tt)
-    print(f"{info.path}: {info.bytes} bytes ({'int8' if info.int8 else 'float32'}, TT layers as {info.tt})")
+    suffix = {"float32": ".onnx", "int8": ".int8.onnx", "nbits": f".q{args.bits}.onnx"}[args.weights]
+    out = Path(args.out or model.with_name(model.name.split(".")[0] + suffix))
+    info = export_onnx(load(model), out, weights=args.weights, bits=args.bits, tt=args.tt)
+    what = f"{info.bits}-bit weights" if info.bits else f"{info.weights} weights"
+    print(f"{info.path}: {info.bytes} bytes ({what}, TT layers as {info.tt})")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .runtime import open_runtime, predict
+    from .deploy.runtime import open_runtime, predict
 
     for word, p in predict(open_runtime(args.model, args.runtime), args.text, args.top):
         print(f"{word}\t{p:.4f}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from .runtime import open_runtime, score
+    from .deploy.runtime import open_runtime, score
 
     result = score(open_runtime(args.model, args.runtime), Path(args.file).read_text())
     print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")
@@ -400,10 +402,15 @@ def parser() -> argparse.ArgumentParser:
     x = command("export", "export a model's streaming step (ids, state -> logits, state) to ONNX, with its vocabulary")
     x.add_argument("model", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
     x.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format")
-    x.add_argument("--int8", action="store_true", help="quantize with onnxruntime's dynamic int8 quantizer")
+    weights = x.add_mutually_exclusive_group()
+    weights.add_argument("--weights", choices=["float32", "int8", "nbits"], default="float32",
+                         help="float32; int8 (onnxruntime's dynamic quantizer); or nbits: a 2- or 4-bit artifact's "
+                              "weights at their width (onnxruntime's MatMulNBits; a 3-bit one falls back to int8)")
+    weights.add_argument("--int8", dest="weights", action="store_const", const="int8", help="same as --weights int8")
     x.add_argument("--tt", choices=["cores", "dense"], default="cores",
                    help="TT layers as products with their cores (TT size) or with their built weights (one product)")
-    x.add_argument("--out", type=out_file, help="the .onnx file (default: beside the model, NAME.onnx or NAME.int8.onnx)")
+    x.add_argument("--out", type=out_file,
+                   help="the .onnx file (default: beside the model, NAME.onnx, NAME.int8.onnx or NAME.q<bits>.onnx)")
     x.set_defaults(func=cmd_export)
 
     runtime = argparse.ArgumentParser(add_help=False)
@@ -441,6 +448,20 @@ def _check(args: argparse.Namespace) -> None:
 
         if importlib.util.find_spec("onnxruntime") is None:
             args.parser.error("onnxruntime is not installed: pip install 'ttlayers[export]' (or -e '.[export]')")
+    if args.command == "export":
+        args.bits = None
+        if args.weights == "nbits":
+            from .deploy.onnx_export import artifact_bits
+
+            try:
+                args.bits = artifact_bits(args.model)
+            except (modelfile.ModelFileError, ValueError) as err:
+                args.parser.error(f"--weights nbits: {err}")
+            if args.bits is None:
+                args.parser.error(f"--weights nbits: {args.model} holds no 2-, 3- or 4-bit weights (a q2, q3 or q4 "
+                                  "artifact of the study does); use --weights int8 to quantize it")
+            if args.tt != "cores":
+                args.parser.error("--weights nbits keeps the TT cores at their width: drop --tt dense")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

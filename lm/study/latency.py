@@ -3,7 +3,7 @@
 ``compare`` measures several models side by side in one process, round-robin, so
 that every ratio against the dense baseline is taken under the same machine load;
 each model is timed eager (float32) and int8 (``torch.ao`` dynamic quantization), and
-with ``onnx=True`` also exported (``lm.onnx_export``) and run by onnxruntime, float32
+with ``onnx=True`` also exported (``lm.deploy.onnx_export``) and run by onnxruntime, float32
 and int8 (its own dynamic quantizer).
 """
 
@@ -36,7 +36,7 @@ def token_latency(model: nn.Module, tokens: int = 100, warmup: int = 10) -> floa
 
 
 def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -> float:
-    """Seconds per token of a ``lm.runtime`` runtime's ``step`` at batch 1, the state carried (the same
+    """Seconds per token of a ``lm.deploy.runtime`` runtime's ``step`` at batch 1, the state carried (the same
     token ids as ``token_latency``)."""
     ids = torch.randint(0, vocab_size, (warmup + tokens, 1), generator=torch.Generator().manual_seed(0)).numpy()
     state = run.initial_state(1)
@@ -49,13 +49,14 @@ def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -
 
 
 def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, threads: int = 1,
-            onnx: bool = False) -> dict[str, dict]:
+            onnx: bool = False, nbits: dict[str, int] | None = None) -> dict[str, dict]:
     """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads,
     after one warm-up pass. With ``onnx``, also ``"ort_ms"``, ``"ort_int8_ms"`` (onnxruntime, float32 and
-    int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``."""
+    int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``; and for the models named in
+    ``nbits`` (name -> bit width of their low-bit weights), ``"ort_nbits_ms"`` and ``"onnx_nbits_bytes"``
+    (``lm.deploy.onnx_export``, ``weights="nbits"``)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    kinds = ("eager", "int8") + (("ort", "ort_int8") if onnx else ())
     sizes: dict[str, dict] = {name: {} for name in models}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -64,14 +65,16 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                 timers[(name, "eager")] = lambda m=m: token_latency(m, tokens)
                 timers[(name, "int8")] = lambda m=int8_dynamic(m): token_latency(m, tokens)
                 if onnx:
-                    from ..onnx_export import export_onnx
-                    from ..runtime import OnnxRuntime
+                    from ..deploy.onnx_export import export_onnx
+                    from ..deploy.runtime import OnnxRuntime
 
-                    for kind, int8 in (("ort", False), ("ort_int8", True)):
-                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", int8=int8)
-                        sizes[name][f"onnx{'_int8' if int8 else ''}_bytes"] = info.bytes
+                    routes = [("float32", None), ("int8", None)] + ([("nbits", nbits[name])] if name in (nbits or {}) else [])
+                    for weights, bits in routes:
+                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits)
+                        suffix = "" if weights == "float32" else f"_{weights}"
+                        sizes[name][f"onnx{suffix}_bytes"] = info.bytes
                         run = OnnxRuntime(info.path, threads)
-                        timers[(name, kind)] = lambda run=run, v=m.config.vocab_size: runtime_latency(run, v, tokens)
+                        timers[(name, f"ort{suffix}")] = lambda run=run, v=m.config.vocab_size: runtime_latency(run, v, tokens)
             times: dict[tuple[str, str], list[float]] = {key: [] for key in timers}
             for rep in range(repeats + 1):  # the first pass warms every model up and is not counted
                 for key, timer in timers.items():
@@ -80,5 +83,5 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                         times[key].append(t)
     finally:
         torch.set_num_threads(previous)
-    return {name: {**{f"{kind}_ms": 1e3 * statistics.median(times[(name, kind)]) for kind in kinds}, **sizes[name]}
-            for name in models}
+    return {name: {**{f"{kind}_ms": 1e3 * statistics.median(times[(n, kind)]) for n, kind in times if n == name},
+                   **sizes[name]} for name in models}

@@ -22,14 +22,6 @@ UNTESTED = {
 CROSS_CUTTING = {
     "tests/ttlayers/test_export.py": "torch.export, torch.compile and ONNX of every layer, under one harness",
 }
-# being moved to lm/deploy/ (and their tests to tests/lm/deploy/) on another branch: drop these entries
-# when that lands; a stale entry fails test_the_exceptions_are_not_stale
-PENDING = {
-    "lm/inference.py": "tests/test_onnx_export.py",
-    "lm/onnx_export.py": "tests/test_onnx_export.py",
-    "lm/runtime.py": "tests/test_onnx_export.py",
-    "lm/deploy_bench.py": "tests/test_onnx_export.py",
-}
 ALIAS = re.compile(r'\A"""Deprecated: moved to ')  # deprecated aliases: tested once, in tests/project/test_layering.py
 
 
@@ -45,7 +37,7 @@ def modules() -> list[Path]:
         for path in sorted((ROOT / package).rglob("*.py")):
             module = path.relative_to(ROOT)
             if (path.name == "__init__.py" or ALIAS.match(path.read_text())
-                    or any(module.is_relative_to(folder) for folder in UNTESTED) or str(module) in PENDING):
+                    or any(module.is_relative_to(folder) for folder in UNTESTED)):
                 continue
             found.append(module)
     return found
@@ -67,7 +59,7 @@ def test_every_module_has_its_test_file(module):
 
 
 def test_every_test_file_mirrors_a_module_or_is_a_project_check():
-    allowed = ({mirror(m) for m in MODULES} | {Path(t) for t in CROSS_CUTTING} | {Path(t) for t in PENDING.values()})
+    allowed = ({mirror(m) for m in MODULES} | {Path(t) for t in CROSS_CUTTING})
     stray = [path.relative_to(ROOT) for path in sorted(TESTS.rglob("*.py"))
              if path.name not in ("__init__.py", "conftest.py")
              and not path.relative_to(ROOT).is_relative_to("tests/project")
@@ -88,8 +80,6 @@ def test_the_deprecated_aliases_are_the_ones_tested_for_their_warning():
 def test_the_exceptions_are_not_stale():
     assert all((ROOT / folder).is_dir() for folder in UNTESTED)
     assert all((ROOT / test).is_file() for test in CROSS_CUTTING)
-    stale = [module for module, test in PENDING.items() if not (ROOT / module).is_file() or not (ROOT / test).is_file()]
-    assert stale == [], f"moved: remove {stale} from PENDING"
 
 
 def test_the_mirrored_path_of_a_module():

@@ -1,11 +1,14 @@
 """Per-token latency: the step loop carries the state, the eager and runtime timers feed the same
 token ids, and ``compare`` returns one row per model with the columns it promises (the onnxruntime
-columns are tested with the ONNX export)."""
+columns are timed beside them, and the report shows them)."""
 
 import pytest
 import torch
 from torch import nn
 
+from lm.compression.surgery import compress_model
+from lm.config import ModelConfig
+from lm.model import LanguageModel
 from lm.study.latency import compare, runtime_latency, token_latency
 
 
@@ -66,3 +69,22 @@ def test_compare_restores_the_threads_when_a_model_fails():
     with pytest.raises(RuntimeError, match="broken"):
         compare({"broken": Broken()}, tokens=1, repeats=1, threads=threads + 1)
     assert torch.get_num_threads() == threads
+
+
+def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it():
+    pytest.importorskip("onnxruntime")
+    from lm.study.report import markdown
+
+    torch.manual_seed(0)
+    vocab = ["<unk>", "<eos>"] + [f"w{i}" for i in range(58)]  # the runtime reads words
+    model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=12, num_layers=2, tie_weights=False), vocab)
+    model = compress_model(model.eval(), embedding={"type": "tt", "rank": 3}, lstm={"type": "tt_lstm", "rank": 3},
+                           decoder={"type": "low_rank", "rank": 4}).eval()
+    t = compare({"tt": model}, tokens=3, repeats=1, onnx=True)["tt"]
+    assert all(t[k] > 0 for k in ("eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes", "onnx_int8_bytes"))
+    row = {"name": "tt", "label": "tt", "family": "TT", "description": "d", "size_mb": 0.01, "test_ppl": 50.0,
+           "valid_ppl": 50.0, "parameters": 1, "nonzero": 1, **t}
+    page = markdown({"rows": [row], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
+                     "plot": "p.png", "targets": []})
+    assert "ms/token ORT int8 | ONNX int8 MB |" in page
+    assert f"| {t['ort_ms']:.3f} | {t['ort_int8_ms']:.3f} | {t['onnx_int8_bytes'] / 1e6:.3f} |" in page

@@ -1,0 +1,156 @@
+"""Next-word suggestions and text scoring on torch or on an exported ONNX model.
+
+Both runtimes expose one streaming step, ``step(ids, state) -> (logits, state)`` on numpy
+arrays (ids (batch,) int64, logits (batch, vocab_size) float32), so that ``predict``
+and ``score`` run the same code on either and give the same answers:
+
+* ``TorchRuntime(model)``: a ``LanguageModel`` (``lm.load``: a checkpoint or a compact artifact);
+* ``OnnxRuntime(path)``: a file written by ``lm.deploy.onnx_export.export_onnx``, run by
+  onnxruntime on the CPU; its vocabulary comes from the file's metadata.
+
+Text is split on whitespace and lower-cased, as PTB is; words outside the vocabulary
+become ``<unk>``. A text is read as following a sentence end (``<eos>``), so its first
+word is scored and suggestions after a short prompt are those at a sentence start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import EOS
+from ..model import LanguageModel
+
+UNK = "<unk>"
+RUNTIMES = ("torch", "onnx")
+State = tuple[np.ndarray, np.ndarray]
+
+
+class TorchRuntime:
+    """A ``LanguageModel`` stepped in eager torch (float32, eval mode)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        if model.vocab is None:
+            raise ValueError("the model has no vocabulary: it cannot read or write words")
+        self.model = model.eval()
+        self.vocab = model.vocab
+
+    def initial_state(self, batch: int = 1) -> State:
+        lstm = self.model.lstm
+        out = getattr(lstm, "output_size", lstm.hidden_size)
+        return (np.zeros((lstm.num_layers, batch, out), np.float32),
+                np.zeros((lstm.num_layers, batch, lstm.hidden_size), np.float32))
+
+    @torch.no_grad()
+    def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logits, (h, c) = self.model(torch.as_tensor(ids)[None], tuple(torch.as_tensor(s) for s in state))
+        return logits[0].numpy(), (h.numpy(), c.numpy())
+
+
+class OnnxRuntime:
+    """An exported step model run by onnxruntime on ``threads`` CPU threads."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if not meta.get("vocab"):
+            raise ValueError(f"{path} has no vocabulary in its metadata: export it with `python -m lm export`")
+        self.vocab = meta["vocab"].split("\n")
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        self._h, self._c = inputs["h"], inputs["c"]
+
+    def initial_state(self, batch: int = 1) -> State:
+        return (np.zeros((self._h[0], batch, self._h[2]), np.float32),
+                np.zeros((self._c[0], batch, self._c[2]), np.float32))
+
+    def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logits, h, c = self.session.run(None, {"ids": np.asarray(ids, np.int64), "h": state[0], "c": state[1]})
+        return logits, (h, c)
+
+
+Runtime = TorchRuntime | OnnxRuntime
+
+
+def open_runtime(model: str | os.PathLike, runtime: str = "torch", threads: int = 1) -> Runtime:
+    """``runtime`` "torch": what ``lm.load`` reads (a checkpoint, an artifact, a run directory);
+    "onnx": an exported ``.onnx``, or such a model exported on the fly (float32, to a temporary file)."""
+    from ..checkpoint import load
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    path = Path(model)
+    if path.suffix == ".onnx":
+        if runtime != "onnx":
+            raise ValueError(f"{path} is an ONNX file: run it with runtime 'onnx'")
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        return OnnxRuntime(path, threads)
+    loaded = load(path)
+    if runtime == "torch":
+        return TorchRuntime(loaded)
+    import tempfile
+
+    from .onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return OnnxRuntime(export_onnx(loaded, Path(tmp) / "model.onnx").path, threads)
+
+
+def words_to_ids(text: str, vocab: list[str]) -> list[int]:
+    """Lower-cased whitespace tokens as ids; unknown words as ``<unk>``."""
+    index = {w: i for i, w in enumerate(vocab)}
+    if UNK not in index:
+        raise ValueError(f"the vocabulary has no {UNK!r} for out-of-vocabulary words")
+    return [index.get(w, index[UNK]) for w in text.lower().split()]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def predict(runtime: Runtime, text: str, top: int = 5) -> list[tuple[str, float]]:
+    """The ``top`` likeliest next words after ``text`` (``<unk>`` left out), with their probabilities."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be an int >= 1, got {top!r}")
+    vocab = runtime.vocab
+    ids = [vocab.index(EOS)] + words_to_ids(text, vocab)
+    state = runtime.initial_state()
+    for i in ids:
+        logits, state = runtime.step(np.array([i], np.int64), state)
+    logp = _log_softmax(logits[0])
+    order = [int(i) for i in np.argsort(-logp, kind="stable") if vocab[i] != UNK][:top]
+    return [(vocab[i], float(math.exp(logp[i]))) for i in order]
+
+
+def score(runtime: Runtime, text: str) -> dict:
+    """Per-token perplexity of ``text`` (every word, then ``<eos>`` at each line end, as PTB reads a file).
+
+    Returns ``{"tokens", "perplexity", "nll"}``: the token count, exp of the mean negative
+    log-likelihood (nats), and the per-token negative log-likelihoods.
+    """
+    vocab = runtime.vocab
+    eos = vocab.index(EOS)
+    ids = [i for line in text.splitlines() for i in words_to_ids(line, vocab) + [eos]]
+    if not ids:
+        raise ValueError("the text has no words to score")
+    state = runtime.initial_state()
+    nll, previous = [], eos
+    for target in ids:
+        logits, state = runtime.step(np.array([previous], np.int64), state)
+        nll.append(float(-_log_softmax(logits[0])[target]))
+        previous = target
+    return {"tokens": len(ids), "perplexity": math.exp(sum(nll) / len(nll)), "nll": nll}
+
+
+__all__ = ["TorchRuntime", "OnnxRuntime", "open_runtime", "predict", "score", "words_to_ids"]
