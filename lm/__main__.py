@@ -307,9 +307,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def method_names() -> list[str]:
-    from .study.methods import load_methods
+    """Every preset's method names, each once (a study checks them against its preset's)."""
+    from .study.methods import load_methods, presets
 
-    return [m.name for m in load_methods("small")]
+    return list(dict.fromkeys(m.name for p in presets() for m in load_methods(p)))
 
 
 def parser() -> argparse.ArgumentParser:

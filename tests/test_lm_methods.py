@@ -91,6 +91,8 @@ compress.lstm = { type = "lr_lstm", rank = 4 }
     (('description = "the dense model"', 'description = "the dense model"\nbase = "later"'),
      "method 'dense': field 'base': 'later' is no method defined above it"),
     (('name = "lr"', 'name = "lr'), "not valid TOML"),
+    (('train = "finetune"', 'train = "finetune"\ndistill = { alpha = 0.5, temperature = 2.0, teacher = "self" }'),
+     "method 'lr': field 'distill': teacher must be one of [None, 'dense'], got 'self'"),
 ])
 def test_a_bad_file_names_the_file_the_method_and_the_field(tmp_path, edit, message):
     path = tmp_path / "bad.toml"
@@ -103,8 +105,8 @@ def test_a_bad_file_names_the_file_the_method_and_the_field(tmp_path, edit, mess
 def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_path):
     (tmp_path / "good.toml").write_text(GOOD)
     assert [m.name for m in read_methods(tmp_path / "good.toml")] == ["dense", "lr"]
-    with pytest.raises(ValueError, match=r"no study methods for preset 'medium_awd'; .*'small'"):
-        load_methods("medium_awd")
+    with pytest.raises(ValueError, match=r"no study methods for preset 'huge'; .*'small'"):
+        load_methods("huge")
 
 
 @pytest.mark.parametrize("fields, message", [

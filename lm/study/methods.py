@@ -32,6 +32,7 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 TRAIN = ("none", "finetune", "scratch")
+TEACHERS = (None, "dense")
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,17 @@ class Prune:
 
 @dataclass(frozen=True)
 class Distill:
-    """``lm.distill.Distillation``'s loss mix."""
+    """``lm.distill.Distillation``'s loss mix, and its teacher: ``None``, the model the method starts
+    from (the dense one, or the base: born-again); ``"dense"``, the study's dense model (the preset's
+    trained checkpoint, ``--checkpoint``) even for a method built on a base."""
 
     alpha: float
     temperature: float
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {list(TEACHERS)}, got {self.teacher!r}")
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,8 @@ class Method:
     (from the compressed trained model) or ``"scratch"`` (the compressed architecture trained
     with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``: start from
     another method's finished model instead of the dense one (to export it, or fine-tune it);
-    ``shape``: of a from-scratch model; ``distill``: fine-tune with the model it starts from
-    (the dense one, or the base) as the teacher; ``lr``: the starting learning rate of its
+    ``shape``: of a from-scratch model; ``distill``: fine-tune with a teacher's soft targets, the
+    model it starts from (the dense one, or the base) or ``distill.teacher``; ``lr``: the starting learning rate of its
     training instead of the preset's (scratch) or the fine-tuning recipe's, decayed on the
     same schedule; ``epochs``: the length of a from-scratch training instead of the preset's
     (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
@@ -280,7 +288,11 @@ def _method(table: dict, where: str) -> Method:
     for name, cls in (("prune", Prune), ("shape", Shape), ("distill", Distill)):
         if name in table:
             _typed(table[name], dict, f"{where}: field {name!r}")
-            kwargs[name] = cls(**_fields(cls, table[name], f"{where}: field {name!r}"))
+            values = _fields(cls, table[name], f"{where}: field {name!r}")
+            try:
+                kwargs[name] = cls(**values)
+            except ValueError as e:  # a value the type allows but the class refuses
+                raise ValueError(f"{where}: field {name!r}: {e}") from None
     try:
         return Method(**kwargs)
     except ValueError as e:  # its message starts with the method's name, which ``where`` has said
