@@ -207,3 +207,58 @@ def test_checkpoint_of_a_model_in_qat_holds_the_quantized_weights(tmp_path):
     assert set(loaded.state_dict()) == set(baked.state_dict())
     for name, value in baked.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_ranges_are_searched_every_n_steps_and_once_more_at_bake():
+    torch.manual_seed(0)
+    model = enable_qat(nn.Linear(6, 5), 2, every=3)
+    fq = model.parametrizations.weight[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    x = seq(6)
+    searches = []
+    for _ in range(8):
+        kept, before = (fq.lo, fq.hi), fq.searches
+        out = model(x)
+        model(x)  # a second read of the same weights (the per-step LSTM path) is no step
+        searches.append(fq.searches)
+        if fq.searches == before:  # no search: the forward used the kept ranges
+            assert fq.lo is kept[0] and fq.hi is kept[1]
+        w = model.parametrizations.weight.original
+        assert torch.equal(model.weight, dequantize_rows(*quantize_rows(w, 2, 0, (fq.lo, fq.hi)), 2, 0))
+        upstream = torch.randn(out.shape)
+        optimizer.zero_grad()
+        (out * upstream).sum().backward()
+        # straight through inside the kept range, zero where clipped
+        inside = (w >= fq.lo[:, None]) & (w <= fq.hi[:, None])
+        expected = (upstream.reshape(-1, 5).T @ x.reshape(-1, 6)) * inside
+        torch.testing.assert_close(w.grad, expected, rtol=1e-5, atol=1e-6)
+        optimizer.step()
+    # one search at registration, then after steps 3 and 6
+    assert searches == [1, 1, 1, 2, 2, 2, 3, 3]
+    final = model.parametrizations.weight.original.detach().clone()
+    bake(model)
+    assert torch.equal(model.weight, dequantize_rows(*quantize_rows(final, 2, 0), 2, 0))  # its own ranges
+
+
+def test_qat_refuses_a_bad_range_schedule():
+    for every in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every must be an int >= 1"):
+            enable_qat(nn.Linear(3, 2), 2, every=every)
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_an_artifact_trained_between_range_searches_stores_its_baked_weights_exactly(tmp_path, bits):
+    model = lm_for_export(lstm={"type": "lr_lstm", "rank": 32}, embedding_size=32, tie_weights=True).train()
+    enable_qat(model, bits, every=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    tokens = torch.randint(0, 300, (9, 4), generator=torch.Generator().manual_seed(1))
+    for _ in range(6):  # ends two steps after its last search: the ranges are stale
+        logits, _ = model(tokens[:-1])
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(logits.reshape(-1, 300), tokens[1:].reshape(-1)).backward()
+        optimizer.step()
+    bake(model)
+    loaded = load_artifact(export(model.eval(), tmp_path / "m.safetensors", f"q{bits}").path)
+    stored = loaded.state_dict()
+    for name, a in model.state_dict().items():
+        assert torch.equal(a, stored[name]), name

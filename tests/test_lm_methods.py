@@ -123,6 +123,8 @@ def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_
     ({"quant": "q2", "qat_bits": 2}, "qat_bits fine-tunes"),
     ({"train": "finetune", "quant": "q4", "qat_bits": 2}, "quant='q2'"),
     ({"train": "finetune", "quant": "q2", "qat_bits": 2, "prune": Prune(0.5, ["decoder"])}, "no pruning"),
+    ({"train": "finetune", "qat_every": 8}, "qat_every sets how often"),
+    ({"train": "finetune", "quant": "q2", "qat_bits": 2, "qat_every": 0}, "must be >= 1"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):

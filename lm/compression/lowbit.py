@@ -56,8 +56,8 @@ def _grid(x: Tensor, lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tenso
     return codes, torch.lerp(lo[:, None], hi[:, None], codes / (levels - 1))
 
 
-def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Codes, ``lo`` and ``hi`` of ``t`` with ``2**bits`` levels per row along ``axis``.
+def row_ranges(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor]:
+    """Each row's range ``[lo, hi]`` for ``2**bits`` levels: the ``CLIP`` search of the module docstring.
 
     Parameters
     ----------
@@ -67,9 +67,7 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
 
     Returns
     -------
-    codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)``
-    lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level, each
-        a float16 number
+    lo, hi : float32 (rows,), ``rows = t.shape[axis]``, each a float16 number
     """
     levels = 2 ** _check_bits(bits)
     x = _rows(t, axis)
@@ -89,10 +87,36 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
             better = err < best[2]
             best = [torch.where(better, lo, best[0]), torch.where(better, hi, best[1]), torch.where(better, err, best[2])]
     lo, hi, _ = best
-    codes, _ = _grid(x, lo, hi, levels)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
                          "in which the row ranges are stored")
+    return lo, hi
+
+
+def quantize_rows(t: Tensor, bits: int, axis: int = 0,
+                  ranges: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Codes, ``lo`` and ``hi`` of ``t`` with ``2**bits`` levels per row along ``axis``.
+
+    Parameters
+    ----------
+    t : floating-point tensor, at least 1-D
+    bits : 1..8
+    axis : the dimension whose indices are the rows
+    ranges : ``(lo, hi)``, each (rows,), to use instead of searching them (``row_ranges``)
+
+    Returns
+    -------
+    codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)``
+    lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level, each
+        a float16 number (when searched)
+    """
+    levels = 2 ** _check_bits(bits)
+    x = _rows(t, axis)
+    lo, hi = row_ranges(t, bits, axis) if ranges is None else ranges
+    if lo.shape != (x.shape[0],) or hi.shape != lo.shape:
+        raise ValueError(f"ranges must be two tensors of shape ({x.shape[0]},) (rows along axis {axis}), "
+                         f"got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    codes, _ = _grid(x, lo.float(), hi.float(), levels)
     shape = (t.shape[axis],) + tuple(s for d, s in enumerate(t.shape) if d != axis % t.dim())
     return codes.to(torch.uint8).reshape(shape).movedim(0, axis), lo, hi
 
@@ -108,15 +132,16 @@ def dequantize_rows(codes: Tensor, lo: Tensor, hi: Tensor, bits: int, axis: int 
     return torch.lerp(lo.float().view(shape), hi.float().view(shape), codes.float() / (levels - 1))
 
 
-def fake_quantize(t: Tensor, bits: int, axis: int = 0) -> Tensor:
+def fake_quantize(t: Tensor, bits: int, axis: int = 0, ranges: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``t`` on its per-row ``bits``-bit grid, with a straight-through gradient.
 
-    Forward: ``dequantize_rows(*quantize_rows(t, bits, axis))`` (cast to ``t``'s dtype).
+    Forward: ``dequantize_rows(*quantize_rows(t, bits, axis, ranges))`` (cast to ``t``'s dtype):
+    on the rows' searched ranges, or on ``ranges`` = ``(lo, hi)`` (rows,) when given.
     Backward: the incoming gradient where ``t`` lies in its row's range ``[lo, hi]``,
     zero where it was clipped (the clipped straight-through estimator); the range
     itself is treated as a constant.
     """
-    codes, lo, hi = quantize_rows(t, bits, axis)
+    codes, lo, hi = quantize_rows(t, bits, axis, ranges)
     values = dequantize_rows(codes, lo, hi, bits, axis).to(t.dtype)
     shape = [1] * t.dim()
     shape[axis] = -1
@@ -172,5 +197,5 @@ def packed_bytes(count: int, bits: int) -> int:
     return -(-count * _check_bits(bits) // 8)
 
 
-__all__ = ["quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes",
+__all__ = ["row_ranges", "quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes",
            "encode_rows", "decode_rows"]

@@ -144,7 +144,8 @@ class Method:
     (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
     at that many bits per weight (``lm.compression.qat``: every weight on its per-row grid,
     straight-through gradients) and export the packed codes (``quant`` must then be
-    ``f"q{qat_bits}"``); ``note``: why, where a choice needs a reason (not part of the recipe).
+    ``f"q{qat_bits}"``); ``qat_every``: the optimizer steps between two searches of the QAT row
+    ranges (default ``lm.compression.qat.RANGE_EVERY``); ``note``: why, where a choice needs a reason (not part of the recipe).
     """
 
     name: str
@@ -160,6 +161,7 @@ class Method:
     lr: float | None = None
     epochs: int | None = None
     qat_bits: int | None = None
+    qat_every: int | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -184,6 +186,10 @@ class Method:
                              f"it needs train='finetune', no pruning and quant='q{self.qat_bits}', got "
                              f"train={self.train!r}, prune={self.prune!r}, quant={self.quant!r}")
 
+        if self.qat_every is not None and (self.qat_bits is None or self.qat_every < 1):
+            raise ValueError(f"{self.name}: qat_every sets how often QAT searches its row ranges and must be >= 1, "
+                             f"with qat_bits set; got qat_every={self.qat_every}, qat_bits={self.qat_bits}")
+
     def layer_specs(self) -> dict[str, dict]:
         """``compress`` as ``compress_model``'s keyword arguments."""
         return {part: _plain(spec) for part, spec in self.compress.items()}
@@ -193,8 +199,9 @@ class Method:
         return _plain(self.shape) if self.shape else {}
 
     def to_dict(self) -> dict:
-        """Every field but ``note`` (and ``qat_bits`` when unset), as plain data (``ship``'s manifest records it)."""
-        qat = {"qat_bits": self.qat_bits} if self.qat_bits is not None else {}
+        """Every field but ``note`` (and ``qat_bits``, ``qat_every`` when unset), as plain data (``ship``'s
+        manifest records it)."""
+        qat = {k: getattr(self, k) for k in ("qat_bits", "qat_every") if getattr(self, k) is not None}
         return {"name": self.name, "family": self.family, "description": self.description,
                 "compress": self.layer_specs(), "prune": _plain(self.prune) if self.prune else None,
                 "train": self.train, "quant": self.quant, "base": self.base, "shape": self.shape_fields(),

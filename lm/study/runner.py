@@ -172,7 +172,7 @@ class Study:
         return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
                             finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
-                            qat_bits=m.qat_bits, **common)
+                            qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}), **common)
 
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
