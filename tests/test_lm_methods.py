@@ -49,6 +49,7 @@ def test_the_config_files_are_package_data():
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lm.study"]
     shipped = {p for g in globs for p in (ROOT / "lm" / "study").glob(g)}
     assert set(CONFIG_DIR.glob("*.toml")) <= shipped and len(shipped) >= 4
+    assert {CONFIG_DIR.parent / "targets.toml", CONFIG_DIR.parent / "published.toml"} <= shipped  # the report's data
 
 
 def test_specs_are_typed_and_only_schedule_cuts_carry_notes():

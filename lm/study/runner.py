@@ -248,27 +248,16 @@ class Study:
         return self.write_report(rows)
 
     def write_report(self, rows: list[dict]) -> dict:
-        out = Path(self.config.report_dir)
-        name = f"study_{self.config.preset}"
         # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself
         provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},
                            self.cfg.seed)
-        plot = report.plot(rows, out / f"{name}.png", f"PTB, preset {self.config.preset}: size vs test perplexity")
-        payload = {
+        return report.render({
             **provenance,
             "preset": self.config.preset,
             "eval": f"first {self.config.eval_tokens} tokens of valid/test" if self.config.eval_tokens
             else "whole valid/test streams, lm.evaluate.perplexity",
-            "plot": plot.name,
             "rows": [{k: v for k, v in r.items() if k not in ("recipe", "tensor_bytes")} for r in rows],
-            "paper": report.PAPER,
-        }
-        payload["targets"] = report.targets(payload["rows"], self.config.preset)
-        write_json(out / f"{name}.json", payload)
-        (out / f"{name}.md").write_text(report.markdown(payload))
-        if self.config.preset in report.FRONT_PRESETS:
-            report.write_front(out)
-        return payload
+        }, self.config.report_dir)
 
 
 def _clock(seconds: float) -> str:
