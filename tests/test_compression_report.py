@@ -141,7 +141,7 @@ def test_the_plot_names_only_the_front_and_the_published_points(tmp_path, monkey
     monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: names.append(text) or real(self, text, *a, **k))
     rows = [row("a", 1.0, 100.0), row("b", 2.0, 90.0), row("dominated", 3.0, 120.0), row("c", 4.0, 80.0)]
     plot(rows, tmp_path / "p.png", "t")
-    assert sorted(names) == sorted(["a", "b", "c"] + [p["model"] for p in PAPER])
+    assert sorted(names) == sorted(["a", "b", "c"] + [p["label"] for p in PAPER])
 
 
 def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):

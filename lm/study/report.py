@@ -55,6 +55,7 @@ class Published:
     bits: int | None = None
     preset: str | None = None
     ours: list[str] = field(default_factory=list)
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if (self.size_mb is None) == (self.weights is None or self.bits is None):
@@ -66,7 +67,8 @@ class Published:
         """The point as the reports store it, its size in MB (computed where not printed)."""
         size = self.size_mb if self.size_mb is not None else weight_count(self.weights) * self.bits / 8 / MB
         return {"key": self.key, "model": self.model, "source": self.source, "size_mb": size,
-                "test_ppl": self.test_ppl, "preset": self.preset, "ours": list(self.ours)}
+                "test_ppl": self.test_ppl, "preset": self.preset, "ours": list(self.ours),
+                "label": self.label or self.model}
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,8 @@ def plot(rows: list[dict], path: str | Path, title: str, published: list[dict] |
         ax.scatter([p["size_mb"] for p in pts], [p["test_ppl"] for p in pts], marker=marker, s=120, color=colour,
                    edgecolor="k", label=f"{source} (published)", zorder=4)
         for p in pts:
-            ax.annotate(p["model"], (p["size_mb"], p["test_ppl"]), fontsize=6, color=colour, xytext=(3, -9),
-                        textcoords="offset points")
+            ax.annotate(p.get("label", p["model"]), (p["size_mb"], p["test_ppl"]), fontsize=6, color=colour,
+                        xytext=(3, -9), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("artifact size (MB, 10^6 bytes, log scale)")
     ax.set_ylabel("test perplexity")
