@@ -10,7 +10,8 @@ each round's ratio to the float step taken (the median over rounds is reported):
 
 * ``float``: no QAT;
 * ``search_every_forward``: the ranges searched at every read of a weight (the code before);
-* ``every_<n>``: searched every ``n`` optimizer steps, a weight read once per step.
+* ``every_<n>``: the clipping ratios searched every ``n`` optimizer steps, the ranges following
+  the weight at each step (``lm.compression.qat.FakeQuantize``), a weight read once per step.
 
 Perplexity: a tiny model trained in float on the start of PTB, then fine-tuned at 2 bits in
 QAT the old way and every ``n`` steps from the same weights on the same batches, baked, and
@@ -129,7 +130,7 @@ def perplexities(corpus: Corpus, bits: int, everies: list[int], float_steps: int
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--every", type=int, nargs="+", default=[1, 16, 50])
+    p.add_argument("--every", type=int, nargs="+", default=[1, 8, 16, 50])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="steps per variant and round")
     p.add_argument("--float-steps", type=int, default=300)

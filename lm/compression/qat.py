@@ -8,12 +8,12 @@ no module swapped: the fused LSTM kernel, the low-rank and TT contractions all s
 quantized tensors. ``bake(model)`` takes the model out of QAT, writing the quantized
 values into the float weights, which an artifact stores as packed codes exactly.
 
-The rows' ranges come from a search (``lowbit.row_ranges``) that costs several passes over
-the weight; searched at every forward it made a QAT step cost 3.3-4.5x a float step. So
-each ``FakeQuantize`` keeps its ranges and searches them again only every ``every``
-optimizer steps (``RANGE_EVERY``), and once more at ``bake``. In between, a weight moves by a
-few learning-rate steps inside ranges that stay almost optimal; the gradient is straight
-through within the kept range, zero outside it, as with a fresh one.
+The rows' clipping ratios come from a search (``lowbit.clip_ratios``) that costs several
+passes over the weight; searched at every forward it made a QAT step cost 3.3-4.5x a float
+step. So each ``FakeQuantize`` keeps the ratios and searches them again only every ``every``
+optimizer steps (``RANGE_EVERY``), and once more at ``bake``; in between, each row's range
+follows the weight (its extremes and mean at the kept ratio), so that no value is clipped by a
+stale range, and the gradient is straight through within the range, zero outside it.
 
 Which tensors, and what a row is (``row_axes``):
 
@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 
 from ttlayers import TTEmbedding, TTLinear
 
-from .lowbit import _check_bits, fake_quantize, row_ranges
+from .lowbit import _check_bits, clip_ratios, fake_quantize, row_ranges
 
 
 RANGE_EVERY = 16  # optimizer steps between two searches of a weight's row ranges
@@ -48,12 +48,14 @@ RANGE_EVERY = 16  # optimizer steps between two searches of a weight's row range
 class FakeQuantize(nn.Module):
     """Parametrization: a weight on its per-row ``bits``-bit grid (straight-through gradient).
 
-    The rows' ranges (``lowbit.row_ranges``, a search over several clipping ratios, the
-    costly part) are kept in the buffers ``lo`` and ``hi`` (not saved in the state dict)
-    and searched again at the first forward after every ``every`` changes of the weight
-    (the optimizer's in-place steps, counted by the tensor's version); in between, the
-    weight is rounded on the kept grid. ``every=1`` searches after each step. ``bake``
-    searches once more, so an artifact is stored on the final weights' own ranges.
+    Each row's range is its extremes pulled towards its mean by a clipping ratio chosen by a
+    search (``lowbit.clip_ratios``: several passes over the weight, the costly part). The
+    ratios are kept in the buffer ``clip`` and searched again at the first forward after every
+    ``every`` changes of the weight (the optimizer's in-place steps, counted by the tensor's
+    version); the ranges ``lo``, ``hi`` themselves follow the weight at every change, from its
+    current extremes and mean at the kept ratios (one pass). ``every=1`` is a full search after
+    each step, as ``quantize_rows`` does. ``bake`` searches once more, so an artifact is stored
+    on the final weights' own ranges. The buffers are not saved in the state dict;
     ``searches`` counts the searches made.
     """
 
@@ -64,25 +66,31 @@ class FakeQuantize(nn.Module):
             raise ValueError(f"every must be an int >= 1 (optimizer steps between range searches), got {every!r}")
         self.axis = axis
         self.every = every
+        self.register_buffer("clip", None, persistent=False)
         self.register_buffer("lo", None, persistent=False)
         self.register_buffer("hi", None, persistent=False)
         self.searches = 0
-        self._version: int | None = None  # the weight's version at the last forward
+        self._version: int | None = None  # the weight's version when lo and hi were computed
         self._changes = 0  # changes of the weight since the last search
 
     def forward(self, weight: Tensor) -> Tensor:
-        if weight._version != self._version:
+        changed = weight._version != self._version
+        if changed:
             self._version = weight._version
             self._changes += 1
-        if self.lo is None or self._changes >= self.every or self.lo.device != weight.device:
-            self.lo, self.hi = row_ranges(weight, self.bits, self.axis)
+        if self.clip is None or self._changes >= self.every or self.clip.device != weight.device:
+            self.clip = clip_ratios(weight, self.bits, self.axis)
             self.searches += 1
             self._changes = 0
+            changed = True
+        if changed or self.lo is None:
+            self.lo, self.hi = row_ranges(weight, self.bits, self.axis, self.clip)
         return fake_quantize(weight, self.bits, self.axis, (self.lo, self.hi))
 
     def reset_ranges(self) -> None:
-        """Forget the kept ranges: the next forward searches them."""
-        self.lo = self.hi = None
+        """Forget the kept ratios and ranges: the next forward searches them."""
+        self.clip = self.lo = self.hi = None
+        self._version = None
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, axis={self.axis}, every={self.every}"
