@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--valid-tokens", type=int, default=20_000)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
+    provenance = stamp({k: v for k, v in vars(args).items() if k != "data_dir"}, 0)  # the commit measured
     corpus = Corpus.load(args.data_dir)
-    payload = {**stamp({k: v for k, v in vars(args).items() if k != "data_dir"}, 0),
+    payload = {**provenance,
                "step_cost": step_costs(corpus, args.bits, args.every, args.rounds, args.steps),
                "valid_ppl": perplexities(corpus, args.bits, args.every, args.float_steps, args.qat_steps,
                                          args.valid_tokens)}
