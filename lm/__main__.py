@@ -218,7 +218,12 @@ def cmd_study(args: argparse.Namespace) -> None:
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
-    payload = run_study(config)
+    if args.report_only:
+        from .study.report import rerender
+
+        payload = rerender(args.preset, config.report_dir)
+    else:
+        payload = run_study(config)
     for t in payload["targets"]:
         print(f"{t['target']}: {t['met']} ({t['measured']}{', gap ' + t['gap'] if t['gap'] else ''})")
     print(f"report: {Path(config.report_dir) / f'study_{args.preset}.md'}")
@@ -309,9 +314,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def method_names() -> list[str]:
-    from .study.methods import load_methods
+    """Every preset's method names, each once (a study checks them against its preset's)."""
+    from .study.methods import load_methods, presets
 
-    return [m.name for m in load_methods("small")]
+    return list(dict.fromkeys(m.name for p in presets() for m in load_methods(p)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -374,6 +380,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-tokens", type=token_count,
                    help="score only this many first tokens of valid/test, >= 2 (smoke runs; default: all, exactly)")
     s.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)
+    s.add_argument("--report-only", action="store_true",
+                   help="rewrite the report (and the front) from the rows stored in <report-dir>/study_<preset>.json, "
+                        "with the current published points and targets; nothing trained or scored")
     s.set_defaults(func=cmd_study, device="cpu")
 
     c = command("compress", "compress a checkpoint to a size budget, then fine-tune", [common, quiet])

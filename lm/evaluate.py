@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from .model import detach
@@ -26,12 +27,13 @@ def token_losses(model: nn.Module, stream: Tensor, chunk: int = 128, progress: b
     device = next(model.parameters()).device
     data = stream.to(device).view(-1, 1)
     state, losses = None, []
-    for start in tqdm(range(0, data.shape[0] - 1, chunk), desc="eval", disable=not progress, leave=False):
-        end = min(start + chunk, data.shape[0] - 1)
-        logits, state = model(data[start:end], state)
-        state = detach(state)
-        losses.append(nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), data[start + 1 : end + 1].view(-1),
-                                                  reduction="none").double().cpu())
+    with parametrize.cached():  # a parametrized weight (QAT's) computed once for the stream, not at every step
+        for start in tqdm(range(0, data.shape[0] - 1, chunk), desc="eval", disable=not progress, leave=False):
+            end = min(start + chunk, data.shape[0] - 1)
+            logits, state = model(data[start:end], state)
+            state = detach(state)
+            losses.append(nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
+                                                      data[start + 1 : end + 1].view(-1), reduction="none").double().cpu())
     model.train(was_training)
     return torch.cat(losses)
 

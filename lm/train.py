@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
@@ -132,10 +133,11 @@ def train(
         bar = tqdm(bptt_windows(train_data, cfg.bptt), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=2.0, disable=not progress or rank != 0)
         for step, (inputs, targets) in enumerate(bar):
-            if regularization is None:
-                logits, state = net(inputs, state)
-            else:
-                logits, state, penalty = net(inputs, state, regularization)
+            with parametrize.cached():  # a parametrized weight (QAT's) computed once per step, not per time step
+                if regularization is None:
+                    logits, state = net(inputs, state)
+                else:
+                    logits, state, penalty = net(inputs, state, regularization)
             state = detach(state)
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
             value = loss.item()  # the cross-entropy, reported

@@ -56,7 +56,71 @@ def _grid(x: Tensor, lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tenso
     return codes, torch.lerp(lo[:, None], hi[:, None], codes / (levels - 1))
 
 
-def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def _extremes(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's min, max, and mean (clamped into [min, max] despite rounding) of rows (rows, n)."""
+    lo0, hi0 = x.min(dim=1).values, x.max(dim=1).values
+    return lo0, hi0, torch.minimum(torch.maximum(x.mean(dim=1), lo0), hi0)
+
+
+def _clipped(lo0: Tensor, hi0: Tensor, mean: Tensor, shrink: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The range pulled ``shrink = 1 - c`` of the way from the extremes towards the mean, rounded to
+    float16 (the stored scales: the grid is the one decoded); exactly the extremes at c = 1."""
+    lo, hi = lo0 + shrink * (mean - lo0), hi0 - shrink * (hi0 - mean)
+    return lo.half().float(), hi.half().float()
+
+
+def clip_ratios(t: Tensor, bits: int, axis: int = 0) -> Tensor:
+    """Each row's ``c`` of ``CLIP`` with the least squared error at ``2**bits`` levels (the first on
+    ties, the extremes): the search of the module docstring, as indices into ``CLIP``, int64 (rows,)."""
+    levels = 2 ** _check_bits(bits)
+    x = _rows(t, axis)
+    lo0, hi0, mean = _extremes(x)
+    best, errors = None, None
+    for i, clip in enumerate(CLIP):  # each range scored on the affine grid lo + k step, a few passes over x
+        lo, hi = _clipped(lo0, hi0, mean, 1 - clip)
+        step = (hi - lo) / (levels - 1)
+        inv = torch.where(step > 0, 1 / step, torch.zeros_like(step))[:, None]
+        k = torch.addcmul(-lo[:, None] * inv, x, inv).round_().clamp_(0, levels - 1)
+        err = torch.linalg.vector_norm(torch.addcmul(lo[:, None], k, step[:, None]).sub_(x), dim=1)
+        if best is None:
+            best, errors = torch.zeros_like(err, dtype=torch.int64), err
+        else:
+            better = err < errors
+            best, errors = torch.where(better, i, best), torch.where(better, err, errors)
+    return best
+
+
+def row_ranges(t: Tensor, bits: int, axis: int = 0, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each row's range ``[lo, hi]`` for ``2**bits`` levels, at its clipping ratio (``clip``: indices
+    into ``CLIP``, (rows,); default: searched by ``clip_ratios``) from the row's current extremes and mean.
+
+    Parameters
+    ----------
+    t : floating-point tensor, at least 1-D
+    bits : 1..8
+    axis : the dimension whose indices are the rows
+    clip : int64 (rows,), each row's index into ``CLIP``; None searches them
+
+    Returns
+    -------
+    lo, hi : float32 (rows,), ``rows = t.shape[axis]``, each a float16 number
+    """
+    _check_bits(bits)
+    x = _rows(t, axis)
+    if clip is None:
+        clip = clip_ratios(t, bits, axis)
+    if clip.shape != (x.shape[0],):
+        raise ValueError(f"clip must have shape ({x.shape[0]},) (rows along axis {axis}), got {tuple(clip.shape)}")
+    shrink = torch.tensor([1 - c for c in CLIP], dtype=torch.float32, device=x.device)[clip]
+    lo, hi = _clipped(*_extremes(x), shrink)
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
+                         "in which the row ranges are stored")
+    return lo, hi
+
+
+def quantize_rows(t: Tensor, bits: int, axis: int = 0,
+                  ranges: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Codes, ``lo`` and ``hi`` of ``t`` with ``2**bits`` levels per row along ``axis``.
 
     Parameters
@@ -64,35 +128,21 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, 
     t : floating-point tensor, at least 1-D
     bits : 1..8
     axis : the dimension whose indices are the rows
+    ranges : ``(lo, hi)``, each (rows,), to use instead of searching them (``row_ranges``)
 
     Returns
     -------
     codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)``
     lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level, each
-        a float16 number
+        a float16 number (when searched)
     """
     levels = 2 ** _check_bits(bits)
     x = _rows(t, axis)
-    lo0, hi0 = x.min(dim=1).values, x.max(dim=1).values
-    mean = torch.minimum(torch.maximum(x.mean(dim=1), lo0), hi0)  # inside [lo0, hi0] despite rounding
-    best = None
-    for clip in CLIP:  # each range scored on the affine grid lo + k step, a few passes over x
-        lo, hi = lo0 + (1 - clip) * (mean - lo0), hi0 - (1 - clip) * (hi0 - mean)  # exactly the extremes at 1
-        lo, hi = lo.half().float(), hi.half().float()  # the stored scales: the grid is the one decoded
-        step = (hi - lo) / (levels - 1)
-        inv = torch.where(step > 0, 1 / step, torch.zeros_like(step))[:, None]
-        k = torch.addcmul(-lo[:, None] * inv, x, inv).round_().clamp_(0, levels - 1)
-        err = torch.linalg.vector_norm(torch.addcmul(lo[:, None], k, step[:, None]).sub_(x), dim=1)
-        if best is None:
-            best = [lo, hi, err]
-        else:
-            better = err < best[2]
-            best = [torch.where(better, lo, best[0]), torch.where(better, hi, best[1]), torch.where(better, err, best[2])]
-    lo, hi, _ = best
-    codes, _ = _grid(x, lo, hi, levels)
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
-                         "in which the row ranges are stored")
+    lo, hi = row_ranges(t, bits, axis) if ranges is None else ranges
+    if lo.shape != (x.shape[0],) or hi.shape != lo.shape:
+        raise ValueError(f"ranges must be two tensors of shape ({x.shape[0]},) (rows along axis {axis}), "
+                         f"got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    codes, _ = _grid(x, lo.float(), hi.float(), levels)
     shape = (t.shape[axis],) + tuple(s for d, s in enumerate(t.shape) if d != axis % t.dim())
     return codes.to(torch.uint8).reshape(shape).movedim(0, axis), lo, hi
 
@@ -108,15 +158,16 @@ def dequantize_rows(codes: Tensor, lo: Tensor, hi: Tensor, bits: int, axis: int 
     return torch.lerp(lo.float().view(shape), hi.float().view(shape), codes.float() / (levels - 1))
 
 
-def fake_quantize(t: Tensor, bits: int, axis: int = 0) -> Tensor:
+def fake_quantize(t: Tensor, bits: int, axis: int = 0, ranges: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``t`` on its per-row ``bits``-bit grid, with a straight-through gradient.
 
-    Forward: ``dequantize_rows(*quantize_rows(t, bits, axis))`` (cast to ``t``'s dtype).
+    Forward: ``dequantize_rows(*quantize_rows(t, bits, axis, ranges))`` (cast to ``t``'s dtype):
+    on the rows' searched ranges, or on ``ranges`` = ``(lo, hi)`` (rows,) when given.
     Backward: the incoming gradient where ``t`` lies in its row's range ``[lo, hi]``,
     zero where it was clipped (the clipped straight-through estimator); the range
     itself is treated as a constant.
     """
-    codes, lo, hi = quantize_rows(t, bits, axis)
+    codes, lo, hi = quantize_rows(t, bits, axis, ranges)
     values = dequantize_rows(codes, lo, hi, bits, axis).to(t.dtype)
     shape = [1] * t.dim()
     shape[axis] = -1
@@ -172,5 +223,5 @@ def packed_bytes(count: int, bits: int) -> int:
     return -(-count * _check_bits(bits) // 8)
 
 
-__all__ = ["quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes",
+__all__ = ["clip_ratios", "row_ranges", "quantize_rows", "dequantize_rows", "fake_quantize", "pack_codes", "unpack_codes", "packed_bytes",
            "encode_rows", "decode_rows"]

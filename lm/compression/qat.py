@@ -8,6 +8,13 @@ no module swapped: the fused LSTM kernel, the low-rank and TT contractions all s
 quantized tensors. ``bake(model)`` takes the model out of QAT, writing the quantized
 values into the float weights, which an artifact stores as packed codes exactly.
 
+The rows' clipping ratios come from a search (``lowbit.clip_ratios``) that costs several
+passes over the weight; searched at every forward it made a QAT step cost 3.3-4.5x a float
+step. So each ``FakeQuantize`` keeps the ratios and searches them again only every ``every``
+optimizer steps (``RANGE_EVERY``), and once more at ``bake``; in between, each row's range
+follows the weight (its extremes and mean at the kept ratio), so that no value is clipped by a
+stale range, and the gradient is straight through within the range, zero outside it.
+
 Which tensors, and what a row is (``row_axes``):
 
 * every floating-point parameter with two or more dimensions is quantized; biases and
@@ -32,22 +39,61 @@ from torch.nn.utils import parametrize
 
 from ttlayers import TTEmbedding, TTLinear
 
-from .lowbit import _check_bits, fake_quantize
+from .lowbit import _check_bits, clip_ratios, fake_quantize, row_ranges
+
+
+RANGE_EVERY = 16  # optimizer steps between two searches of a weight's row ranges
 
 
 class FakeQuantize(nn.Module):
-    """Parametrization: a weight on its per-row ``bits``-bit grid (straight-through gradient)."""
+    """Parametrization: a weight on its per-row ``bits``-bit grid (straight-through gradient).
 
-    def __init__(self, bits: int, axis: int = 0) -> None:
+    Each row's range is its extremes pulled towards its mean by a clipping ratio chosen by a
+    search (``lowbit.clip_ratios``: several passes over the weight, the costly part). The
+    ratios are kept in the buffer ``clip`` and searched again at the first forward after every
+    ``every`` changes of the weight (the optimizer's in-place steps, counted by the tensor's
+    version); the ranges ``lo``, ``hi`` themselves follow the weight at every change, from its
+    current extremes and mean at the kept ratios (one pass). ``every=1`` is a full search after
+    each step, as ``quantize_rows`` does. ``bake`` searches once more, so an artifact is stored
+    on the final weights' own ranges. The buffers are not saved in the state dict;
+    ``searches`` counts the searches made.
+    """
+
+    def __init__(self, bits: int, axis: int = 0, every: int = RANGE_EVERY) -> None:
         super().__init__()
         self.bits = _check_bits(bits)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1 (optimizer steps between range searches), got {every!r}")
         self.axis = axis
+        self.every = every
+        self.register_buffer("clip", None, persistent=False)
+        self.register_buffer("lo", None, persistent=False)
+        self.register_buffer("hi", None, persistent=False)
+        self.searches = 0
+        self._version: int | None = None  # the weight's version when lo and hi were computed
+        self._changes = 0  # changes of the weight since the last search
 
     def forward(self, weight: Tensor) -> Tensor:
-        return fake_quantize(weight, self.bits, self.axis)
+        changed = weight._version != self._version
+        if changed:
+            self._version = weight._version
+            self._changes += 1
+        if self.clip is None or self._changes >= self.every or self.clip.device != weight.device:
+            self.clip = clip_ratios(weight, self.bits, self.axis)
+            self.searches += 1
+            self._changes = 0
+            changed = True
+        if changed or self.lo is None:
+            self.lo, self.hi = row_ranges(weight, self.bits, self.axis, self.clip)
+        return fake_quantize(weight, self.bits, self.axis, (self.lo, self.hi))
+
+    def reset_ranges(self) -> None:
+        """Forget the kept ratios and ranges: the next forward searches them."""
+        self.clip = self.lo = self.hi = None
+        self._version = None
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, axis={self.axis}"
+        return f"bits={self.bits}, axis={self.axis}, every={self.every}"
 
 
 def row_axes(model: nn.Module) -> dict[str, int]:
@@ -65,9 +111,11 @@ def row_axes(model: nn.Module) -> dict[str, int]:
     return axes
 
 
-def enable_qat(model: nn.Module, bits: int) -> nn.Module:
-    """Fake-quantize every weight of ``model`` (in place) at ``bits`` bits per row; returns ``model``."""
+def enable_qat(model: nn.Module, bits: int, every: int = RANGE_EVERY) -> nn.Module:
+    """Fake-quantize every weight of ``model`` (in place) at ``bits`` bits per row, its row ranges
+    searched every ``every`` optimizer steps (``FakeQuantize``); returns ``model``."""
     _check_bits(bits)
+    FakeQuantize(bits, every=every)  # refuses a bad ``every`` before the model is touched
     if is_qat(model):
         raise ValueError("the model is already in QAT mode: call bake(model) first")
     axes = row_axes(model)
@@ -75,7 +123,7 @@ def enable_qat(model: nn.Module, bits: int) -> nn.Module:
         for name, _ in list(module.named_parameters(recurse=False)):
             key = f"{prefix}.{name}" if prefix else name
             if key in axes:
-                parametrize.register_parametrization(module, name, FakeQuantize(bits, axes[key]))
+                parametrize.register_parametrization(module, name, FakeQuantize(bits, axes[key], every))
     return model
 
 
@@ -102,8 +150,10 @@ def bake(model: nn.Module) -> nn.Module:
                                     {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
             for name in list(module.parametrizations):
                 if all(isinstance(f, FakeQuantize) for f in module.parametrizations[name]):
+                    for f in module.parametrizations[name]:
+                        f.reset_ranges()  # the final weights' own ranges, as an export would search them
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 
 
-__all__ = ["FakeQuantize", "row_axes", "enable_qat", "is_qat", "bake"]
+__all__ = ["RANGE_EVERY", "FakeQuantize", "row_axes", "enable_qat", "is_qat", "bake"]

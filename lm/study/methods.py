@@ -32,6 +32,7 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 TRAIN = ("none", "finetune", "scratch")
+TEACHERS = (None, "dense")
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,17 @@ class Prune:
 
 @dataclass(frozen=True)
 class Distill:
-    """``lm.distill.Distillation``'s loss mix."""
+    """``lm.distill.Distillation``'s loss mix, and its teacher: ``None``, the model the method starts
+    from (the dense one, or the base: born-again); ``"dense"``, the study's dense model (the preset's
+    trained checkpoint, ``--checkpoint``) even for a method built on a base."""
 
     alpha: float
     temperature: float
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {list(TEACHERS)}, got {self.teacher!r}")
 
 
 @dataclass(frozen=True)
@@ -129,14 +137,15 @@ class Method:
     (from the compressed trained model) or ``"scratch"`` (the compressed architecture trained
     with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``: start from
     another method's finished model instead of the dense one (to export it, or fine-tune it);
-    ``shape``: of a from-scratch model; ``distill``: fine-tune with the model it starts from
-    (the dense one, or the base) as the teacher; ``lr``: the starting learning rate of its
+    ``shape``: of a from-scratch model; ``distill``: fine-tune with a teacher's soft targets, the
+    model it starts from (the dense one, or the base) or ``distill.teacher``; ``lr``: the starting learning rate of its
     training instead of the preset's (scratch) or the fine-tuning recipe's, decayed on the
     same schedule; ``epochs``: the length of a from-scratch training instead of the preset's
     (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
     at that many bits per weight (``lm.compression.qat``: every weight on its per-row grid,
     straight-through gradients) and export the packed codes (``quant`` must then be
-    ``f"q{qat_bits}"``); ``note``: why, where a choice needs a reason (not part of the recipe).
+    ``f"q{qat_bits}"``); ``qat_every``: the optimizer steps between two searches of the QAT row
+    ranges (default ``lm.compression.qat.RANGE_EVERY``); ``note``: why, where a choice needs a reason (not part of the recipe).
     """
 
     name: str
@@ -152,6 +161,7 @@ class Method:
     lr: float | None = None
     epochs: int | None = None
     qat_bits: int | None = None
+    qat_every: int | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -176,6 +186,10 @@ class Method:
                              f"it needs train='finetune', no pruning and quant='q{self.qat_bits}', got "
                              f"train={self.train!r}, prune={self.prune!r}, quant={self.quant!r}")
 
+        if self.qat_every is not None and (self.qat_bits is None or self.qat_every < 1):
+            raise ValueError(f"{self.name}: qat_every sets how often QAT searches its row ranges and must be >= 1, "
+                             f"with qat_bits set; got qat_every={self.qat_every}, qat_bits={self.qat_bits}")
+
     def layer_specs(self) -> dict[str, dict]:
         """``compress`` as ``compress_model``'s keyword arguments."""
         return {part: _plain(spec) for part, spec in self.compress.items()}
@@ -185,8 +199,9 @@ class Method:
         return _plain(self.shape) if self.shape else {}
 
     def to_dict(self) -> dict:
-        """Every field but ``note`` (and ``qat_bits`` when unset), as plain data (``ship``'s manifest records it)."""
-        qat = {"qat_bits": self.qat_bits} if self.qat_bits is not None else {}
+        """Every field but ``note`` (and ``qat_bits``, ``qat_every`` when unset), as plain data (``ship``'s
+        manifest records it)."""
+        qat = {k: getattr(self, k) for k in ("qat_bits", "qat_every") if getattr(self, k) is not None}
         return {"name": self.name, "family": self.family, "description": self.description,
                 "compress": self.layer_specs(), "prune": _plain(self.prune) if self.prune else None,
                 "train": self.train, "quant": self.quant, "base": self.base, "shape": self.shape_fields(),
@@ -280,7 +295,11 @@ def _method(table: dict, where: str) -> Method:
     for name, cls in (("prune", Prune), ("shape", Shape), ("distill", Distill)):
         if name in table:
             _typed(table[name], dict, f"{where}: field {name!r}")
-            kwargs[name] = cls(**_fields(cls, table[name], f"{where}: field {name!r}"))
+            values = _fields(cls, table[name], f"{where}: field {name!r}")
+            try:
+                kwargs[name] = cls(**values)
+            except ValueError as e:  # a value the type allows but the class refuses
+                raise ValueError(f"{where}: field {name!r}: {e}") from None
     try:
         return Method(**kwargs)
     except ValueError as e:  # its message starts with the method's name, which ``where`` has said

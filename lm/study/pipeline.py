@@ -44,12 +44,13 @@ def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: 
 def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tensor, layers: dict | None = None,
         counts: Tensor | None = None, prune: Prune | None = None, finetune: Finetune | None = None,
         base: TrainConfig | None = None, distill: Distillation | None = None, qat_bits: int | None = None,
-        quant: str | None = None,
+        qat_every: int = qat.RANGE_EVERY, quant: str | None = None,
         data_dir: str | Path | None = None, progress: bool = True) -> Outcome:
     """Compress ``start`` into a new model (``layers``: ``compress_model``'s layer specs, ``counts`` its
     word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it,
     fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed; in quantization-aware
-    training at ``qat_bits`` bits per weight, baked before export), then export it to
+    training at ``qat_bits`` bits per weight, its row ranges searched every ``qat_every`` steps, baked
+    before export), then export it to
     ``out_dir/artifact.safetensors`` (``quant``) and score the decoded artifact on ``valid`` and ``test``.
 
     A ``gradual`` prune takes one step before each fine-tuning epoch, each epoch its own run at the
@@ -64,7 +65,7 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
         dropout = model.config.dropout
         set_dropout(model, finetune.dropout)
     if qat_bits:
-        qat.enable_qat(model, qat_bits)
+        qat.enable_qat(model, qat_bits, qat_every)
     gradual = prune is not None and prune.gradual
     if prune is not None and not gradual:
         pruning.prune_model(model, prune.amount, prune.layers)

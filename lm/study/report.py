@@ -1,35 +1,134 @@
-"""The study's report: the paper's published numbers beside ours, the targets, and a Pareto plot.
+"""The study's report: the published points beside ours, the targets, and a Pareto plot.
 
-Published figures are those of Grachev, Ignatov & Savchenko (2017, 2019), Tables 1-2;
-every other number comes from the study's results rows.
+The published points (``lm/study/published.toml``) and the targets (``lm/study/targets.toml``)
+are data, read and validated on load (``load_published``, ``load_targets``); every other number
+comes from the study's results rows. ``rerender`` rewrites a report from its stored rows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
+from ..results import git_commit
+from .methods import _fields, _keys, _typed, tomllib
 
-# ``preset``: the study preset whose rows sit beside the published one; ``ours``: those rows' method names
-PAPER = [
-    {"key": "small", "model": "small 200-200", "size_mb": 18.6, "test_ppl": 117.66, "preset": "small",
-     "ours": ("dense",)},
-    {"key": "pruned", "model": "output layer pruned 90%, no retraining", "size_mb": 5.5, "test_ppl": 149.3,
-     "preset": "small", "ours": ("prune_dec90",)},
-    {"key": "pruned_ft", "model": "output layer pruned 90%, retrained", "size_mb": 5.5, "test_ppl": 121.1,
-     "preset": "small", "ours": ("prune_dec90_ft",)},
-    {"key": "q8", "model": "8-bit quantization", "size_mb": 4.7, "test_ppl": 118.2, "preset": "small", "ours": ("q8",)},
-    {"key": "medium", "model": "medium 650-650", "size_mb": 79.1, "test_ppl": 82.07, "preset": "medium",
-     "ours": ("dense",)},
-    {"key": "lr_lstm_650", "model": "LR-LSTM 650-650, r=128", "size_mb": 16.8, "test_ppl": 92.89, "preset": "medium",
-     "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
-    {"key": "tt_lstm_600", "model": "TT-LSTM 600-600", "size_mb": 50.4, "test_ppl": 168.64, "preset": "medium",
-     "ours": ("tt_paper_scratch", "tt_lstm_ft", "tt_lstm_scratch", "tt_lstm_scratch_lr025")},
-    {"key": "lr_lstm_1500", "model": "LR-LSTM 1500-1500", "size_mb": 94.9, "test_ppl": 89.46, "preset": "large",
-     "ours": ("lr_paper_scratch", "lr_lstm_ft", "lr_lstm_scratch")},
-]
+MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
+DATA_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weight matrices of an LSTM language model: a ``vocab`` x ``embedding`` table, ``layers``
+    LSTM layers of ``hidden`` units, and a ``hidden`` x ``vocab`` softmax (none if ``tied``)."""
+
+    vocab: int
+    embedding: int
+    hidden: int
+    layers: int
+    tied: bool = False
+
+
+def weight_count(w: Weights) -> int:
+    """The numbers in ``w``'s weight matrices: the embedding table, each layer's input and recurrent maps
+    ``4 hidden x (input + hidden)``, and the softmax unless tied. Biases are left out: a published
+    quantized size counted this way is a lower bound (for Xu et al.'s 1x300 LSTM, 6,720,000 weights,
+    and its 15,400 biases would add 0.06 MB in float32)."""
+    lstm = sum(4 * w.hidden * ((w.embedding if k == 0 else w.hidden) + w.hidden) for k in range(w.layers))
+    return w.vocab * w.embedding + lstm + (0 if w.tied else w.hidden * w.vocab)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published PTB point: its test PPL and size, printed (``size_mb``) or computed from its
+    ``weights`` at ``bits`` bits each; ``preset`` and ``ours``: our rows of the same model."""
+
+    key: str
+    model: str
+    source: str
+    test_ppl: float
+    size_mb: float | None = None
+    weights: Weights | None = None
+    bits: int | None = None
+    preset: str | None = None
+    ours: list[str] = field(default_factory=list)
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.size_mb is None) == (self.weights is None or self.bits is None):
+            raise ValueError("give either size_mb, or weights and bits (the size computed from them)")
+        if (self.weights is None) != (self.bits is None):
+            raise ValueError("weights and bits go together")
+
+    def to_dict(self) -> dict:
+        """The point as the reports store it, its size in MB (computed where not printed)."""
+        size = self.size_mb if self.size_mb is not None else weight_count(self.weights) * self.bits / 8 / MB
+        return {"key": self.key, "model": self.model, "source": self.source, "size_mb": size,
+                "test_ppl": self.test_ppl, "preset": self.preset, "ours": list(self.ours),
+                "label": self.label or self.model}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target that the reports in ``reports`` judge (``lm/study/targets.toml`` says what each kind means)."""
+
+    name: str
+    reports: list[str]
+    method: str | None = None
+    family: str | None = None
+    max_mb: float | None = None
+    max_ppl: float | None = None
+    better_than: str | None = None
+    dominate_published: bool = False
+
+    def __post_init__(self) -> None:
+        bounds = (self.method, self.family, self.max_mb, self.max_ppl, self.better_than)
+        if self.dominate_published and any(b is not None for b in bounds):
+            raise ValueError("dominate_published takes no method, family, max_mb, max_ppl or better_than")
+        if not self.dominate_published and (self.max_ppl is None) == (self.better_than is None):
+            raise ValueError("a target needs exactly one of max_ppl and better_than (or dominate_published)")
+        if self.method is not None and (self.family is not None or self.better_than is not None):
+            raise ValueError("a target on one method takes no family or better_than")
+        if not self.reports:
+            raise ValueError("reports must name at least one report")
+
+
+def _read(path: Path, key: str, cls: type, nested: dict[str, type]) -> list:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    _keys(data, {key}, str(path))
+    out = []
+    for i, table in enumerate(data.get(key, [])):
+        where = f"{path}: [[{key}]] #{i + 1}"
+        _typed(table, dict, where)
+        values = _fields(cls, table, where, nested=set(nested))
+        for name, sub in nested.items():
+            if name in table:
+                _typed(table[name], dict, f"{where}: field {name!r}")
+                values[name] = sub(**_fields(sub, table[name], f"{where}: field {name!r}"))
+        try:
+            out.append(cls(**values))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    return out
+
+
+def load_published(path: str | Path = DATA_DIR / "published.toml") -> list[dict]:
+    """The published points, as the reports store them (``Published.to_dict``)."""
+    return [p.to_dict() for p in _read(Path(path), "points", Published, {"weights": Weights})]
+
+
+def load_targets(path: str | Path = DATA_DIR / "targets.toml") -> list[Target]:
+    """The targets of every report, in the file's order."""
+    return _read(Path(path), "targets", Target, {})
+
+
+PAPER = load_published()  # every published point: Grachev et al.'s Tables 1-2, and the others of published.toml
 
 
 def pareto_front(rows: list[dict], x: str = "size_mb", y: str = "test_ppl") -> list[dict]:
@@ -42,66 +141,89 @@ def pareto_front(rows: list[dict], x: str = "size_mb", y: str = "test_ppl") -> l
     return front
 
 
-def targets(rows: list[dict], preset: str) -> list[dict]:
-    """The issue's targets for ``preset``: measured value, met or not, and the gap."""
+def _measured(r: dict) -> str:
+    return f"{r['test_ppl']:.2f} PPL, {r['size_mb']:.2f} MB"
+
+
+def judge(t: Target, rows: list[dict], published: list[dict]) -> dict | None:
+    """Target ``t`` on ``rows``: the row judged, what it measures, met or not, and the gap (in PPL and
+    MB) where missed; None where the target does not apply (``better_than`` a row that is absent)."""
     by = {r["name"]: r for r in rows}
-    out = []
+    out = {"target": t.name, "model": "not run", "measured": "-", "met": "not run", "gap": ""}
+    if t.dominate_published:
+        front = pareto_front(rows)
+        beaten = [p for p in published if any(r["size_mb"] <= p["size_mb"] and r["test_ppl"] <= p["test_ppl"]
+                                              for r in front)]
+        return {**out, "model": "front", "measured": f"{len(beaten)}/{len(published)} published points dominated",
+                "met": "yes" if len(beaten) == len(published) else "no",
+                "gap": ", ".join(p["model"] for p in published if p not in beaten)}
+    if t.method is not None:
+        r = by.get(t.method)
+        if r is None:
+            return out
+        gaps = ([f"{r['test_ppl'] - t.max_ppl:+.2f} PPL"] if t.max_ppl is not None and r["test_ppl"] > t.max_ppl
+                else []) + ([f"{r['size_mb'] - t.max_mb:+.3f} MB"] if t.max_mb is not None and r["size_mb"] > t.max_mb
+                            else [])
+        return {**out, "model": r["label"], "measured": _measured(r), "met": "no" if gaps else "yes",
+                "gap": ", ".join(gaps)}
+    family = [r for r in rows if t.family is None or t.family in r["family"]]
+    fit = [r for r in family if t.max_mb is None or r["size_mb"] <= t.max_mb]
+    best = min(fit, key=lambda r: r["test_ppl"]) if fit else None
+    if t.better_than is not None:
+        ref = by.get(t.better_than)
+        if ref is None:
+            return None
+        bar, where = ref["test_ppl"], f" ({t.better_than} {ref['test_ppl']:.2f})"
 
-    def add(target: str, row: dict | None, ok: bool | None, gap: str) -> None:
-        out.append({"target": target, "model": row["label"] if row else "not run",
-                    "measured": f"{row['test_ppl']:.2f} PPL, {row['size_mb']:.2f} MB" if row else "-",
-                    "met": "yes" if ok else ("no" if ok is not None else "not run"), "gap": gap if ok is False else ""})
+        def ok(r: dict) -> bool:
+            return r["test_ppl"] < bar
+    else:
+        bar, where = t.max_ppl, ""
 
-    def best_under(mb: float, family: str = "") -> dict | None:
-        fit = [r for r in rows if r["size_mb"] <= mb and family in r["family"]]
-        return min(fit, key=lambda r: r["test_ppl"]) if fit else None
+        def ok(r: dict) -> bool:
+            return r["test_ppl"] <= bar
+    met = best is not None and ok(best)
+    if best is None:
+        return {**out, "met": "no" if family else "not run",
+                "gap": f"nothing <= {t.max_mb:g} MB" if family else ""}
+    gaps = []
+    if not met:
+        gaps.append(f"{best['test_ppl'] - bar:+.2f} PPL" + (f" at <= {t.max_mb:g} MB" if t.max_mb is not None else ""))
+        reach = [r for r in family if ok(r)] if t.max_mb is not None else []
+        if reach:
+            small = min(reach, key=lambda r: r["size_mb"])
+            gaps.append(f"{small['size_mb'] - t.max_mb:+.3f} MB at <= {bar:.2f} PPL ({small['label']})")
+    return {**out, "model": best["label"], "measured": _measured(best) + where, "met": "yes" if met else "no",
+            "gap": "; ".join(gaps)}
 
-    def bar(target: str, r: dict | None, ppl: float) -> None:
-        add(target, r, r["test_ppl"] <= ppl if r else None, f"{r['test_ppl'] - ppl:+.2f} PPL" if r else "")
 
-    if preset == "small":
-        bar("pruned 90% + retrained <= 121.1 PPL", by.get("prune_dec90_ft"), 121.1)
-        r = by.get("q8")
-        ok = r and r["test_ppl"] <= 118.2 and r["size_mb"] <= 4.7
-        add("8-bit <= 118.2 PPL at <= 4.7 MB", r, ok,
-            f"{r['test_ppl'] - 118.2:+.2f} PPL, {r['size_mb'] - 4.7:+.3f} MB" if r else "")
-        dense, r = by.get("dense"), best_under(4.7)
-        if dense:
-            ok = r is not None and r["test_ppl"] < dense["test_ppl"]
-            add(f"<= 4.7 MB and better than dense ({dense['test_ppl']:.2f})", r, ok,
-                f"{r['test_ppl'] - dense['test_ppl']:+.2f} PPL" if r else "nothing <= 4.7 MB")
-        control = by.get("dense_ft")
-        if control:  # fine-tuning alone (its dropout) improves the dense model: the fair bar for fine-tuned rows
-            ok = r is not None and r["test_ppl"] < control["test_ppl"]
-            add(f"(control) <= 4.7 MB and better than dense fine-tuned alike ({control['test_ppl']:.2f})", r, ok,
-                f"{r['test_ppl'] - control['test_ppl']:+.2f} PPL" if r else "nothing <= 4.7 MB")
-    if preset == "medium":
-        bar("LR-LSTM <= 92.9 PPL at <= 16.8 MB", best_under(16.8, "LR-LSTM"), 92.9)
-        bar("TT-LSTM <= 100 PPL at <= 12 MB", best_under(12.0, "TT-LSTM"), 100.0)
-    r = best_under(5.0)
-    add("moonshot: <= 5 MB at <= 85 PPL", r, r is not None and r["test_ppl"] <= 85,
-        f"{r['test_ppl'] - 85:+.2f} PPL" if r else "nothing <= 5 MB")
-    front = pareto_front(rows)
-    beaten = [p for p in PAPER if any(r["size_mb"] <= p["size_mb"] and r["test_ppl"] <= p["test_ppl"] for r in front)]
-    add("Pareto front dominates every published point", None, len(beaten) == len(PAPER), "")
-    out[-1].update(model="front", measured=f"{len(beaten)}/{len(PAPER)} published points dominated",
-                   gap=", ".join(p["model"] for p in PAPER if p not in beaten))
-    return out
+def targets(rows: list[dict], report: str, published: list[dict] | None = None) -> list[dict]:
+    """Every target of ``lm/study/targets.toml`` that ``report`` (a preset, or ``"front"``) judges, judged on
+    ``rows`` and the ``published`` points (default: every point of ``lm/study/published.toml``)."""
+    published = PAPER if published is None else published
+    judged = [judge(t, rows, published) for t in load_targets() if report in t.reports or "*" in t.reports]
+    return [j for j in judged if j is not None]
 
 
 def _fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and v is not None else ("-" if v is None else str(v))
 
 
+def _rendered(payload: dict) -> str:
+    r = payload.get("rendered")
+    return f"; report re-rendered from its stored rows at commit `{r['commit']}` on {r['date']}" if r else ""
+
+
 def markdown(payload: dict) -> str:
     """The report page: results table with the paper beside ours, the targets, the provenance."""
     rows, preset = payload["rows"], payload["preset"]
-    paper = {name: p for p in PAPER if p["preset"] == preset for name in p["ours"]}
+    published = payload.get("paper", PAPER)
+    paper = {name: p for p in published if p.get("preset") == preset for name in p.get("ours", ())}
     dense = next((r for r in rows if r["name"] == "dense"), None)
     lines = [
         f"# Compression study: preset `{preset}`", "",
         f"Generated by `python -m lm study --preset {preset}` at commit `{payload['commit']}` on {payload['date']} "
-        f"(seed {payload['seed']}). Sizes are bytes of the exported compact artifact (vocabulary included), "
+        f"(seed {payload['seed']}){_rendered(payload)}. Sizes are bytes of the exported compact artifact (vocabulary included), "
         f"in MB of 10^6 bytes as in the paper; perplexities are exact ({payload['eval']}); latency is one token "
         f"at batch 1 on one CPU thread, all models timed side by side in one run: eager torch, `torch.ao` int8, "
         f"and the streaming step exported to ONNX (`python -m lm export`) in onnxruntime, float32 and int8 "
@@ -121,9 +243,10 @@ def markdown(payload: dict) -> str:
             _fmt(p.get("test_ppl"), ".2f"), _fmt(r.get("eager_ms"), ".3f"), _fmt(r.get("int8_ms"), ".3f"),
             _fmt(speed, ".2f"), _fmt(r.get("ort_ms"), ".3f"), _fmt(r.get("ort_int8_ms"), ".3f"),
             _fmt(r["onnx_int8_bytes"] / MB if r.get("onnx_int8_bytes") else None, ".3f")]) + " |")
-    lines += ["", "## Published (Grachev, Ignatov & Savchenko, Tables 1-2)", "", "| model | size MB | test PPL |",
-              "|---|---|---|"]
-    lines += [f"| {p['model']} | {p['size_mb']:.1f} | {p['test_ppl']:.2f} |" for p in PAPER]
+    lines += ["", "## Published", "", "Sizes as printed, or computed from the weight count and bits "
+              "(`lm/study/published.toml`, `lm.study.report.weight_count`).", "",
+              "| model | size MB | test PPL | source |", "|---|---|---|---|"]
+    lines += [f"| {p['model']} | {p['size_mb']:.2f} | {p['test_ppl']:.2f} | {p['source']} |" for p in published]
     lines += ["", "## Targets", "", "| target | model | measured | met | gap |", "|---|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |" for t in payload["targets"]]
     lines += ["", "## Pareto front (size, test PPL)", ""]
@@ -133,29 +256,36 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: str | Path, title: str) -> Path:
-    """Size-versus-perplexity scatter (log size), our Pareto front, the paper's points."""
+def plot(rows: list[dict], path: str | Path, title: str, published: list[dict] | None = None) -> Path:
+    """Size-versus-perplexity scatter (log size): every row coloured by family, our Pareto front, the
+    ``published`` points (default: ``PAPER``) one marker per source; only the front and the published
+    points are named, so that the plot can be read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    published = PAPER if published is None else published
     fig, ax = plt.subplots(figsize=(11, 6))
     families = sorted({r["family"] for r in rows})
     cmap = plt.get_cmap("tab20")  # one colour a family, up to 20
     for k, fam in enumerate(families):
         pts = [r for r in rows if r["family"] == fam]
         ax.scatter([r["size_mb"] for r in pts], [r["test_ppl"] for r in pts], color=cmap(k % 20), label=fam, zorder=3)
-        for r in pts:
-            ax.annotate(r["name"], (r["size_mb"], r["test_ppl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(rows)
+    for r in front:
+        ax.annotate(r["name"], (r["size_mb"], r["test_ppl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.step([r["size_mb"] for r in front], [r["test_ppl"] for r in front], where="post", color="k", lw=1,
             label="our Pareto front", zorder=2)
-    ax.scatter([p["size_mb"] for p in PAPER], [p["test_ppl"] for p in PAPER], marker="*", s=140, color="crimson",
-               edgecolor="k", label="Grachev et al. (published)", zorder=4)
-    for p in PAPER:
-        ax.annotate(p["model"], (p["size_mb"], p["test_ppl"]), fontsize=6, color="crimson", xytext=(3, -9),
-                    textcoords="offset points")
+    sources = list(dict.fromkeys(p["source"].split(" (")[0] for p in published))  # the authors
+    for source, (marker, colour) in zip(sources, [("*", "crimson"), ("P", "darkorange"), ("X", "purple"),
+                                                  ("D", "teal"), ("v", "olive")] * 4):
+        pts = [p for p in published if p["source"].startswith(source)]
+        ax.scatter([p["size_mb"] for p in pts], [p["test_ppl"] for p in pts], marker=marker, s=120, color=colour,
+                   edgecolor="k", label=f"{source} (published)", zorder=4)
+        for p in pts:
+            ax.annotate(p.get("label", p["model"]), (p["size_mb"], p["test_ppl"]), fontsize=6, color=colour,
+                        xytext=(3, -9), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("artifact size (MB, 10^6 bytes, log scale)")
     ax.set_ylabel("test perplexity")
@@ -170,7 +300,34 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     return path
 
 
-FRONT_PRESETS = ("small", "medium", "large")
+def render(payload: dict, report_dir: str | Path) -> dict:
+    """Write a preset's report from its ``payload`` (provenance, ``preset``, ``eval``, ``rows``):
+    the published points and the targets judged on the rows, then ``study_<preset>.{png,json,md}``
+    in ``report_dir``, and the front of every preset when the preset is one of ``FRONT_PRESETS``."""
+    out, preset = Path(report_dir), payload["preset"]
+    name = f"study_{preset}"
+    image = plot(payload["rows"], out / f"{name}.png", f"PTB, preset {preset}: size vs test perplexity")
+    payload = {**payload, "plot": image.name, "paper": PAPER, "targets": targets(payload["rows"], preset)}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown(payload))
+    if preset in FRONT_PRESETS:
+        write_front(out)
+    return payload
+
+
+def rerender(preset: str, report_dir: str | Path) -> dict:
+    """Rewrite ``report_dir/study_<preset>.{json,md,png}`` (and the front) from the rows stored in its
+    JSON, with today's published points and targets, no model trained or scored; the JSON keeps its
+    provenance and records the re-render's commit and date under ``rendered``."""
+    path = Path(report_dir) / f"study_{preset}.json"
+    if not path.is_file():
+        raise ValueError(f"no stored report {path} to re-render; run the study first")
+    payload = json.loads(path.read_text())
+    payload["rendered"] = {"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return render(payload, report_dir)
+
+
+FRONT_PRESETS = ("small", "medium", "large", "medium_awd")
 
 
 def front(payloads: list[dict]) -> dict:
@@ -179,7 +336,7 @@ def front(payloads: list[dict]) -> dict:
     rows = [{**r, "name": f"{p['preset']}:{r['name']}", "label": f"{p['preset']}:{r['label']}"}
             for p in payloads for r in p["rows"]]
     sources = [{"preset": p["preset"], "commit": p["commit"], "date": p["date"], "seed": p["seed"]} for p in payloads]
-    return {"sources": sources, "rows": rows, "targets": targets(rows, "all"), "paper": PAPER}
+    return {"sources": sources, "rows": rows, "targets": targets(rows, "front"), "paper": PAPER}
 
 
 def front_markdown(payload: dict, plot_name: str) -> str:
@@ -196,7 +353,7 @@ def front_markdown(payload: dict, plot_name: str) -> str:
 
 
 def write_front(report_dir: str | Path) -> dict | None:
-    """Merge ``study_{small,medium,large}.json`` of ``report_dir`` into ``study_front.{json,md,png}``;
+    """Merge the ``study_<preset>.json`` of ``FRONT_PRESETS`` in ``report_dir`` into ``study_front.{json,md,png}``;
     None (and nothing written) when no such report exists."""
     report_dir = Path(report_dir)
     paths = [report_dir / f"study_{p}.json" for p in FRONT_PRESETS]

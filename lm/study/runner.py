@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, load
 from ..compression.export import load_artifact
 from ..compression.surgery import compress_model
-from ..config import TrainConfig, preset
+from ..config import ModelConfig, TrainConfig, preset
 from ..data import Corpus
 from ..distill import Distillation
 from ..model import LanguageModel, count_parameters
@@ -61,6 +61,15 @@ def scratch_model(cfg: TrainConfig, vocab: list[str] | None) -> LanguageModel:
                 else:
                     nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
     return model
+
+
+def scratch_shape(m: Method, dense: ModelConfig, counts: torch.Tensor, vocab: list[str] | None = None) -> ModelConfig:
+    """The model config of from-scratch method ``m`` on the preset's ``dense`` config: its layer specs
+    resolved (TT shapes and ranks) on an untrained dense model of the method's shape (untied there: a
+    dense LSTM's output does not match a reshaped embedding), then its ``shape``. ``counts``: the
+    training set's word counts (vocab_size,), which GroupReduce needs."""
+    shaped = LanguageModel(replace(dense, **{**m.shape_fields(), "tie_weights": False}), vocab)
+    return replace(compress_model(shaped, counts=counts, **m.layer_specs()).config, **m.shape_fields())
 
 
 @dataclass
@@ -102,7 +111,8 @@ class Study:
             else:
                 i += 1
         self.needs_dense = bool(config.checkpoint) or "dense" in names or any(
-            not known[n].base and known[n].train != "scratch" for n in order)
+            (not known[n].base and known[n].train != "scratch") or (known[n].distill and known[n].distill.teacher)
+            for n in order)
         self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -155,18 +165,18 @@ class Study:
         if m.base and m.train == "none":
             return pipeline.run(start, out, **common)
         finetune = Finetune(self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
-        kd = Distillation(start, alpha=m.distill.alpha, temperature=m.distill.temperature) if m.distill else None
+        kd = None
+        if m.distill:
+            teacher = dense if m.distill.teacher == "dense" else start
+            kd = Distillation(teacher, alpha=m.distill.alpha, temperature=m.distill.temperature)
         return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
                             finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
-                            qat_bits=m.qat_bits, **common)
+                            qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}), **common)
 
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
-        # the layer specs resolved (TT shapes and ranks) on an untrained dense model of the method's shape
-        # (untied there: a dense LSTM's output does not match a reshaped embedding)
-        shaped = LanguageModel(replace(dense.config, **{**m.shape_fields(), "tie_weights": False}), dense.vocab)
-        shape = replace(compress_model(shaped, counts=self.counts(), **m.layer_specs()).config, **m.shape_fields())
+        shape = scratch_shape(m, dense.config, self.counts(), dense.vocab)
         epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
         cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
         model = scratch_model(cfg, dense.vocab)
@@ -238,27 +248,16 @@ class Study:
         return self.write_report(rows)
 
     def write_report(self, rows: list[dict]) -> dict:
-        out = Path(self.config.report_dir)
-        name = f"study_{self.config.preset}"
         # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself
         provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},
                            self.cfg.seed)
-        plot = report.plot(rows, out / f"{name}.png", f"PTB, preset {self.config.preset}: size vs test perplexity")
-        payload = {
+        return report.render({
             **provenance,
             "preset": self.config.preset,
             "eval": f"first {self.config.eval_tokens} tokens of valid/test" if self.config.eval_tokens
             else "whole valid/test streams, lm.evaluate.perplexity",
-            "plot": plot.name,
             "rows": [{k: v for k, v in r.items() if k not in ("recipe", "tensor_bytes")} for r in rows],
-            "paper": report.PAPER,
-        }
-        payload["targets"] = report.targets(payload["rows"], self.config.preset)
-        write_json(out / f"{name}.json", payload)
-        (out / f"{name}.md").write_text(report.markdown(payload))
-        if self.config.preset in report.FRONT_PRESETS:
-            report.write_front(out)
-        return payload
+        }, self.config.report_dir)
 
 
 def _clock(seconds: float) -> str:

@@ -49,6 +49,7 @@ def test_the_config_files_are_package_data():
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lm.study"]
     shipped = {p for g in globs for p in (ROOT / "lm" / "study").glob(g)}
     assert set(CONFIG_DIR.glob("*.toml")) <= shipped and len(shipped) >= 4
+    assert {CONFIG_DIR.parent / "targets.toml", CONFIG_DIR.parent / "published.toml"} <= shipped  # the report's data
 
 
 def test_specs_are_typed_and_only_schedule_cuts_carry_notes():
@@ -91,6 +92,8 @@ compress.lstm = { type = "lr_lstm", rank = 4 }
     (('description = "the dense model"', 'description = "the dense model"\nbase = "later"'),
      "method 'dense': field 'base': 'later' is no method defined above it"),
     (('name = "lr"', 'name = "lr'), "not valid TOML"),
+    (('train = "finetune"', 'train = "finetune"\ndistill = { alpha = 0.5, temperature = 2.0, teacher = "self" }'),
+     "method 'lr': field 'distill': teacher must be one of [None, 'dense'], got 'self'"),
 ])
 def test_a_bad_file_names_the_file_the_method_and_the_field(tmp_path, edit, message):
     path = tmp_path / "bad.toml"
@@ -103,8 +106,8 @@ def test_a_bad_file_names_the_file_the_method_and_the_field(tmp_path, edit, mess
 def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_path):
     (tmp_path / "good.toml").write_text(GOOD)
     assert [m.name for m in read_methods(tmp_path / "good.toml")] == ["dense", "lr"]
-    with pytest.raises(ValueError, match=r"no study methods for preset 'medium_awd'; .*'small'"):
-        load_methods("medium_awd")
+    with pytest.raises(ValueError, match=r"no study methods for preset 'huge'; .*'small'"):
+        load_methods("huge")
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -121,6 +124,8 @@ def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_
     ({"quant": "q2", "qat_bits": 2}, "qat_bits fine-tunes"),
     ({"train": "finetune", "quant": "q4", "qat_bits": 2}, "quant='q2'"),
     ({"train": "finetune", "quant": "q2", "qat_bits": 2, "prune": Prune(0.5, ["decoder"])}, "no pruning"),
+    ({"train": "finetune", "qat_every": 8}, "qat_every sets how often"),
+    ({"train": "finetune", "quant": "q2", "qat_bits": 2, "qat_every": 0}, "must be >= 1"),
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +35,9 @@ def test_targets_and_page(tmp_path):
     assert t["moonshot:"]["met"] == "no"
     assert "(control)" not in t  # no fine-tuned dense model, no control row
     controlled = {x["target"].split(" ")[0]: x for x in targets(rows + [row("dense_ft", 18.6, 101.0)], "small")}
-    assert controlled["(control)"]["met"] == "no" and controlled["(control)"]["gap"] == "+7.00 PPL"
-    assert t["Pareto"]["measured"].startswith("5/")  # Table 1 and the TT-LSTM, not the medium-class points
+    assert controlled["(control)"]["met"] == "no"
+    assert controlled["(control)"]["gap"] == "+7.00 PPL at <= 4.7 MB"  # no row at all is better than dense_ft
+    assert t["Pareto"]["measured"].startswith("5/11")  # Table 1 and the TT-LSTM, not the medium-class or Xu points
     payload = {"rows": rows, "preset": "small", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                "plot": "p.png", "targets": targets(rows, "small")}
     page = markdown(payload)
@@ -46,9 +49,11 @@ def test_medium_targets_take_the_best_row_of_the_family_under_the_size():
     rows = [row("lr_paper_scratch", 16.5, 95.0, "LR-LSTM"), row("lr_big", 20.0, 85.0, "LR-LSTM"),
             row("lr_paper_scratch_q8", 4.2, 95.5, "LR-LSTM+quantized"), row("dense", 79.0, 82.0, "dense")]
     t = {x["target"].split(" ")[0]: x for x in targets(rows, "medium")}
-    assert t["LR-LSTM"]["model"] == "lr_paper_scratch" and t["LR-LSTM"]["gap"] == "+2.10 PPL"
+    assert t["LR-LSTM"]["model"] == "lr_paper_scratch"
+    assert t["LR-LSTM"]["gap"] == "+2.10 PPL at <= 16.8 MB; +3.200 MB at <= 92.90 PPL (lr_big)"  # in PPL and in MB
     assert t["TT-LSTM"]["met"] == "not run"
-    assert t["moonshot:"]["model"] == "lr_paper_scratch_q8" and t["moonshot:"]["gap"] == "+10.50 PPL"
+    assert t["moonshot:"]["model"] == "lr_paper_scratch_q8"
+    assert t["moonshot:"]["gap"] == "+10.50 PPL at <= 5 MB; +15.000 MB at <= 85.00 PPL (lr_big)"
     assert "pruned" not in t and "8-bit" not in t  # Table 1 targets belong to the small preset
     page = markdown({"rows": rows, "preset": "medium", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                      "plot": "p.png", "targets": targets(rows, "medium")})
@@ -64,12 +69,98 @@ def test_front_merges_the_presets_and_judges_the_cross_preset_targets(tmp_path):
     (tmp_path / "study_small.json").write_text(json.dumps(payload("small", [row("q8", 4.7, 113.0)])))
     (tmp_path / "study_medium.json").write_text(json.dumps(payload("medium", [row("lr_q8", 4.2, 84.0),
                                                                               row("dense", 79.0, 80.0)])))
+    (tmp_path / "study_medium_awd.json").write_text(json.dumps(payload("medium_awd", [row("lr_q2", 1.5, 87.0),
+                                                                                      row("dense", 60.0, 79.0)])))
     (tmp_path / "study_tiny.json").write_text(json.dumps(payload("tiny", [row("x", 0.1, 1.0)])))  # not a real model
     front = write_front(tmp_path)
-    assert [r["name"] for r in front["rows"]] == ["small:q8", "medium:lr_q8", "medium:dense"]
+    assert [r["name"] for r in front["rows"]] == ["small:q8", "medium:lr_q8", "medium:dense", "medium_awd:lr_q2",
+                                                  "medium_awd:dense"]
     t = {x["target"].split(" ")[0]: x for x in front["targets"]}
     assert t["moonshot:"]["met"] == "yes" and t["moonshot:"]["model"] == "medium:lr_q8"
-    assert t["Pareto"]["measured"] == "8/8 published points dominated"
+    assert t["Pareto"]["measured"] == "11/11 published points dominated"  # Xu et al.'s too, by medium_awd:lr_q2
+    issue15 = [x for x in front["targets"] if x["target"].startswith(("<= 2.5 MB", "<= 1 MB", "dense medium"))]
+    assert [(x["model"], x["met"], x["gap"]) for x in issue15] == [
+        ("medium_awd:lr_q2", "no", "+2.00 PPL at <= 2.5 MB; +1.700 MB at <= 85.00 PPL (medium:lr_q8)"),
+        ("not run", "no", "nothing <= 1 MB"),
+        ("medium_awd:dense", "yes", "")]
     page = (tmp_path / "study_front.md").read_text()
     assert "study_small.md" in page and "| medium:lr_q8 | 4.200 | 84.00 |" in page
     assert (tmp_path / "study_front.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_published_points_are_data_with_sources_and_computed_sizes(tmp_path):
+    from lm.study.report import Weights, load_published, weight_count
+
+    xu = Weights(vocab=10_000, embedding=300, hidden=300, layers=1)
+    # embedding 10000x300, the LSTM's 4*300 x (300 + 300), the softmax 300x10000
+    assert weight_count(xu) == 3_000_000 + 720_000 + 3_000_000
+    assert weight_count(Weights(10_000, 300, 300, 1, tied=True)) == 3_720_000
+    points = {p["key"]: p for p in PAPER}
+    assert {k: (p["size_mb"], p["test_ppl"]) for k, p in points.items() if k.startswith("xu")} == {
+        "xu_w3a3": (2.52, 87.9), "xu_w2a3": (1.68, 91.9), "xu_w2a2": (1.68, 95.8)}
+    assert all(p["source"] for p in PAPER) and points["medium"]["size_mb"] == 79.1
+    bad = tmp_path / "published.toml"
+    bad.write_text('[[points]]\nkey = "x"\nmodel = "m"\nsource = "s"\ntest_ppl = 90.0\nsize_mb = 1.0\nbits = 2\n')
+    with pytest.raises(ValueError, match=r"published\.toml: \[\[points\]\] #1: weights and bits go together"):
+        load_published(bad)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('name = "t"\nreports = ["small"]\nmax_mb = 1.0', "exactly one of max_ppl and better_than"),
+    ('name = "t"\nreports = ["small"]\nmax_ppl = "80"', "field 'max_ppl': expected float"),
+    ('name = "t"\nreports = ["small"]\nmax_ppl = 80\nmb = 1', "unknown key 'mb'"),
+    ('name = "t"\nreports = []\nmax_ppl = 80', "reports must name"),
+    ('name = "t"\nreports = ["*"]\ndominate_published = true\nmax_ppl = 80', "dominate_published takes no"),
+    ('name = "t"\nreports = ["small"]\nmethod = "q8"\nfamily = "x"\nmax_ppl = 80', "on one method takes no family"),
+])
+def test_targets_are_data_validated_on_load(tmp_path, body, message):
+    from lm.study.report import load_targets
+
+    path = tmp_path / "targets.toml"
+    path.write_text("[[targets]]\n" + body + "\n")
+    with pytest.raises(ValueError, match=r"targets\.toml: \[\[targets\]\] #1") as e:
+        load_targets(path)
+    assert message in str(e.value)
+
+
+def test_no_target_or_published_number_is_typed_in_the_report_code():
+    import inspect
+
+    from lm.study import report
+
+    source = inspect.getsource(report)
+    for number in ("121.1", "118.2", "92.9", "4.7", "16.8", "87.9", "82.07", "117.66"):
+        assert number not in source, number
+
+
+def test_the_plot_names_only_the_front_and_the_published_points(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    names = []
+    real = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: names.append(text) or real(self, text, *a, **k))
+    rows = [row("a", 1.0, 100.0), row("b", 2.0, 90.0), row("dominated", 3.0, 120.0), row("c", 4.0, 80.0)]
+    plot(rows, tmp_path / "p.png", "t")
+    assert sorted(names) == sorted(["a", "b", "c"] + [p["label"] for p in PAPER])
+
+
+def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from lm.__main__ import main
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    for preset in ("small", "medium"):
+        shutil.copy(results / f"study_{preset}.json", tmp_path)
+    before = {p: json.loads((tmp_path / f"study_{p}.json").read_text()) for p in ("small", "medium")}
+    for preset in ("small", "medium"):
+        main(["study", "--preset", preset, "--report-only", "--report-dir", str(tmp_path)])
+    for preset, old in before.items():
+        new = json.loads((tmp_path / f"study_{preset}.json").read_text())
+        assert new["rows"] == old["rows"] and new["commit"] == old["commit"] and new["rendered"]["commit"]
+        page = (tmp_path / f"study_{preset}.md").read_text()
+        assert all(f"| {r['test_ppl']:.2f} |" in page and f"| {r['valid_ppl']:.2f} |" in page for r in old["rows"])
+        assert "Xu et al. (2018)" in page and "## Targets" in page
+    front = json.loads((tmp_path / "study_front.json").read_text())
+    assert [r["test_ppl"] for r in front["rows"]] == [r["test_ppl"] for p in before.values() for r in p["rows"]]

@@ -6,6 +6,7 @@ command line.
 """
 
 import json
+import re
 import math
 from dataclasses import replace
 
@@ -171,3 +172,56 @@ def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path
     assert "qat_bits" not in base["recipe"]["method"]
     qat_trained = json.loads((tmp_path / "runs" / "lr_tied_ft_qat2" / "train" / "results.json").read_text())
     assert qat_trained["config"]["epochs"] == load_finetune("tiny").epochs
+
+
+def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regularised(tmp_path, short_corpus,
+                                                                                      monkeypatch):
+    # medium_awd's rows on tiny_awd (32 units, one epoch each): the teacher stored 3 ways, and every student's
+    # scratch -> distilled -> QAT 4/3/2 chain; teacher = "dense" gives the students the dense model, not their base
+    teachers = {}
+    real = study.Distillation
+
+    def spy(teacher, **kwargs):
+        teachers[len(teachers)] = teacher.config
+        return real(teacher, **kwargs)
+
+    monkeypatch.setattr(study, "Distillation", spy)
+    main(["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1", "--scratch-epochs", "1",
+          "--latency-tokens", "2", "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
+          "--quiet", "--no-onnx"])
+    rows = {r["name"]: r for r in json.loads((tmp_path / "report" / "study_tiny_awd.json").read_text())["rows"]}
+    methods = load_methods("tiny_awd")
+    assert [m.name for m in methods] == list(rows) and all(1 < r["test_ppl"] < math.inf for r in rows.values())
+    assert [m.name for m in methods] == [m.name for m in load_methods("medium_awd")]  # the same rows as medium_awd
+    dense = rows["dense"]["config"]
+    kd = [m for m in methods if m.distill]
+    assert len(teachers) == len(kd) == 16 and all(c == study.ModelConfig(**dense) for c in teachers.values())
+    for m in kd:
+        trained = json.loads((tmp_path / "runs" / m.name / "train" / "results.json").read_text())["config"]
+        assert trained["weight_drop"] == 0.5 and trained["dropout_input"] == 0.4 and trained["ar"] == 2.0
+        assert json.loads((tmp_path / "runs" / m.name / "result.json").read_text())["recipe"]["method"]["distill"] == {
+            "alpha": 0.5, "temperature": 2.0, "teacher": "dense"}
+        if m.qat_bits:
+            assert set(rows[m.name]["encodings"].values()) >= {f"q{m.qat_bits}"}
+    assert rows["q4"]["size_bytes"] < rows["q8"]["size_bytes"] < rows["dense"]["size_bytes"]
+
+
+@pytest.mark.slow  # exports of 16M-weight models, ~10 s each
+@pytest.mark.parametrize("student", ["lr_tied_scratch", "lr_tied_big_scratch", "tt_scratch", "gr_scratch"])
+def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, corpus):  # noqa: F811
+    # a q2/q3/q4 artifact's size depends on the shapes only: the untrained architecture's count is the trained one's
+    methods = load_methods("medium_awd")
+    cfg = preset("medium_awd")
+    counts = torch.bincount(corpus.train, minlength=cfg.model.vocab_size)
+    model = LanguageModel(study.scratch_shape(next(m for m in methods if m.name == student), cfg.model, counts),
+                          corpus.vocab)
+    chain = {student}
+    for m in methods:
+        if m.base in chain:
+            chain.add(m.name)
+        if m.base in chain and m.qat_bits:
+            size = artifact_size(model, m.quant) / MB
+            noted = m.note.split(" MB")[0]
+            assert f"{size:.{len(noted.split('.')[1])}f}" == noted, m.name
+            for budget in re.findall(r"candidate for <= ([\d.]+) MB", m.note):
+                assert size <= float(budget), m.name
