@@ -150,7 +150,7 @@ def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):
 
     from lm.__main__ import main
 
-    results = Path(__file__).resolve().parents[1] / "results"
+    results = Path(__file__).resolve().parents[3] / "results"
     for preset in ("small", "medium"):
         shutil.copy(results / f"study_{preset}.json", tmp_path)
     before = {p: json.loads((tmp_path / f"study_{p}.json").read_text()) for p in ("small", "medium")}
