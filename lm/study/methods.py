@@ -36,19 +36,25 @@ TEACHERS = (None, "dense")
 
 
 @dataclass(frozen=True)
-class LowRankSpec:
-    """A truncated-SVD embedding (``BlockLowRankEmbedding`` with one block) or decoder (``LowRankLinear``)."""
+class RankSpec:
+    """A layer kind set by one ``rank``; each subclass fixes its ``type``."""
 
-    type: str = field(default="low_rank", init=False)
+    type: str = field(init=False)
     rank: int
 
 
 @dataclass(frozen=True)
-class TTSpec:
+class LowRankSpec(RankSpec):
+    """A truncated-SVD embedding (``BlockLowRankEmbedding`` with one block) or decoder (``LowRankLinear``)."""
+
+    type: str = field(default="low_rank", init=False)
+
+
+@dataclass(frozen=True)
+class TTSpec(RankSpec):
     """A ``TTEmbedding`` or TT decoder (``TTLinear``) by TT-SVD, every inner TT rank at most ``rank``."""
 
     type: str = field(default="tt", init=False)
-    rank: int
 
 
 @dataclass(frozen=True)
@@ -62,19 +68,17 @@ class GroupReduceSpec:
 
 
 @dataclass(frozen=True)
-class LRLSTMSpec:
+class LRLSTMSpec(RankSpec):
     """The LR-LSTM: every layer's maps share one rank-``rank`` projection of the hidden state."""
 
     type: str = field(default="lr_lstm", init=False)
-    rank: int
 
 
 @dataclass(frozen=True)
-class TTLSTMSpec:
+class TTLSTMSpec(RankSpec):
     """The TT-LSTM: every input and recurrent map a ``TTLinear`` by TT-SVD, inner TT ranks at most ``rank``."""
 
     type: str = field(default="tt_lstm", init=False)
-    rank: int
 
 
 LayerSpec = LowRankSpec | TTSpec | GroupReduceSpec | LRLSTMSpec | TTLSTMSpec
