@@ -221,7 +221,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.report_only:
         from .study.report import rerender
 
-        payload = rerender(args.preset, config.report_dir)
+        payload = rerender(args.preset, config.report_dir, retime_tokens=args.latency_tokens if args.retime else None)
     else:
         payload = run_study(config)
     for t in payload["targets"]:
@@ -383,6 +383,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true",
                    help="rewrite the report (and the front) from the rows stored in <report-dir>/study_<preset>.json, "
                         "with the current published points and targets; nothing trained or scored")
+    s.add_argument("--retime", action="store_true",
+                   help="with --report-only: time every row again, side by side in this run (eager, torch.ao int8, "
+                        "onnxruntime float32 and int8), on its architecture rebuilt from its config")
     s.set_defaults(func=cmd_study, device="cpu")
 
     c = command("compress", "compress a checkpoint to a size budget, then fine-tune", [common, quiet])
@@ -450,6 +453,8 @@ def _check(args: argparse.Namespace) -> None:
             args.parser.error(f"max_train_tokens {config.max_train_tokens} is too few for batch_size "
                               f"{config.batch_size}: at least {2 * config.batch_size} (two tokens per stream)")
         args.config = config
+    if args.command == "study" and args.retime and not args.report_only:
+        args.parser.error("argument --retime: only with --report-only (a study run times its models anyway)")
     if args.command in ("predict", "score") and args.model.endswith(".onnx") and args.runtime != "onnx":
         args.parser.error(f"{args.model} is an ONNX file: run it with --runtime onnx")
     if args.command in ("export", "predict", "score") and (args.command == "export" or args.runtime == "onnx"):

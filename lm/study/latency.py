@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import model_config
 from ..compression.quantize import int8_dynamic
+from ..model import LanguageModel
+
+# the columns ``compare`` fills, replaced whole when a report is timed again
+COLUMNS = ("eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes", "onnx_int8_bytes",
+           "ort_nbits_ms", "onnx_nbits_bytes")
 
 
 @torch.no_grad()
@@ -85,3 +91,26 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
         torch.set_num_threads(previous)
     return {name: {**{f"{kind}_ms": 1e3 * statistics.median(times[(n, kind)]) for n, kind in times if n == name},
                    **sizes[name]} for name in models}
+
+
+def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0) -> dict:
+    """Time every stored report row again, side by side in one run (``compare``), on its architecture
+    rebuilt from the row's ``config`` with freshly initialised weights; the rows' latency and
+    exported-size columns are replaced in place. Returns what the report records under ``timed``.
+
+    The weights' values do not enter these timings or sizes: every kernel (dense, low-rank, the
+    TT contraction or its built weight, ``torch.ao``'s and onnxruntime's int8) does the same work
+    on any values, and a pruned model's zeros are stored and multiplied as dense. So a report
+    whose trained models are gone can still gain columns timed in one run."""
+    torch.manual_seed(seed)
+    models = {}
+    for r in rows:
+        cfg = model_config(r["config"], f"row {r['name']}")
+        models[r["name"]] = LanguageModel(cfg, [f"w{i}" for i in range(cfg.vocab_size)]).eval()
+    timed = compare(models, tokens=tokens, onnx=onnx)
+    for r in rows:
+        for key in COLUMNS:
+            r.pop(key, None)
+        r.update(timed[r["name"]])
+    return {"tokens": tokens, "threads": 1, "onnx": onnx, "seed": seed,
+            "on": "each row's architecture rebuilt from its config, freshly initialised weights"}

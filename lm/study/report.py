@@ -211,7 +211,11 @@ def _fmt(v, spec: str) -> str:
 
 def _rendered(payload: dict) -> str:
     r = payload.get("rendered")
-    return f"; report re-rendered from its stored rows at commit `{r['commit']}` on {r['date']}" if r else ""
+    if not r:
+        return ""
+    timed = (f"; its latency and ONNX columns timed again in that run, on {r['timed']['on']} "
+             f"(`--retime`: the weights' values do not change a kernel's work)") if r.get("timed") else ""
+    return f"; report re-rendered from its stored rows at commit `{r['commit']}` on {r['date']}{timed}"
 
 
 def markdown(payload: dict) -> str:
@@ -315,15 +319,21 @@ def render(payload: dict, report_dir: str | Path) -> dict:
     return payload
 
 
-def rerender(preset: str, report_dir: str | Path) -> dict:
+def rerender(preset: str, report_dir: str | Path, retime_tokens: int | None = None) -> dict:
     """Rewrite ``report_dir/study_<preset>.{json,md,png}`` (and the front) from the rows stored in its
     JSON, with today's published points and targets, no model trained or scored; the JSON keeps its
-    provenance and records the re-render's commit and date under ``rendered``."""
+    provenance and records the re-render's commit and date under ``rendered``. With
+    ``retime_tokens``, every row's latency columns are measured again in this run
+    (``lm.study.latency.retime``), recorded under ``rendered["timed"]``."""
     path = Path(report_dir) / f"study_{preset}.json"
     if not path.is_file():
         raise ValueError(f"no stored report {path} to re-render; run the study first")
     payload = json.loads(path.read_text())
     payload["rendered"] = {"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if retime_tokens:
+        from .latency import retime
+
+        payload["rendered"]["timed"] = retime(payload["rows"], tokens=retime_tokens)
     return render(payload, report_dir)
 
 

@@ -88,3 +88,24 @@ def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it(
                      "plot": "p.png", "targets": []})
     assert "ms/token ORT int8 | ONNX int8 MB |" in page
     assert f"| {t['ort_ms']:.3f} | {t['ort_int8_ms']:.3f} | {t['onnx_int8_bytes'] / 1e6:.3f} |" in page
+
+
+def test_retime_times_every_row_again_on_its_rebuilt_architecture():
+    pytest.importorskip("onnxruntime")
+    from dataclasses import asdict
+
+    from lm.study.latency import COLUMNS, retime
+
+    torch.manual_seed(0)
+    dense = LanguageModel(ModelConfig(vocab_size=60, hidden_size=12, num_layers=2, tie_weights=False))
+    tt = compress_model(dense, embedding={"type": "tt", "rank": 3}, lstm={"type": "tt_lstm", "rank": 3},
+                        decoder={"type": "low_rank", "rank": 4})
+    rows = [{"name": "dense", "config": asdict(dense.config), "test_ppl": 50.0, "eager_ms": -1.0, "ort_nbits_ms": -1.0},
+            {"name": "tt", "config": asdict(tt.config), "test_ppl": 60.0}]
+    timed = retime(rows, tokens=2)
+    assert timed["on"].startswith("each row's architecture")
+    for r in rows:  # every column measured in this run, stale ones gone, the rest of the row kept
+        assert {k for k in r if k in COLUMNS} == {"eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes",
+                                                   "onnx_int8_bytes"}
+        assert all(r[k] > 0 for k in COLUMNS if k in r)
+    assert rows[0]["test_ppl"] == 50.0 and rows[1]["onnx_bytes"] != rows[0]["onnx_bytes"]  # each its own architecture
