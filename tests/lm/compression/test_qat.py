@@ -245,8 +245,8 @@ def test_qat_refuses_a_bad_range_schedule():
 
 
 @pytest.mark.parametrize("bits", [2, 3])
-def test_an_artifact_trained_between_range_searches_stores_its_baked_weights_exactly(tmp_path, bits):
-    model = lm_for_export(lstm={"type": "lr_lstm", "rank": 32}, embedding_size=32, tie_weights=True).train()
+def test_an_artifact_trained_between_range_searches_stores_its_baked_weights_exactly(tmp_path, bits, tiny_lm):
+    model = tiny_lm(**EXPORTED, lstm={"type": "lr_lstm", "rank": 32}, embedding_size=32, tie_weights=True).train()
     enable_qat(model, bits, every=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     tokens = torch.randint(0, 300, (9, 4), generator=torch.Generator().manual_seed(1))

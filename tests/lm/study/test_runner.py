@@ -15,12 +15,13 @@ import torch
 
 from lm.study import runner as study
 from lm.__main__ import main
-from lm.compression.export import load_artifact
+from lm.compression.export import artifact_size, load_artifact
 from lm.compression.lowbit import dequantize_rows, quantize_rows
 from lm.compression.qat import row_axes
 from lm.study.report import MB, pareto_front
 from lm.config import preset
 from lm.distill import Distillation
+from lm.model import LanguageModel
 from lm.study.methods import load_finetune, load_methods
 
 
@@ -208,7 +209,7 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
 
 @pytest.mark.slow  # exports of 16M-weight models, ~10 s each
 @pytest.mark.parametrize("student", ["lr_tied_scratch", "lr_tied_big_scratch", "tt_scratch", "gr_scratch"])
-def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, corpus):  # noqa: F811
+def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, corpus):
     # a q2/q3/q4 artifact's size depends on the shapes only: the untrained architecture's count is the trained one's
     methods = load_methods("medium_awd")
     cfg = preset("medium_awd")
