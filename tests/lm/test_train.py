@@ -79,6 +79,7 @@ def test_resume_refuses_another_config(tmp_path, corpus):
     assert again.returncode != 0 and "another config" in again.stderr
 
 
+@pytest.mark.slow  # about a minute: three short trainings
 def test_resume_extends_a_run_or_cuts_it_at_a_finished_epoch(tmp_path, corpus):
     reference = run_lm("train", *SHORT, "--epochs", "2", "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
