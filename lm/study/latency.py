@@ -93,7 +93,7 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                    **sizes[name]} for name in models}
 
 
-def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0) -> dict:
+def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0, threads: int = 1) -> dict:
     """Time every stored report row again, side by side in one run (``compare``), on its architecture
     rebuilt from the row's ``config`` with freshly initialised weights; the rows' latency and
     exported-size columns are replaced in place. Returns what the report records under ``timed``.
@@ -107,10 +107,10 @@ def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0
     for r in rows:
         cfg = model_config(r["config"], f"row {r['name']}")
         models[r["name"]] = LanguageModel(cfg, [f"w{i}" for i in range(cfg.vocab_size)]).eval()
-    timed = compare(models, tokens=tokens, onnx=onnx)
+    timed = compare(models, tokens=tokens, threads=threads, onnx=onnx)
     for r in rows:
         for key in COLUMNS:
             r.pop(key, None)
         r.update(timed[r["name"]])
-    return {"tokens": tokens, "threads": 1, "onnx": onnx, "seed": seed,
+    return {"tokens": tokens, "threads": threads, "onnx": onnx, "seed": seed,
             "on": "each row's architecture rebuilt from its config, freshly initialised weights"}

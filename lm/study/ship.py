@@ -8,8 +8,9 @@ perplexities, the method and its recipe (with its bases'), the study's commit, a
 perplexity of the first ``CHECK_TOKENS`` tokens of PTB's test split, measured on the shipped
 file). Where the run that produced the shipped file is not the study's (a re-run on another
 machine), the entry's ``valid_ppl``/``test_ppl``/``commit`` are that run's, from its
-``result.json``, and the study's own figures stay beside them as ``study_*``. A front model whose run directory no longer holds its artifact is listed with
-``"file": null`` and a note, to be shipped when the study next produces it.
+``result.json``, and the study's own figures stay beside them as ``study_*``. A front model
+whose run directory no longer holds its artifact is listed with ``"file": null`` and a note,
+to be shipped when the study next produces it.
 ``verify`` is what ``tests/project/test_models.py`` runs on every shipped entry.
 """
 
