@@ -419,8 +419,10 @@ def parser() -> argparse.ArgumentParser:
                          help="float32; int8 (onnxruntime's dynamic quantizer); or nbits: a 2- or 4-bit artifact's "
                               "weights at their width (onnxruntime's MatMulNBits; a 3-bit one falls back to int8)")
     weights.add_argument("--int8", dest="weights", action="store_const", const="int8", help="same as --weights int8")
-    x.add_argument("--tt", choices=["cores", "dense"], default="cores",
-                   help="TT layers as products with their cores (TT size) or with their built weights (one product)")
+    x.add_argument("--tt", choices=["load", "cores", "dense"],
+                   help="TT layers: load (default; the cores stored, each weight built once when the runtime opens "
+                        "the file), cores (products with the cores at every step) or dense (the built weights stored); "
+                        "with --weights nbits only cores")
     x.add_argument("--out", type=out_file,
                    help="the .onnx file (default: beside the model, NAME.onnx, NAME.int8.onnx or NAME.q<bits>.onnx)")
     x.set_defaults(func=cmd_export)
@@ -474,8 +476,8 @@ def _check(args: argparse.Namespace) -> None:
             if args.bits is None:
                 args.parser.error(f"--weights nbits: {args.model} holds no 2-, 3- or 4-bit weights (a q2, q3 or q4 "
                                   "artifact of the study does); use --weights int8 to quantize it")
-            if args.tt != "cores":
-                args.parser.error("--weights nbits keeps the TT cores at their width: drop --tt dense")
+            if args.tt not in (None, "cores"):
+                args.parser.error(f"--weights nbits keeps the TT cores at their width: drop --tt {args.tt}")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

@@ -8,7 +8,9 @@ The exported graph is one step of next-word prediction, as a keyboard runs it:
 with a dynamic batch dimension. The vocabulary (newline-separated) and the model config
 (JSON) travel in the file's metadata (``vocab``, ``config``), so one ``.onnx`` file is
 all a runtime needs. The graph is made from ``lm.deploy.inference.inference_form`` (factorised
-layers as products with constant matrices) through ``torch.onnx.export`` (dynamo path).
+layers as products with constant matrices) through ``torch.onnx.export`` (dynamo path). TT layers
+are stored as their cores and built when the runtime opens the file (``tt="load"``,
+``lm.deploy.onnx_tt``), or as products with the cores at every step (``"cores"``), or built (``"dense"``).
 
 ``weights="int8"`` then runs onnxruntime's own dynamic quantizer
 (``onnxruntime.quantization.quantize_dynamic``): every ``MatMul`` with a constant
@@ -40,6 +42,7 @@ from ..compression.export import LOW_BITS
 from ..model import LanguageModel
 from .inference import inference_form
 from .onnx_nbits import NBITS, rewrite_nbits
+from .onnx_tt import build_at_load, built_weights, holders, quantize_at_load
 
 INPUTS = ("ids", "h", "c")
 OUTPUTS = ("logits", "h_out", "c_out")
@@ -65,6 +68,7 @@ def state_shapes(model: LanguageModel, batch: int) -> tuple[tuple[int, ...], tup
 
 
 WEIGHTS = ("float32", "int8", "nbits")
+TT_ROUTES = ("load", "cores", "dense")  # how an exported graph holds its TT layers (see export_onnx)
 
 
 @dataclass
@@ -209,10 +213,7 @@ def _gemm_to_matmul(graph) -> None:
             nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=node.name + "_bias"))
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for t in unused:
-        graph.initializer.remove(t)
+    _drop_unused(graph)
 
 
 def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None) -> None:
@@ -243,8 +244,24 @@ def _check_weights(weights: str, bits: int | None, int8: bool | None) -> tuple[s
     return weights, bits
 
 
+def _check_tt(tt: str | None, weights: str) -> str:
+    if tt is None:
+        return "cores" if weights == "nbits" else "load"
+    if tt not in TT_ROUTES:
+        raise ValueError(f"tt must be one of {TT_ROUTES}, got {tt!r}")
+    if weights == "nbits" and tt != "cores":
+        raise ValueError(f"weights='nbits' keeps the TT cores at their width: tt must be 'cores', got {tt!r}")
+    return tt
+
+
+def _drop_unused(graph) -> None:
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+
+
 def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str = "float32", bits: int | None = None,
-                tt: str = "cores", int8: bool | None = None) -> OnnxInfo:
+                tt: str | None = None, int8: bool | None = None) -> OnnxInfo:
     """Write the streaming step of ``model`` to ``path`` as ONNX (see the module docstring).
 
     Parameters
@@ -260,17 +277,21 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     bits : {2, 3, 4}, only with ``weights="nbits"``
         The width of the model's low-bit weights. onnxruntime has no 3-bit weights: 3 falls back to
         ``weights="int8"`` with a warning (``OnnxInfo.weights`` says which was written).
-    tt : {"cores", "dense"}
-        TT layers as products with their cores (the TT size) or with their built weights.
+    tt : {"load", "cores", "dense"}, optional
+        How TT layers are held: ``"load"`` stores the cores and builds each weight when the runtime opens the
+        file (``lm.deploy.onnx_tt``: the TT size on disk, one product per step); ``"cores"`` runs the products
+        with the cores at every step; ``"dense"`` stores the built weights. Default: ``"load"``, and
+        ``"cores"`` with ``weights="nbits"`` (the only route that keeps n-bit TT cores).
     int8 : bool, deprecated
         ``int8=True`` is ``weights="int8"``.
     """
     import onnx
 
     weights, bits = _check_weights(weights, bits, int8)
+    tt = _check_tt(tt, weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    form = inference_form(model, tt)
+    form = inference_form(model, "dense" if tt == "load" else tt)
     batch = torch.export.Dim("batch", min=1)
     h_shape, c_shape = state_shapes(form, 2)
     example = (torch.zeros(2, dtype=torch.long), torch.zeros(h_shape), torch.zeros(c_shape))
@@ -281,6 +302,8 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
                                     dynamic_shapes={"ids": {0: batch}, "h": {1: batch}, "c": {1: batch}})
     proto = program.model_proto
     _fold_transposes(proto.graph)
+    _drop_unused(proto.graph)
+    built = built_weights(model) if tt == "load" else []
     if weights == "nbits":
         _gemm_to_matmul(proto.graph)
         rewrite_nbits(proto.graph, model, bits)
@@ -290,6 +313,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         _gemm_to_matmul(proto.graph)
+        found = holders(proto.graph, built)
         floats = {t.name: t for t in proto.graph.initializer}
         tied = _tied_tables(proto.graph)
         tied = {table: (copy, numpy_helper.to_array(floats[copy])) for table, copy in tied.items()}
@@ -305,6 +329,9 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
             proto = onnx.load(Path(tmp) / "int8.onnx")
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
+        quantize_at_load(proto.graph, found)
+    elif built:
+        build_at_load(proto.graph, holders(proto.graph, built))
     _set_metadata(proto, model, tt, weights, bits)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)
@@ -334,4 +361,4 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-__all__ = ["WEIGHTS", "StepModel", "OnnxInfo", "artifact_bits", "export_onnx", "read_metadata", "state_shapes"]
+__all__ = ["TT_ROUTES", "WEIGHTS", "StepModel", "OnnxInfo", "artifact_bits", "export_onnx", "read_metadata", "state_shapes"]

@@ -55,12 +55,13 @@ def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -
 
 
 def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, threads: int = 1,
-            onnx: bool = False, nbits: dict[str, int] | None = None) -> dict[str, dict]:
+            onnx: bool = False, nbits: dict[str, int] | None = None, tt: dict[str, str] | None = None) -> dict[str, dict]:
     """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads,
     after one warm-up pass. With ``onnx``, also ``"ort_ms"``, ``"ort_int8_ms"`` (onnxruntime, float32 and
     int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``; and for the models named in
     ``nbits`` (name -> bit width of their low-bit weights), ``"ort_nbits_ms"`` and ``"onnx_nbits_bytes"``
-    (``lm.deploy.onnx_export``, ``weights="nbits"``)."""
+    (``lm.deploy.onnx_export``, ``weights="nbits"``). ``tt`` (name -> route) exports the TT layers of the models
+    it names by that route (``export_onnx``'s ``tt``) instead of the default."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     sizes: dict[str, dict] = {name: {} for name in models}
@@ -76,7 +77,8 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
 
                     routes = [("float32", None), ("int8", None)] + ([("nbits", nbits[name])] if name in (nbits or {}) else [])
                     for weights, bits in routes:
-                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits)
+                        route = (tt or {}).get(name) if weights != "nbits" else None
+                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits, tt=route)
                         suffix = "" if weights == "float32" else f"_{weights}"
                         sizes[name][f"onnx{suffix}_bytes"] = info.bytes
                         run = OnnxRuntime(info.path, threads)

@@ -90,6 +90,17 @@ def test_latency_compare_times_onnxruntime_beside_torch_and_the_report_shows_it(
     assert f"| {t['ort_ms']:.3f} | {t['ort_int8_ms']:.3f} | {t['onnx_int8_bytes'] / 1e6:.3f} |" in page
 
 
+def test_compare_exports_the_tt_layers_of_the_models_it_is_told_by_that_route():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    vocab = ["<unk>", "<eos>"] + [f"w{i}" for i in range(58)]
+    model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=64, num_layers=1, tie_weights=False), vocab)
+    model = compress_model(model.eval(), lstm={"type": "tt_lstm", "rank": 2}).eval()
+    t = compare({"load": model, "dense": model}, tokens=2, repeats=1, onnx=True, tt={"dense": "dense"})
+    # the default route stores the TT cores, the dense one the built weights (64 x 256 twice)
+    assert t["dense"]["onnx_bytes"] - t["load"]["onnx_bytes"] > 2 * 64 * 256 * 4 * 0.8
+
+
 def test_retime_times_every_row_again_on_its_rebuilt_architecture():
     pytest.importorskip("onnxruntime")
     from dataclasses import asdict

@@ -1,0 +1,162 @@
+"""TT weights built when the runtime loads the file: the TT size on disk, one product per step.
+
+A TT layer exported with its cores (``tt="cores"``) keeps the file small, but at batch 1 its d
+small products and the reshapes between them cost a runtime more than one product with the
+built weight; exported built (``tt="dense"``) it runs fast but the file holds the whole weight.
+``tt="load"`` keeps both: the graph computes each built weight from the cores with constant
+inputs only (per core a ``MatMul`` and a ``Reshape``, then one ``Transpose`` of the modes), which
+onnxruntime's constant folding evaluates once when it opens the file; every step then runs the
+product with the built weight. In int8, the built weight is quantized in the graph as well
+(``QuantizeLinear`` with the scale and zero point that ``onnxruntime.quantization`` chose), so
+the session holds int8 weights and fuses the product into its integer kernel. The cores are
+stored in float32: a weight whose cores and build nodes take as many bytes in the file as its
+built form (its int8 codes, in int8) stays built, so that the file is never larger than with
+``tt="dense"``. A runtime without
+constant folding computes the same outputs, building the weights at every step.
+
+``built_weights(model)`` lists the TT layers' built weights and their cores; ``holders(graph, weights)``
+finds, by value, the constants of an exported graph that hold one of them (as it is, or transposed);
+``build_at_load(graph, found)`` replaces those constants by their builds from the cores, and
+``quantize_at_load(graph, found)`` the int8 codes that ``quantize_dynamic`` made of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ttlayers import TTEmbedding, TTLinear
+
+from ..model import LanguageModel
+
+
+@dataclass
+class BuiltWeight:
+    """A TT layer's built weight ``value`` (rows, cols) and its cores (r_{k-1}, row_shape[k], col_shape[k], r_k):
+    ``value[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] ... G_d[:, i_d, j_d, :]`` up to the padding."""
+
+    name: str
+    value: np.ndarray
+    cores: list[np.ndarray]
+
+
+@torch.no_grad()
+def built_weights(model: LanguageModel) -> list[BuiltWeight]:
+    """The built weight of every ``TTLinear`` (W: out_features x in_features) and ``TTEmbedding`` (the table) of
+    ``model``, as ``lm.deploy.inference.inference_form(model, "dense")`` stores them."""
+    from .inference import tt_table
+
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, TTLinear):
+            value = module.dense_weight()
+        elif isinstance(module, TTEmbedding):
+            value = tt_table(module)
+        else:
+            continue
+        cores = [c.detach().to(torch.float32).numpy().copy() for c in module.current_cores()]
+        found.append(BuiltWeight(name, value.detach().to(torch.float32).numpy().copy(), cores))
+    return found
+
+
+def _build_nodes(weight: BuiltWeight, out: str, transposed: bool) -> tuple[list, list]:
+    """Nodes and initializers that compute ``weight.value`` (or its transpose) into ``out`` from the cores."""
+    from onnx import helper, numpy_helper
+
+    cores = weight.cores
+    rows, cols = weight.value.shape
+    row_shape = [c.shape[1] for c in cores]
+    col_shape = [c.shape[2] for c in cores]
+    inits, nodes = [], []
+
+    def const(suffix: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), out + suffix))
+        return out + suffix
+
+    def node(op: str, inputs: list[str], suffix: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out + suffix], name=out + suffix, **attrs))
+        return out + suffix
+
+    # running product: (i_1 j_1 .. i_k j_k, r_k); core k+1 as (r_k, i_{k+1} j_{k+1} r_{k+1})
+    first = cores[0]
+    x = const("_core0", first.reshape(-1, first.shape[3]))
+    for k, core in enumerate(cores[1:], start=1):
+        x = node("MatMul", [x, const(f"_core{k}", core.reshape(core.shape[0], -1))], f"_product{k}")
+        x = node("Reshape", [x, const(f"_rank{k}", np.array([-1, core.shape[3]], np.int64))], f"_bond{k}")
+    d = len(cores)
+    x = node("Reshape", [x, const("_modes", np.array([m for pair in zip(row_shape, col_shape) for m in pair], np.int64))],
+             "_interleaved")
+    x = node("Transpose", [x], "_grouped", perm=list(range(0, 2 * d, 2)) + list(range(1, 2 * d, 2)))
+    full = (int(np.prod(row_shape)), int(np.prod(col_shape)))
+    x = node("Reshape", [x, const("_full", np.array(full, np.int64))], "_padded")
+    if full != (rows, cols):
+        x = node("Slice", [x, const("_starts", np.array([0, 0], np.int64)), const("_ends", np.array([rows, cols], np.int64))],
+                 "_sliced")
+    if transposed:
+        x = node("Transpose", [x], "_transposed", perm=[1, 0])
+    nodes[-1].output[0] = out
+    return nodes, inits
+
+
+def holders(graph, weights: list[BuiltWeight]) -> dict[str, tuple[BuiltWeight, bool]]:
+    """{constant name: (the built weight it holds, transposed?)} for the constants of ``graph`` equal to one of
+    ``weights`` or its transpose: what ``build_at_load`` and ``quantize_at_load`` replace."""
+    from onnx import numpy_helper
+
+    found = {}
+    for init in graph.initializer:
+        if len(init.dims) != 2:
+            continue
+        for weight in weights:
+            for transposed, target in ((False, weight.value), (True, weight.value.T)):
+                if tuple(init.dims) == target.shape and np.array_equal(numpy_helper.to_array(init), target):
+                    found[init.name] = (weight, transposed)
+    return found
+
+
+def _replace(graph, name: str, nodes: list, inits: list) -> bool:
+    """Replace the constant ``name`` by ``nodes`` and ``inits`` when they take fewer bytes in the file."""
+    old = next(t for t in graph.initializer if t.name == name)
+    if sum(x.ByteSize() for x in nodes + inits) >= old.ByteSize():
+        return False
+    graph.initializer.remove(old)
+    graph.initializer.extend(inits)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)  # constants only: ahead of every node that reads them
+    return True
+
+
+def build_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[str]:
+    """Replace every constant of ``graph`` named in ``found`` (``holders``) by its build from the cores, where
+    that takes fewer bytes. Returns the replaced constants' names; the rest of the graph is unchanged."""
+    replaced = []
+    for name, (weight, transposed) in found.items():
+        if _replace(graph, name, *_build_nodes(weight, name, transposed)):
+            replaced.append(name)
+    return replaced
+
+
+def quantize_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[str]:
+    """After ``onnxruntime.quantization.quantize_dynamic``: replace the int8 codes ``<name>_quantized`` of every
+    constant ``name`` in ``found`` (``holders`` of the float graph) by ``QuantizeLinear`` of its build from the
+    cores, with the quantizer's own ``<name>_scale`` and ``<name>_zero_point``, where that takes fewer bytes.
+    Returns the replaced names."""
+    from onnx import helper
+
+    inits = {t.name for t in graph.initializer}
+    replaced = []
+    for name, (weight, transposed) in found.items():
+        codes, scale, zero = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+        if not {codes, scale, zero} <= inits:
+            continue  # not quantized (or stored shared): left as the quantizer wrote it
+        nodes, new = _build_nodes(weight, f"{name}_built", transposed)
+        nodes.append(helper.make_node("QuantizeLinear", [f"{name}_built", scale, zero], [codes], name=codes))
+        if _replace(graph, codes, nodes, new):
+            replaced.append(name)
+    return replaced
+
+
+__all__ = ["BuiltWeight", "build_at_load", "built_weights", "holders", "quantize_at_load"]
