@@ -83,12 +83,21 @@ class Target:
     max_ppl: float | None = None
     better_than: str | None = None
     dominate_published: bool = False
+    ratio: list[str] | None = None
+    max_ratio: float | None = None
 
     def __post_init__(self) -> None:
         bounds = (self.method, self.family, self.max_mb, self.max_ppl, self.better_than)
-        if self.dominate_published and any(b is not None for b in bounds):
+        if (self.ratio is None) != (self.max_ratio is None):
+            raise ValueError("ratio and max_ratio go together")
+        if self.ratio is not None:
+            if len(self.ratio) != 2 or self.dominate_published or any(b is not None for b in bounds):
+                raise ValueError("ratio names two columns [numerator, denominator] and takes only max_ratio")
+            if not self.max_ratio > 0:
+                raise ValueError(f"max_ratio must be > 0, got {self.max_ratio}")
+        elif self.dominate_published and any(b is not None for b in bounds):
             raise ValueError("dominate_published takes no method, family, max_mb, max_ppl or better_than")
-        if not self.dominate_published and (self.max_ppl is None) == (self.better_than is None):
+        elif not self.dominate_published and (self.max_ppl is None) == (self.better_than is None):
             raise ValueError("a target needs exactly one of max_ppl and better_than (or dominate_published)")
         if self.method is not None and (self.family is not None or self.better_than is not None):
             raise ValueError("a target on one method takes no family or better_than")
@@ -150,6 +159,16 @@ def judge(t: Target, rows: list[dict], published: list[dict]) -> dict | None:
     MB) where missed; None where the target does not apply (``better_than`` a row that is absent)."""
     by = {r["name"]: r for r in rows}
     out = {"target": t.name, "model": "not run", "measured": "-", "met": "not run", "gap": ""}
+    if t.ratio is not None:
+        top, bottom = t.ratio
+        timed = [(r["label"], r[top] / r[bottom]) for r in rows if r.get(top) and r.get(bottom)]
+        if not timed:
+            return out
+        over = [(name, q) for name, q in timed if q > t.max_ratio]
+        worst = max(timed, key=lambda x: x[1])
+        return {**out, "model": "every timed row",
+                "measured": f"{len(timed) - len(over)}/{len(timed)} rows; largest {worst[1]:.2f} ({worst[0]})",
+                "met": "no" if over else "yes", "gap": ", ".join(f"{name} {q:.2f}" for name, q in over)}
     if t.dominate_published:
         front = pareto_front(rows)
         beaten = [p for p in published if any(r["size_mb"] <= p["size_mb"] and r["test_ppl"] <= p["test_ppl"]

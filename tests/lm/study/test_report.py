@@ -112,6 +112,10 @@ def test_published_points_are_data_with_sources_and_computed_sizes(tmp_path):
     ('name = "t"\nreports = []\nmax_ppl = 80', "reports must name"),
     ('name = "t"\nreports = ["*"]\ndominate_published = true\nmax_ppl = 80', "dominate_published takes no"),
     ('name = "t"\nreports = ["small"]\nmethod = "q8"\nfamily = "x"\nmax_ppl = 80', "on one method takes no family"),
+    ('name = "t"\nreports = ["*"]\nratio = ["ort_ms", "eager_ms"]', "ratio and max_ratio go together"),
+    ('name = "t"\nreports = ["*"]\nratio = ["ort_ms"]\nmax_ratio = 0.5', "names two columns"),
+    ('name = "t"\nreports = ["*"]\nratio = ["a", "b"]\nmax_ratio = 0.5\nmax_mb = 1.0', "takes only max_ratio"),
+    ('name = "t"\nreports = ["*"]\nratio = ["a", "b"]\nmax_ratio = 0', "max_ratio must be > 0"),
 ])
 def test_targets_are_data_validated_on_load(tmp_path, body, message):
     from lm.study.report import load_targets
@@ -121,6 +125,17 @@ def test_targets_are_data_validated_on_load(tmp_path, body, message):
     with pytest.raises(ValueError, match=r"targets\.toml: \[\[targets\]\] #1") as e:
         load_targets(path)
     assert message in str(e.value)
+
+
+def test_a_ratio_target_judges_every_row_that_has_both_columns():
+    from lm.study.report import Target, judge
+
+    t = Target("ort", ["*"], ratio=["ort_ms", "eager_ms"], max_ratio=0.5)
+    rows = [{**row("a", 1, 100), "ort_ms": 0.2}, {**row("b", 1, 100), "ort_ms": 0.6}, row("untimed", 1, 100)]
+    got = judge(t, rows, [])
+    assert got["met"] == "no" and got["gap"] == "b 0.60" and got["measured"] == "1/2 rows; largest 0.60 (b)"
+    assert judge(t, rows[:1], [])["met"] == "yes"
+    assert judge(t, rows[2:], [])["met"] == "not run"  # no row timed in onnxruntime
 
 
 def test_no_target_or_published_number_is_typed_in_the_report_code():
