@@ -301,6 +301,8 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
                                     output_names=list(OUTPUTS), verbose=False, optimize=True,
                                     dynamic_shapes={"ids": {0: batch}, "h": {1: batch}, "c": {1: batch}})
     proto = program.model_proto
+    for node in proto.graph.node:  # the exporter's provenance of each node (stack traces, module paths): not deployed
+        del node.metadata_props[:]
     _fold_transposes(proto.graph)
     _drop_unused(proto.graph)
     built = built_weights(model) if tt == "load" else []

@@ -23,6 +23,7 @@ def test_onnx_step_matches_torch_at_several_batch_sizes(kind, exported, steps):
     graph = onnx.load(info.path).graph
     constants = {t.name for t in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in constants]
+    assert not [n.name for n in graph.node if n.metadata_props]  # no exporter provenance (stack traces) shipped
 
 
 def test_int8_export_runs_int8_products_close_to_float(exported, steps, tmp_path, capsys):
