@@ -11,8 +11,8 @@ product with the built weight. In int8, the built weight is quantized in the gra
 the session holds int8 weights and fuses the product into its integer kernel. The cores are
 stored in float32: a weight whose cores and build nodes take as many bytes in the file as its
 built form (its int8 codes, in int8) stays built, so that the file is never larger than with
-``tt="dense"``. A runtime without
-constant folding computes the same outputs, building the weights at every step.
+``tt="dense"``. A runtime without constant folding computes the same outputs, building the
+weights at every step.
 
 ``built_weights(model)`` lists the TT layers' built weights and their cores; ``holders(graph, weights)``
 finds, by value, the constants of an exported graph that hold one of them (as it is, or transposed);
@@ -30,34 +30,35 @@ import torch
 from ttlayers import TTEmbedding, TTLinear
 
 from ..model import LanguageModel
+from .inference import tt_table
 
 
 @dataclass
 class BuiltWeight:
     """A TT layer's built weight ``value`` (rows, cols) and its cores (r_{k-1}, row_shape[k], col_shape[k], r_k):
-    ``value[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] ... G_d[:, i_d, j_d, :]`` up to the padding."""
+    ``value[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] ... G_d[:, i_d, j_d, :]`` up to the padding, with row
+    ``zero_row`` zero (a ``TTEmbedding``'s ``padding_idx``) when it is set."""
 
     name: str
     value: np.ndarray
     cores: list[np.ndarray]
+    zero_row: int | None = None
 
 
 @torch.no_grad()
 def built_weights(model: LanguageModel) -> list[BuiltWeight]:
     """The built weight of every ``TTLinear`` (W: out_features x in_features) and ``TTEmbedding`` (the table) of
     ``model``, as ``lm.deploy.inference.inference_form(model, "dense")`` stores them."""
-    from .inference import tt_table
-
     found = []
     for name, module in model.named_modules():
         if isinstance(module, TTLinear):
-            value = module.dense_weight()
+            value, zero_row = module.dense_weight(), None
         elif isinstance(module, TTEmbedding):
-            value = tt_table(module)
+            value, zero_row = tt_table(module), module.padding_idx
         else:
             continue
         cores = [c.detach().to(torch.float32).numpy().copy() for c in module.current_cores()]
-        found.append(BuiltWeight(name, value.detach().to(torch.float32).numpy().copy(), cores))
+        found.append(BuiltWeight(name, value.detach().to(torch.float32).numpy().copy(), cores, zero_row))
     return found
 
 
@@ -94,6 +95,9 @@ def _build_nodes(weight: BuiltWeight, out: str, transposed: bool) -> tuple[list,
     if full != (rows, cols):
         x = node("Slice", [x, const("_starts", np.array([0, 0], np.int64)), const("_ends", np.array([rows, cols], np.int64))],
                  "_sliced")
+    if weight.zero_row is not None:
+        x = node("ScatterND", [x, const("_zero_at", np.array([[weight.zero_row]], np.int64)),
+                               const("_zeros", np.zeros((1, cols), np.float32))], "_zeroed")
     if transposed:
         x = node("Transpose", [x], "_transposed", perm=[1, 0])
     nodes[-1].output[0] = out

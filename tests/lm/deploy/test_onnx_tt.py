@@ -41,7 +41,8 @@ class _Holder(torch.nn.Module):
     TTLinear(6, 1, rank=2, in_shape=(6,), out_shape=(1,)),  # one core, an output of size one
     TTEmbedding(100, 12, rank=3),
     TTEmbedding(61, 7, rank=5),  # padded vocabulary and width
-], ids=["linear-padded", "linear-3-cores", "linear-1-core", "embedding", "embedding-padded"])
+    TTEmbedding(30, 6, rank=2, padding_idx=4),  # its padding row is zero in the built table
+], ids=["linear-padded", "linear-3-cores", "linear-1-core", "embedding", "embedding-padded", "embedding-padding-idx"])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_the_build_nodes_compute_the_built_weight(layer, transposed):
     torch.manual_seed(0)
