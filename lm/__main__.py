@@ -178,7 +178,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.preset}")
     results = train(args.config, out, data_dir=args.data_dir, resume=args.resume, device=args.device,
-                    results_path=args.results, progress=not args.quiet)
+                    results_path=args.results, progress=not args.quiet, save_every=args.save_every)
     if results:
         print(f"valid ppl {results['valid_ppl']:.2f}  test ppl {results['test_ppl']:.2f}  -> {out / MODEL_FILE}")
 
@@ -341,7 +341,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size and recipe")
     t.add_argument("--out", type=out_dir, help="run directory (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true",
-                   help=f"continue from the last finished epoch in --out (needs its {TRAIN_STATE_FILE})")
+                   help=f"continue from the last save in --out (needs its {TRAIN_STATE_FILE})")
+    t.add_argument("--save-every", type=positive_float, metavar="MINUTES",
+                   help="also save the training state within an epoch, every MINUTES (a long epoch killed loses at "
+                        "most that much; default: at epoch ends only)")
     t.add_argument("--results", type=out_file, help="results JSON path (default: <out>/results.json)")
     t.add_argument("--epochs", type=positive_int, help="number of epochs, >= 1 (default: the preset's)")
     t.add_argument("--seed", type=seed, help="random seed, >= 0 (default: the preset's)")

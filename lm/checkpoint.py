@@ -273,7 +273,8 @@ TRAIN_STATE_KEYS = {"config": dict, "model": dict, "optimizer": dict, "rng": Ten
 
 
 def save_train_state(state: dict, path: str | os.PathLike) -> int:
-    """Save what resuming needs (config, model and optimizer state, RNG, epoch, history); returns the bytes."""
+    """Save what resuming needs (config, model and optimizer state, RNG, epoch, history; and ``partial``, the epoch in
+    progress, when saved within it); returns the bytes."""
     tensors: dict[str, Tensor] = {}
     tree = _flatten(state, tensors)
     return modelfile.write(path, "train_state", {"state": tree}, tensors)
@@ -291,8 +292,15 @@ def load_train_state(path: str | os.PathLike) -> dict:
         value = state.get(key)
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
             raise ModelFileError(path, f"training state {key!r} is missing or not a {kind.__name__}")
-    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or state["epoch"] < 0:
+    partial = state.get("partial")
+    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or state["epoch"] < (-1 if partial else 0):
         raise ModelFileError(path, "training state has a malformed RNG state or epoch")
+    if partial is not None and not (
+            isinstance(partial, dict) and partial.get("epoch") == state["epoch"] + 1
+            and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool) and partial[k] > 0
+                    for k in ("step", "count"))
+            and all(isinstance(partial.get(k), float) and math.isfinite(partial[k]) for k in ("total", "seconds"))):
+        raise ModelFileError(path, "training state has a malformed 'partial' (the epoch in progress)")
     if not all(isinstance(t, Tensor) for t in state["model"].values()):
         raise ModelFileError(path, "training state 'model' is not a state dict of tensors")
     return state

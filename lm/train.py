@@ -11,6 +11,7 @@ batch's contiguous streams are split between the processes.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import time
@@ -51,6 +52,21 @@ def _default_device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _resumable(cfg: TrainConfig, model: LanguageModel, optimizer, average: AveragedModel | None, epoch: int,
+               history: list, elapsed: float) -> dict:
+    """What resuming after the finished ``epoch`` (0-based; -1: none) needs."""
+    return {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
+            **({"average": average.state_dict()} if average is not None else {})}
+
+
+def _to(state, device: torch.device):
+    """A saved recurrent state (tensors in tuples, or None) on ``device``."""
+    if state is None:
+        return None
+    return tuple(_to(s, device) for s in state) if isinstance(state, (tuple, list)) else state.to(device)
+
+
 def build_model(cfg: TrainConfig, vocab: list[str]) -> LanguageModel:
     """A freshly initialised model (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
@@ -69,6 +85,7 @@ def train(
     progress: bool = True,
     model: LanguageModel | None = None,
     distill: Distillation | None = None,
+    save_every: float | None = None,
 ) -> dict:
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
@@ -78,10 +95,20 @@ def train(
     but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). ``distill``
     adds a teacher's soft targets to the loss (``lm.distill``); the reported training
     perplexity stays the cross-entropy's.
+
+    ``save_every`` (minutes) also saves the training state within an epoch, at the first step that
+    many minutes after the last save (0: after every step): the weights, optimizer, RNG and average, the
+    step reached, the recurrent state carried between windows and the epoch's running loss, so that
+    ``resume=True`` continues from that step and ends exactly as an uninterrupted run. The checkpoint
+    (``model.safetensors``) is still written at epoch ends only. One process only (not with DDP).
     """
     rank, world = _distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    if save_every is not None and (not math.isfinite(save_every) or save_every < 0):
+        raise ValueError(f"save_every must be a number of minutes >= 0, got {save_every}")
+    if save_every is not None and world > 1:
+        raise ValueError("save_every (saves within an epoch) runs in one process; DDP saves at epoch ends")
     device = torch.device(device) if device is not None else _default_device(rank)
     out_dir = Path(out_dir)
     state_path, model_path = out_dir / TRAIN_STATE_FILE, out_dir / MODEL_FILE
@@ -97,7 +124,7 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     regularization = cfg.regularization()
     average: AveragedModel | None = None  # the ASGD average of the weights, once averaging started
-    start_epoch, history, elapsed = 0, [], 0.0
+    start_epoch, history, elapsed, partial = 0, [], 0.0, None
     if resume and state_path.is_file():
         saved = load_train_state(state_path)
         # the lr schedule does not depend on the number of epochs, so a run may be extended, or cut at an
@@ -117,6 +144,7 @@ def train(
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise ModelFileError(state_path, f"does not fit the model and optimizer of its config ({err})") from None
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
+        partial = saved.get("partial")  # saved within the epoch start_epoch: continue from its step
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # a copy, so that the caller's teacher keeps its device and mode
     teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
@@ -129,10 +157,17 @@ def train(
         if average is None and cfg.asgd_start is not None and epoch + 1 >= cfg.asgd_start:
             average = AveragedModel(model, use_buffers=False)
         net.train()
-        state, teacher_state, total, count, tic = None, None, 0.0, 0, time.time()
-        bar = tqdm(bptt_windows(train_data, cfg.bptt), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        state, teacher_state, total, count, tic, done = None, None, 0.0, 0, time.time(), 0
+        if partial is not None:
+            state, teacher_state, total, count, done = (_to(partial["state"], device), _to(partial["teacher_state"], device),
+                                                        partial["total"], partial["count"], partial["step"])
+            tic -= partial["seconds"]
+            partial = None
+        last_save = time.time()
+        windows = itertools.islice(bptt_windows(train_data, cfg.bptt), done, None)
+        bar = tqdm(windows, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=2.0, disable=not progress or rank != 0)
-        for step, (inputs, targets) in enumerate(bar):
+        for step, (inputs, targets) in enumerate(bar, start=done):
             with parametrize.cached():  # a parametrized weight (QAT's) computed once per step, not per time step
                 if regularization is None:
                     logits, state = net(inputs, state)
@@ -164,6 +199,12 @@ def train(
             if step % 10 == 0:
                 rate = count * world / max(time.time() - tic, 1e-9)
                 bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}", tok_s=f"{rate:.0f}")
+            if save_every is not None and step + 1 < steps and time.time() - last_save >= 60 * save_every:
+                save_train_state({**_resumable(cfg, model, optimizer, average, epoch - 1, history, elapsed),
+                                  "partial": {"epoch": epoch, "step": step + 1, "total": total, "count": count,
+                                              "seconds": time.time() - tic, "state": state,
+                                              "teacher_state": teacher_state}}, state_path)
+                last_save = time.time()
         seconds = time.time() - tic
         elapsed += seconds
         averaged = average is not None and int(average.n_averaged) > 0
@@ -180,10 +221,7 @@ def train(
                 tqdm.write(f"epoch {epoch + 1}: lr {lr:.4g}  train ppl {math.exp(total / count):.2f}  "
                            f"valid ppl {valid_ppl:.2f}  {count * world / seconds:.0f} tok/s")
             save_model(evaluated, model_path)
-            save_train_state({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
-                              **({"average": average.state_dict()} if average is not None else {})},
-                             state_path)
+            save_train_state(_resumable(cfg, model, optimizer, average, epoch, history, elapsed), state_path)
         if world > 1:
             dist.barrier()
 

@@ -185,6 +185,38 @@ def test_resume_restores_the_average_exactly(tmp_path, corpus):
                for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.safetensors").state_dict().items())
 
 
+@pytest.mark.parametrize("kill_at", [(0, 3), (1, 5)], ids=["first-epoch", "averaged-epoch"])
+def test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly(tmp_path, corpus, monkeypatch, kill_at):
+    """Saved within the epoch (every step) and killed after the save at step 3 of epoch 1 (nothing finished) or
+    step 5 of epoch 2 (weights averaged): resumed, the run ends bit for bit as an uninterrupted one."""
+    cfg = tiny_awd(epochs=2, asgd_start=2, asgd_nonmono=None)  # dropout masks drawn at every step
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    save = lm.train.save_train_state
+
+    def killed(state, path):
+        save(state, path)
+        if "partial" in state and (state["partial"]["epoch"], state["partial"]["step"]) == kill_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm.train, "save_train_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False, save_every=0)
+    monkeypatch.undo()
+    saved = load_train_state(tmp_path / "cut" / "train_state.safetensors")
+    assert saved["epoch"] == kill_at[0] - 1 and saved["partial"]["step"] == kill_at[1]
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, save_every=0)
+    assert [h["valid_ppl"] for h in resumed["history"]] == [h["valid_ppl"] for h in whole["history"]]
+    assert resumed["test_ppl"] == whole["test_ppl"]
+    ours, theirs = (lm.load(tmp_path / d / "model.safetensors").state_dict() for d in ("cut", "whole"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_save_every_is_checked(tmp_path, corpus):
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="save_every must be a number of minutes >= 0"):
+            train(tiny_awd(epochs=1), tmp_path, progress=False, save_every=bad)
+
+
 def test_tiny_awd_trains_end_to_end_from_the_command_line(tmp_path, corpus):
     out = tmp_path / "awd"
     done = run_lm("train", "--preset", "tiny_awd", "--max-train-tokens", "20000", "--out", str(out), "--quiet")
