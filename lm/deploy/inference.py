@@ -13,7 +13,10 @@ model in which every factorised layer is such a graph, computing the same functi
 * ``BlockLowRankEmbedding`` (GroupReduce) -> ``BlockRows``: every block looked up with
   clamped ids and masked, no data-dependent control flow;
 * ``ttlayers.LSTM`` -> ``UnrolledLSTM``: the steps written out, each layer's two maps and
-  its cell, so that a traced step is plain products (no fused kernel, no ``scan`` loop).
+  its cell, so that a traced step is plain products (no fused kernel, no ``scan`` loop). Where
+  both maps of a layer are products with one matrix (``nn.Linear``, or ``TTLinear`` built), they
+  are one product, ``[x, h] @ [W_ih, W_hh].T`` with the two biases summed (``GateProduct``):
+  half the products (and in int8 half the activation quantizations) per step.
 
 Dense maps, ``LowRankLinear`` (two products) and ``BlockLowRankLinear`` are left as they are.
 The forms hold buffers, not parameters: they are for inference only.
@@ -140,20 +143,52 @@ class BlockRows(nn.Module):
         return out.reshape(*ids.shape, self.embedding_dim)
 
 
+def gate_weight(layer, tt: str) -> Tensor | None:
+    """``[W_ih, W_hh]`` (4 hidden, input + state) when both maps of an LSTM layer are products with one
+    matrix on route ``tt`` (``nn.Linear``; ``TTLinear`` unless ``tt="cores"``); else None."""
+    maps = (layer.input_map, layer.recurrent_map)
+    single = (nn.Linear,) if tt == "cores" else (nn.Linear, TTLinear)
+    if not all(isinstance(m, single) for m in maps) or (maps[0].bias is None) != (maps[1].bias is None):
+        return None
+    with torch.no_grad():
+        return torch.cat([m.dense_weight() if isinstance(m, TTLinear) else m.weight for m in maps], 1).detach()
+
+
+class GateProduct(nn.Module):
+    """An LSTM layer's two maps as one product: ``gates = [x, h] @ [W_ih, W_hh].T + (b_ih + b_hh)``."""
+
+    def __init__(self, layer, tt: str) -> None:
+        super().__init__()
+        weight = gate_weight(layer, tt)
+        if weight is None:
+            raise ValueError("GateProduct needs two maps that are products with one matrix each")
+        self.product = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.input_map.bias is not None)
+        with torch.no_grad():
+            self.product.weight.copy_(weight)
+            if self.product.bias is not None:
+                self.product.bias.copy_(layer.input_map.bias + layer.recurrent_map.bias)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        return self.product(torch.cat([x, h], -1))
+
+
 class UnrolledLSTM(nn.Module):
     """``ttlayers.LSTM`` (eval mode) with its time steps unrolled: per step and layer,
-    ``gates = input_map(x_t) + recurrent_map(h)``, torch's (i, f, g, o) cell, and the projection
+    ``gates = input_map(x_t) + recurrent_map(h)`` (one ``GateProduct`` where ``fuse`` and both maps
+    are products with one matrix on TT route ``tt``), torch's (i, f, g, o) cell, and the projection
     if any. Traced for one step, the graph is the layers' products and the gate arithmetic.
 
     ``forward(input (seq_len, batch, input_size), (h_0, c_0) or None)`` -> ``output, (h_n, c_n)`` as ``LSTM``.
     """
 
-    def __init__(self, lstm: LSTM) -> None:
+    def __init__(self, lstm: LSTM, fuse: bool = True, tt: str = "cores") -> None:
         super().__init__()
         if lstm.batch_first:
             raise ValueError("UnrolledLSTM takes (seq_len, batch, features) inputs; got a batch_first LSTM")
         self.layers = lstm.layers
         self.num_layers, self.hidden_size, self.output_size = lstm.num_layers, lstm.hidden_size, lstm.output_size
+        self.gates = nn.ModuleList([GateProduct(layer, tt) if fuse and gate_weight(layer, tt) is not None
+                                    else nn.Identity() for layer in lstm.layers])
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if hx is None:
@@ -164,7 +199,10 @@ class UnrolledLSTM(nn.Module):
         outputs = []
         for x in input.unbind(0):
             for k, layer in enumerate(self.layers):
-                i, f, g, o = (layer.input_map(x) + layer.recurrent_map(hs[k])).chunk(4, dim=-1)
+                fused = self.gates[k]
+                gates = (fused(x, hs[k]) if isinstance(fused, GateProduct)
+                         else layer.input_map(x) + layer.recurrent_map(hs[k]))
+                i, f, g, o = gates.chunk(4, dim=-1)
                 cs[k] = torch.sigmoid(f) * cs[k] + torch.sigmoid(i) * torch.tanh(g)
                 x = torch.sigmoid(o) * torch.tanh(cs[k])
                 if layer.proj_size:
@@ -194,7 +232,7 @@ def tt_table(layer: TTEmbedding) -> Tensor:
         return layer(torch.arange(layer.num_embeddings))
 
 
-def _replacement(module: nn.Module, tt: str, unroll: bool) -> nn.Module | None:
+def _replacement(module: nn.Module, tt: str, unroll: bool, fuse: bool) -> nn.Module | None:
     if isinstance(module, TTLinear):
         return TTMatMuls(module) if tt == "cores" else _dense_linear(module)
     if isinstance(module, TTEmbedding):
@@ -202,21 +240,22 @@ def _replacement(module: nn.Module, tt: str, unroll: bool) -> nn.Module | None:
     if isinstance(module, BlockLowRankEmbedding):
         return BlockRows(module)
     if isinstance(module, LSTM) and unroll:
-        return UnrolledLSTM(module)
+        return UnrolledLSTM(module, fuse, tt)
     return None
 
 
 @torch.no_grad()
-def inference_form(model: LanguageModel, tt: str = "cores", unroll: bool = True) -> LanguageModel:
+def inference_form(model: LanguageModel, tt: str = "cores", unroll: bool = True, fuse: bool = True) -> LanguageModel:
     """A copy of ``model`` (eval mode) whose factorised layers are products with constant
     matrices (see the module docstring); ``tt`` is ``"cores"`` (keep the TT cores) or
     ``"dense"`` (build each TT weight once); ``unroll=False`` keeps the ``ttlayers.LSTM`` (with
-    the maps replaced), which eager torch and ``torch.ao`` run with their own kernels."""
+    the maps replaced), which eager torch and ``torch.ao`` run with their own kernels;
+    ``fuse=False`` keeps each unrolled layer's two maps as two products."""
     if tt not in TT_ROUTES:
         raise ValueError(f"tt must be one of {TT_ROUTES}, got {tt!r}")
     form = copy.deepcopy(model).eval()
     for name, module in list(form.named_modules()):
-        new = _replacement(module, tt, unroll)
+        new = _replacement(module, tt, unroll, fuse)
         if new is not None:
             parent, _, attr = name.rpartition(".")
             setattr(form.get_submodule(parent) if parent else form, attr, new)

@@ -291,7 +291,8 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     tt = _check_tt(tt, weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    form = inference_form(model, "dense" if tt == "load" else tt)
+    fuse = weights != "nbits"  # n-bit weights are found by value, one map at a time
+    form = inference_form(model, "dense" if tt == "load" else tt, fuse=fuse)
     batch = torch.export.Dim("batch", min=1)
     h_shape, c_shape = state_shapes(form, 2)
     example = (torch.zeros(2, dtype=torch.long), torch.zeros(h_shape), torch.zeros(c_shape))
@@ -305,7 +306,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         del node.metadata_props[:]
     _fold_transposes(proto.graph)
     _drop_unused(proto.graph)
-    built = built_weights(model) if tt == "load" else []
+    built = built_weights(model, fuse) if tt == "load" else []
     if weights == "nbits":
         _gemm_to_matmul(proto.graph)
         rewrite_nbits(proto.graph, model, bits)

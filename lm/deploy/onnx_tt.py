@@ -14,6 +14,10 @@ built form (its int8 codes, in int8) stays built, so that the file is never larg
 ``tt="dense"``. A runtime without constant folding computes the same outputs, building the
 weights at every step.
 
+An LSTM layer whose two maps the export fuses into one product (``lm.deploy.inference.GateProduct``)
+holds ``[W_ih, W_hh]``: with a TT map among them, that weight is built from its blocks (each TT block
+from its cores) and concatenated, at load too.
+
 ``built_weights(model)`` lists the TT layers' built weights and their cores; ``holders(graph, weights)``
 finds, by value, the constants of an exported graph that hold one of them (as it is, or transposed);
 ``build_at_load(graph, found)`` replaces those constants by their builds from the cores, and
@@ -27,10 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ttlayers import TTEmbedding, TTLinear
+from ttlayers import LSTM, TTEmbedding, TTLinear
 
 from ..model import LanguageModel
-from .inference import tt_table
+from .inference import gate_weight, tt_table
 
 
 @dataclass
@@ -45,26 +49,70 @@ class BuiltWeight:
     zero_row: int | None = None
 
 
+@dataclass
+class GateWeight:
+    """An LSTM layer's fused gate weight ``value = [W_ih, W_hh]`` (``lm.deploy.inference.GateProduct``) with a TT map
+    among its ``blocks``: each a ``BuiltWeight`` or a dense matrix, side by side."""
+
+    name: str
+    value: np.ndarray
+    blocks: list[BuiltWeight | np.ndarray]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).numpy().copy()
+
+
+def _built(name: str, module: TTLinear | TTEmbedding) -> BuiltWeight:
+    value, zero_row = (module.dense_weight(), None) if isinstance(module, TTLinear) else (tt_table(module), module.padding_idx)
+    return BuiltWeight(name, _numpy(value), [_numpy(c) for c in module.current_cores()], zero_row)
+
+
 @torch.no_grad()
-def built_weights(model: LanguageModel) -> list[BuiltWeight]:
+def built_weights(model: LanguageModel, fuse: bool = True) -> list[BuiltWeight | GateWeight]:
     """The built weight of every ``TTLinear`` (W: out_features x in_features) and ``TTEmbedding`` (the table) of
-    ``model``, as ``lm.deploy.inference.inference_form(model, "dense")`` stores them."""
-    found = []
+    ``model``, and with ``fuse`` the fused gate weight of every LSTM layer with a TT map, as
+    ``lm.deploy.inference.inference_form(model, "dense", fuse=fuse)`` stores them."""
+    found, fused = [], set()
     for name, module in model.named_modules():
-        if isinstance(module, TTLinear):
-            value, zero_row = module.dense_weight(), None
-        elif isinstance(module, TTEmbedding):
-            value, zero_row = tt_table(module), module.padding_idx
-        else:
+        if not (fuse and isinstance(module, LSTM)):
             continue
-        cores = [c.detach().to(torch.float32).numpy().copy() for c in module.current_cores()]
-        found.append(BuiltWeight(name, value.detach().to(torch.float32).numpy().copy(), cores, zero_row))
+        for k, layer in enumerate(module.layers):
+            maps = (layer.input_map, layer.recurrent_map)
+            weight = gate_weight(layer, "dense")
+            if weight is None or not any(isinstance(m, TTLinear) for m in maps):
+                continue
+            prefix = f"{name}.layers.{k}"
+            blocks = [_built(f"{prefix}.{attr}", m) if isinstance(m, TTLinear) else _numpy(m.weight)
+                      for attr, m in zip(("input_map", "recurrent_map"), maps)]
+            found.append(GateWeight(f"{prefix}.gates", _numpy(weight), blocks))
+            fused.update(id(m) for m in maps)
+    for name, module in model.named_modules():
+        if isinstance(module, (TTLinear, TTEmbedding)) and id(module) not in fused:
+            found.append(_built(name, module))
     return found
 
 
-def _build_nodes(weight: BuiltWeight, out: str, transposed: bool) -> tuple[list, list]:
+def _build_nodes(weight: BuiltWeight | GateWeight, out: str, transposed: bool) -> tuple[list, list]:
     """Nodes and initializers that compute ``weight.value`` (or its transpose) into ``out`` from the cores."""
     from onnx import helper, numpy_helper
+
+    if isinstance(weight, GateWeight):
+        nodes, inits, parts = [], [], []
+        for i, block in enumerate(weight.blocks):
+            part = f"{out}_block{i}"
+            if isinstance(block, BuiltWeight):
+                more, consts = _build_nodes(block, part, False)
+                nodes += more
+                inits += consts
+            else:
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(block), part))
+            parts.append(part)
+        gates = out + "_side_by_side" if transposed else out
+        nodes.append(helper.make_node("Concat", parts, [gates], name=gates, axis=1))
+        if transposed:
+            nodes.append(helper.make_node("Transpose", [gates], [out], name=out, perm=[1, 0]))
+        return nodes, inits
 
     cores = weight.cores
     rows, cols = weight.value.shape
@@ -104,7 +152,7 @@ def _build_nodes(weight: BuiltWeight, out: str, transposed: bool) -> tuple[list,
     return nodes, inits
 
 
-def holders(graph, weights: list[BuiltWeight]) -> dict[str, tuple[BuiltWeight, bool]]:
+def holders(graph, weights: list[BuiltWeight | GateWeight]) -> dict[str, tuple[BuiltWeight | GateWeight, bool]]:
     """{constant name: (the built weight it holds, transposed?)} for the constants of ``graph`` equal to one of
     ``weights`` or its transpose: what ``build_at_load`` and ``quantize_at_load`` replace."""
     from onnx import numpy_helper
@@ -133,7 +181,7 @@ def _replace(graph, name: str, nodes: list, inits: list) -> bool:
     return True
 
 
-def build_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[str]:
+def build_at_load(graph, found: dict[str, tuple[BuiltWeight | GateWeight, bool]]) -> list[str]:
     """Replace every constant of ``graph`` named in ``found`` (``holders``) by its build from the cores, where
     that takes fewer bytes. Returns the replaced constants' names; the rest of the graph is unchanged."""
     replaced = []
@@ -143,7 +191,7 @@ def build_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[str
     return replaced
 
 
-def quantize_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[str]:
+def quantize_at_load(graph, found: dict[str, tuple[BuiltWeight | GateWeight, bool]]) -> list[str]:
     """After ``onnxruntime.quantization.quantize_dynamic``: replace the int8 codes ``<name>_quantized`` of every
     constant ``name`` in ``found`` (``holders`` of the float graph) by ``QuantizeLinear`` of its build from the
     cores, with the quantizer's own ``<name>_scale`` and ``<name>_zero_point``, where that takes fewer bytes.
@@ -163,4 +211,4 @@ def quantize_at_load(graph, found: dict[str, tuple[BuiltWeight, bool]]) -> list[
     return replaced
 
 
-__all__ = ["BuiltWeight", "build_at_load", "built_weights", "holders", "quantize_at_load"]
+__all__ = ["BuiltWeight", "GateWeight", "build_at_load", "built_weights", "holders", "quantize_at_load"]

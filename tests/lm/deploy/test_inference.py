@@ -13,8 +13,37 @@ def test_inference_form_computes_the_same_model(kind, tiny):
     with torch.no_grad():
         want, _ = model(tokens)
         for tt in ("cores", "dense"):
-            got, _ = inference_form(model, tt)(tokens)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            for fuse in (True, False):
+                got, _ = inference_form(model, tt, fuse=fuse)(tokens)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("maps, tt, fused", [
+    (("linear", "linear"), "cores", True),
+    (("tt", "tt"), "dense", True),
+    (("tt", "linear"), "dense", True),  # a TT map beside a dense one: built, then side by side
+    (("tt", "linear"), "cores", False),  # TT cores kept: its product stays its own
+    (("low_rank", "linear"), "dense", False),  # two products: not one matrix
+])
+def test_an_unrolled_layer_fuses_its_two_maps_when_both_are_one_matrix(maps, tt, fused):
+    from ttlayers import LSTM, LowRankLinear, TTLinear
+    from ttlayers.lstm import LSTMLayer
+
+    from lm.deploy.inference import GateProduct, UnrolledLSTM
+
+    torch.manual_seed(0)
+    make = {"linear": lambda i: torch.nn.Linear(i, 32), "tt": lambda i: TTLinear(i, 32, rank=3),
+            "low_rank": lambda i: LowRankLinear(i, 32, rank=3)}
+    layers = [LSTMLayer(i, 8, input_map=make[maps[0]](i), recurrent_map=make[maps[1]](8)) for i in (6, 8)]
+    lstm = LSTM(6, 8, num_layers=2, layers=layers).eval()
+    unrolled = UnrolledLSTM(lstm, fuse=True, tt=tt)
+    assert [isinstance(g, GateProduct) for g in unrolled.gates] == [fused, fused]
+    x = torch.randn(4, 3, 6)
+    with torch.no_grad():
+        want, (h, c) = lstm(x)
+        got, (h2, c2) = unrolled(x)
+    for a, b in ((got, want), (h2, h), (c2, c)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_tt_weights_built_keep_a_model_torch_int8_runs(tiny):

@@ -26,6 +26,15 @@ def test_onnx_step_matches_torch_at_several_batch_sizes(kind, exported, steps):
     assert not [n.name for n in graph.node if n.metadata_props]  # no exporter provenance (stack traces) shipped
 
 
+def test_each_lstm_layer_is_one_product_a_step(exported):
+    """The dense model's two layers: their input and recurrent maps fused (GateProduct), so three products with
+    constant weights a step: a gate product per layer and the softmax."""
+    graph = onnx.load(exported["dense"][1].path).graph
+    constants = {t.name for t in graph.initializer}
+    products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    assert len(products) == 3
+
+
 def test_int8_export_runs_int8_products_close_to_float(exported, steps, tmp_path, capsys):
     from lm.__main__ import main
     from lm.compression.export import export

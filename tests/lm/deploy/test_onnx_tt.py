@@ -60,6 +60,20 @@ def test_the_build_nodes_compute_the_built_weight(layer, transposed):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_fused_gate_weight_is_built_from_its_tt_and_dense_blocks(transposed):
+    from ttlayers import LSTM
+    from ttlayers.lstm import LSTMLayer
+
+    torch.manual_seed(0)
+    layer = LSTMLayer(37, 8, input_map=TTLinear(37, 32, rank=3), recurrent_map=torch.nn.Linear(8, 32))
+    (gate,) = built_weights(_Holder(LSTM(37, 8, layers=[layer])))
+    assert [type(b).__name__ for b in gate.blocks] == ["BuiltWeight", "ndarray"] and gate.value.shape == (32, 45)
+    np.testing.assert_array_equal(gate.value[:, 37:], layer.recurrent_map.weight.detach().numpy())
+    want = gate.value.T if transposed else gate.value
+    np.testing.assert_allclose(_run_build(gate, transposed), want, rtol=1e-5, atol=1e-6)
+
+
 def test_holders_find_a_weight_and_its_transpose_by_value():
     layer = TTLinear(8, 6, rank=2)
     (weight,) = built_weights(_Holder(layer))
@@ -95,12 +109,14 @@ def test_load_stores_the_cores_and_runs_the_built_weights(weights, steps, tmp_pa
     dense = export_onnx(model, tmp_path / "dense.onnx", weights=weights, tt="dense")
     assert load.tt == "load" and dense.tt == "dense" and load.bytes < dense.bytes
     built = {w.value.shape for w in built_weights(model)} | {w.value.T.shape for w in built_weights(model)}
-    assert len(built_weights(model)) == 5  # the embedding and 2 x 2 LSTM maps
+    # the embedding, and per LSTM layer its two TT maps fused into one product [W_ih, W_hh]
+    assert [type(w).__name__ for w in built_weights(model)] == ["GateWeight", "GateWeight", "BuiltWeight"]
+    assert len(built_weights(model, fuse=False)) == 5
     stored = [tuple(t.dims) for t in onnx.load(load.path).graph.initializer]
     assert not built & set(stored)
     session = _optimized(load.path, tmp_path)
     folded = [t for t in session.initializer if tuple(t.dims) in built]
-    assert len(folded) >= 5
+    assert len(folded) >= 3
     if weights == "int8":
         assert {t.data_type for t in folded} <= {TensorProto.INT8, TensorProto.UINT8}  # the quantizer's lookups: uint8
     assert not {n.op_type for n in session.node} & {"QuantizeLinear", "Transpose"}  # folded, not run per step
