@@ -88,9 +88,9 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
             if (run["valid_ppl"], run["test_ppl"]) != (r["valid_ppl"], r["test_ppl"]):
                 entry.update(valid_ppl=run["valid_ppl"], test_ppl=run["test_ppl"], commit=run.get("commit", "not recorded"),
                              study_valid_ppl=r["valid_ppl"], study_test_ppl=r["test_ppl"], study_commit=r["commit"])
+            corpus = corpus or Corpus.load()  # before anything is copied: no PTB, no partial models/
             target = out / f"{r['preset']}_{r['method']}.safetensors"
             shutil.copyfile(source, target)
-            corpus = corpus or Corpus.load()
             entry.update(file=target.name, sha256=sha256(target), size_bytes=target.stat().st_size, note=None,
                          check={"split": "test", "tokens": CHECK_TOKENS, "ppl": check_ppl(load(target), corpus)})
         entries.append(entry)

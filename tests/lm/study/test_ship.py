@@ -65,3 +65,23 @@ def test_a_rerun_ships_with_its_own_figures(tmp_path, corpus):
     entry = ship({"sources": [{"preset": "small", "commit": "abc1234"}], "rows": [row]}, {"small": runs},
                  tmp_path / "models", corpus)["models"][0]
     assert entry["commit"] == "abc1234" and "study_test_ppl" not in entry
+
+
+def test_without_ptb_nothing_is_copied(tmp_path, monkeypatch):
+    """The check perplexity needs PTB: without it, ship fails before it copies any file into models/."""
+    import lm.study.ship as ship_module
+    from lm.data import DataError
+
+    runs = tmp_path / "runs" / "q8"
+    runs.mkdir(parents=True)
+    (runs / ARTIFACT_FILE).write_bytes(b"artifact")
+
+    def no_ptb(*args, **kwargs):
+        raise DataError("no PTB here")
+
+    monkeypatch.setattr(ship_module.Corpus, "load", no_ptb)
+    row = {"name": "small:q8", "size_bytes": 8, "size_mb": 8e-6, "valid_ppl": 900.0, "test_ppl": 800.0}
+    with pytest.raises(DataError, match="no PTB"):
+        ship({"sources": [{"preset": "small", "commit": "abc1234"}], "rows": [row]}, {"small": tmp_path / "runs"},
+             tmp_path / "models")
+    assert not list((tmp_path / "models").iterdir())
