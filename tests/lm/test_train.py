@@ -185,7 +185,8 @@ def test_resume_restores_the_average_exactly(tmp_path, corpus):
                for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.safetensors").state_dict().items())
 
 
-@pytest.mark.parametrize("kill_at", [(0, 3), (1, 5)], ids=["first-epoch", "averaged-epoch"])
+@pytest.mark.parametrize("kill_at", [pytest.param((0, 3), marks=pytest.mark.slow), (1, 5)],
+                         ids=["first-epoch", "averaged-epoch"])
 def test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly(tmp_path, corpus, monkeypatch, kill_at):
     """Saved within the epoch (every step) and killed after the save at step 3 of epoch 1 (nothing finished) or
     step 5 of epoch 2 (weights averaged): resumed, the run ends bit for bit as an uninterrupted one."""
