@@ -143,30 +143,26 @@ class BlockRows(nn.Module):
         return out.reshape(*ids.shape, self.embedding_dim)
 
 
-def gate_weight(layer, tt: str) -> Tensor | None:
-    """``[W_ih, W_hh]`` (4 hidden, input + state) when both maps of an LSTM layer are products with one
-    matrix on route ``tt`` (``nn.Linear``; ``TTLinear`` unless ``tt="cores"``); else None."""
+def fusable(layer, tt: str) -> bool:
+    """Whether both maps of an LSTM layer are products with one matrix on route ``tt`` (``nn.Linear``; ``TTLinear``
+    unless ``tt="cores"``), with a bias each or neither."""
     maps = (layer.input_map, layer.recurrent_map)
     single = (nn.Linear,) if tt == "cores" else (nn.Linear, TTLinear)
-    if not all(isinstance(m, single) for m in maps) or (maps[0].bias is None) != (maps[1].bias is None):
-        return None
-    with torch.no_grad():
-        return torch.cat([m.dense_weight() if isinstance(m, TTLinear) else m.weight for m in maps], 1).detach()
+    return all(isinstance(m, single) for m in maps) and (maps[0].bias is None) == (maps[1].bias is None)
 
 
 class GateProduct(nn.Module):
-    """An LSTM layer's two maps as one product: ``gates = [x, h] @ [W_ih, W_hh].T + (b_ih + b_hh)``."""
+    """An LSTM layer's two maps (``fusable``) as one product: ``gates = [x, h] @ [W_ih, W_hh].T + (b_ih + b_hh)``."""
 
-    def __init__(self, layer, tt: str) -> None:
+    def __init__(self, layer) -> None:
         super().__init__()
-        weight = gate_weight(layer, tt)
-        if weight is None:
-            raise ValueError("GateProduct needs two maps that are products with one matrix each")
-        self.product = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.input_map.bias is not None)
+        maps = (layer.input_map, layer.recurrent_map)
         with torch.no_grad():
+            weight = torch.cat([m.dense_weight() if isinstance(m, TTLinear) else m.weight for m in maps], 1)
+            self.product = nn.Linear(weight.shape[1], weight.shape[0], bias=maps[0].bias is not None)
             self.product.weight.copy_(weight)
             if self.product.bias is not None:
-                self.product.bias.copy_(layer.input_map.bias + layer.recurrent_map.bias)
+                self.product.bias.copy_(maps[0].bias + maps[1].bias)
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
         return self.product(torch.cat([x, h], -1))
@@ -187,8 +183,8 @@ class UnrolledLSTM(nn.Module):
             raise ValueError("UnrolledLSTM takes (seq_len, batch, features) inputs; got a batch_first LSTM")
         self.layers = lstm.layers
         self.num_layers, self.hidden_size, self.output_size = lstm.num_layers, lstm.hidden_size, lstm.output_size
-        self.gates = nn.ModuleList([GateProduct(layer, tt) if fuse and gate_weight(layer, tt) is not None
-                                    else nn.Identity() for layer in lstm.layers])
+        self.gates = nn.ModuleList([GateProduct(layer) if fuse and fusable(layer, tt) else nn.Identity()
+                                    for layer in lstm.layers])
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if hx is None:

@@ -34,7 +34,7 @@ import torch
 from ttlayers import LSTM, TTEmbedding, TTLinear
 
 from ..model import LanguageModel
-from .inference import gate_weight, tt_table
+from .inference import fusable, tt_table
 
 
 @dataclass
@@ -79,13 +79,13 @@ def built_weights(model: LanguageModel, fuse: bool = True) -> list[BuiltWeight |
             continue
         for k, layer in enumerate(module.layers):
             maps = (layer.input_map, layer.recurrent_map)
-            weight = gate_weight(layer, "dense")
-            if weight is None or not any(isinstance(m, TTLinear) for m in maps):
+            if not fusable(layer, "dense") or not any(isinstance(m, TTLinear) for m in maps):
                 continue
             prefix = f"{name}.layers.{k}"
             blocks = [_built(f"{prefix}.{attr}", m) if isinstance(m, TTLinear) else _numpy(m.weight)
                       for attr, m in zip(("input_map", "recurrent_map"), maps)]
-            found.append(GateWeight(f"{prefix}.gates", _numpy(weight), blocks))
+            value = np.concatenate([b.value if isinstance(b, BuiltWeight) else b for b in blocks], 1)
+            found.append(GateWeight(f"{prefix}.gates", value, blocks))
             fused.update(id(m) for m in maps)
     for name, module in model.named_modules():
         if isinstance(module, (TTLinear, TTEmbedding)) and id(module) not in fused:
@@ -157,14 +157,15 @@ def holders(graph, weights: list[BuiltWeight | GateWeight]) -> dict[str, tuple[B
     ``weights`` or its transpose: what ``build_at_load`` and ``quantize_at_load`` replace."""
     from onnx import numpy_helper
 
+    targets = [(weight, transposed, weight.value.T if transposed else weight.value)
+               for weight in weights for transposed in (False, True)]
     found = {}
     for init in graph.initializer:
-        if len(init.dims) != 2:
-            continue
-        for weight in weights:
-            for transposed, target in ((False, weight.value), (True, weight.value.T)):
-                if tuple(init.dims) == target.shape and np.array_equal(numpy_helper.to_array(init), target):
-                    found[init.name] = (weight, transposed)
+        candidates = [t for t in targets if tuple(init.dims) == t[2].shape]
+        value = numpy_helper.to_array(init) if candidates else None  # read once, and only when a shape fits
+        for weight, transposed, target in candidates:
+            if np.array_equal(value, target):
+                found[init.name] = (weight, transposed)
     return found
 
 
