@@ -214,7 +214,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                          checkpoint=args.checkpoint,
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
-                         latency_tokens=args.latency_tokens, onnx=args.onnx,
+                         latency_tokens=args.latency_tokens, onnx=args.onnx, save_every=args.save_every,
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
@@ -377,6 +377,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", type=positive_int, help="fine-tuning epochs, >= 1 (default: the preset's recipe)")
     s.add_argument("--finetune-lr", type=positive_float, help="fine-tuning learning rate, > 0 (default: the preset's recipe)")
     s.add_argument("--scratch-epochs", type=positive_int, help="epochs of the from-scratch runs, >= 1 (default: the preset's)")
+    s.add_argument("--save-every", type=positive_float, metavar="MINUTES",
+                   help="also save every training run's state within an epoch, every MINUTES (resumed by the next "
+                        "study run; default: at epoch ends only)")
     s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
     s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")

@@ -61,7 +61,7 @@ def build(name: str, preset_name: str) -> tuple[LanguageModel, str | None]:
         model = LanguageModel(config, vocab)
         model.init_uniform(0.01)
     elif m.compress:
-        model = compress_model(model, counts=counts, **m.layer_specs())
+        model = compress_model(model, counts=counts, **m.compress_kwargs())
     if m.prune:
         prune_model(model, m.prune.amount, m.prune.layers)
         finalize(model)

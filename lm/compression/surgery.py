@@ -11,6 +11,17 @@ Types: embedding and decoder ``low_rank`` (truncated SVD; ``LowRankLinear`` for 
 decoder), ``groupreduce`` (frequency blocks, weighted SVD, greedy ranks) and ``tt``
 (``TTEmbedding`` / ``TTLinear`` by TT-SVD); LSTM ``lr_lstm`` (Lu et al.'s shared
 projection, ttlayers' LR-LSTM helper) and ``tt_lstm`` (TT maps by TT-SVD).
+
+``embedding_size=k`` narrows a dense embedding table E (vocab, d) to k columns: E -> E B^T
+for a basis B (k, d) with orthonormal rows, and the first LSTM layer's input weights W ->
+W B^T, so that the LSTM reads W B^T B x, the input projected on B's span (exact when every
+word vector lies in it). B is E's top-k right singular vectors, except for a tied model
+given an ``lr_lstm`` of rank k and no embedding or decoder spec: then B is the last layer's
+shared projection U_L (the top-k right singular vectors of [E; V_L], since the tied decoder
+reads the last layer), so that the decoder's weight E U_L^T is the narrowed table itself and
+the model stays tied. Otherwise a tied model stays tied only when neither its embedding nor
+its decoder changes (``tt_lstm`` alone); else its embedding and decoder are compressed (or
+kept) apart, each from the shared table.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ttlayers import LowRankLinear, TTEmbedding, TTLinear, lr_decoder, lr_lstm, tt_lstm
+from ttlayers import LSTM, LowRankLinear, LSTMLayer, TTEmbedding, TTLinear, lr_decoder, lr_lstm, tt_lstm
 
 from ..model import LanguageModel
 from . import builders
@@ -104,14 +115,68 @@ DECODER_INIT: dict[str, Init] = {"low_rank": _decoder_low_rank, "groupreduce": _
 LSTM_KINDS = ("lr_lstm", "tt_lstm")
 
 
+def _narrow_embedding(model: LanguageModel, basis: Tensor) -> None:
+    """In place: the embedding table E -> E B^T and the first LSTM layer's input weights W -> W B^T,
+    for ``basis`` B (k, d) with orthonormal rows (see the module docstring)."""
+    emb, first = model.embedding, model.lstm.layers[0]
+    if type(first.input_map) is not nn.Linear:
+        raise ValueError(f"narrowing the embedding needs a dense first input map, got {type(first.input_map).__name__}")
+    basis = basis.detach().to(emb.weight)
+    narrowed = nn.Embedding(emb.num_embeddings, basis.shape[0], padding_idx=emb.padding_idx,
+                            device=emb.weight.device, dtype=emb.weight.dtype)
+    input_map = nn.Linear(basis.shape[0], first.input_map.out_features, bias=first.input_map.bias is not None,
+                          device=emb.weight.device, dtype=emb.weight.dtype)
+    with torch.no_grad():
+        narrowed.weight.copy_(emb.weight @ basis.T)
+        input_map.weight.copy_(first.input_map.weight @ basis.T)
+        if first.input_map.bias is not None:
+            input_map.bias.copy_(first.input_map.bias)
+    layers = [LSTMLayer(basis.shape[0], first.hidden_size, input_map, first.recurrent_map, proj_size=first.proj_size,
+                        projection=getattr(first, "projection", None)), *model.lstm.layers[1:]]
+    old = model.lstm
+    model.lstm = LSTM(basis.shape[0], old.hidden_size, old.num_layers, old.dropout, old.batch_first, old.bias,
+                      layers=layers)
+    model.embedding = narrowed
+    model.config.embedding_size = basis.shape[0]
+
+
+def _untie(model: LanguageModel) -> None:
+    """In place: the decoder gets its own copy of the shared table."""
+    if model.config.tie_weights:
+        model.decoder.weight = nn.Parameter(model.embedding.weight.detach().clone())
+        model.config.tie_weights = False
+
+
 def compress_model(model: LanguageModel, *, embedding: dict | None = None, lstm: dict | None = None,
-                   decoder: dict | None = None, counts: Tensor | None = None) -> LanguageModel:
+                   decoder: dict | None = None, counts: Tensor | None = None,
+                   embedding_size: int | None = None, tie_weights: bool | None = None) -> LanguageModel:
     """A copy of the trained ``model`` with the given parts compressed from its weights.
 
-    ``counts``: training-set word counts (vocab,), needed by ``groupreduce``. The copy
-    is in the same train/eval mode as ``model`` and shares no tensors with it.
+    ``counts``: training-set word counts (vocab,), needed by ``groupreduce``. ``embedding_size``:
+    narrow the (dense) embedding to that many features, and keep a tied model tied where an
+    ``lr_lstm`` of that rank allows it (module docstring). ``tie_weights``: True requires the
+    result tied (an error where the rules above untie it), False unties it. The copy is in the
+    same train/eval mode as ``model`` and shares no tensors with it.
     """
     new = copy.deepcopy(model)
+    keep_tie = (new.config.tie_weights and tie_weights is not False and embedding_size is not None and embedding is None
+                and decoder is None and lstm is not None and lstm.get("type") == "lr_lstm"
+                and int(lstm["rank"]) == embedding_size)
+    if embedding_size is not None:
+        if type(new.embedding) is not nn.Embedding:
+            raise ValueError(f"embedding_size narrows a dense embedding, got {type(new.embedding).__name__}")
+        if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or not (
+                1 <= embedding_size < new.config.embedding_dim):
+            raise ValueError(f"embedding_size must be an int in [1, {new.config.embedding_dim}), got {embedding_size!r}")
+    changes_table = embedding or decoder or embedding_size or (lstm or {}).get("type") == "lr_lstm"
+    if tie_weights and (not new.config.tie_weights or (changes_table and not keep_tie)):
+        raise ValueError("tie_weights=True keeps a tied model tied: an lr_lstm of rank embedding_size, and no "
+                         "embedding or decoder spec (or none of these changes)")
+    if not keep_tie and (changes_table or tie_weights is False):
+        _untie(new)  # the embedding and the decoder change apart (a tied model under tt_lstm alone stays tied)
+    if embedding_size is not None and not keep_tie:
+        _, _, vh = torch.linalg.svd(new.embedding.weight.detach().double(), full_matrices=False)
+        _narrow_embedding(new, vh[:embedding_size])
     if lstm is not None:
         # first, as the LR-LSTM changes what the decoder reads: its last projection joins the
         # decoder's SVD, and the decoder then reads rank features (dense, or compressed below)
@@ -126,6 +191,10 @@ def compress_model(model: LanguageModel, *, embedding: dict | None = None, lstm:
             new.lstm, new.config.lstm = _lstm_tt(new.lstm, lstm, counts, new.config)
         else:
             raise ValueError(f"unknown lstm compression {kind!r}; known: {list(LSTM_KINDS)}")
+    if keep_tie:
+        _narrow_embedding(new, new.lstm.layers[-1].projection.weight)
+        new.decoder.weight = new.embedding.weight  # E U_L^T both: lr_decoder's weight is the narrowed table
+        new.config.tie_weights = True
     for part, spec, inits in (("embedding", embedding, EMBEDDING_INIT), ("decoder", decoder, DECODER_INIT)):
         if spec is None:
             continue

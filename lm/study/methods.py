@@ -116,7 +116,8 @@ class Distill:
 
 @dataclass(frozen=True)
 class Shape:
-    """``ModelConfig`` fields of a from-scratch model, set after ``compress`` has set its layer specs."""
+    """``ModelConfig`` fields of a from-scratch model, set after ``compress`` has set its layer specs; of
+    a compressed one, ``compress_model``'s arguments of the same names."""
 
     embedding_size: int | None = None
     tie_weights: bool | None = None
@@ -141,11 +142,12 @@ class Method:
     (from the compressed trained model) or ``"scratch"`` (the compressed architecture trained
     with the preset's recipe); ``quant``: the artifact's 8-bit scheme; ``base``: start from
     another method's finished model instead of the dense one (to export it, or fine-tune it);
-    ``shape``: of a from-scratch model; ``distill``: fine-tune with a teacher's soft targets, the
+    ``shape``: of a from-scratch model, or of a compressed one (``compress_model``'s
+    ``embedding_size`` and ``tie_weights``: the table narrowed, the tie kept); ``distill``: fine-tune with a teacher's soft targets, the
     model it starts from (the dense one, or the base) or ``distill.teacher``; ``lr``: the starting learning rate of its
     training instead of the preset's (scratch) or the fine-tuning recipe's, decayed on the
-    same schedule; ``epochs``: the length of a from-scratch training instead of the preset's
-    (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
+    same schedule; ``epochs``: the length of its training instead of the preset's (scratch) or
+    the fine-tuning recipe's (the same schedule, cut or extended); ``qat_bits``: fine-tune in quantization-aware training
     at that many bits per weight (``lm.compression.qat``: every weight on its per-row grid,
     straight-through gradients) and export the packed codes (``quant`` must then be
     ``f"q{qat_bits}"``); ``qat_every``: the optimizer steps between two searches of the QAT row
@@ -177,13 +179,14 @@ class Method:
                              "it (train='finetune', distill); it cannot compress, prune, reshape or train from scratch")
         if self.distill and self.train != "finetune":
             raise ValueError(f"{self.name}: distillation needs train='finetune', got {self.train!r}")
-        if self.shape and self.train != "scratch":
-            raise ValueError(f"{self.name}: shape applies to from-scratch models only, got train={self.train!r}")
+        if self.shape and self.train != "scratch" and not self.compress:
+            raise ValueError(f"{self.name}: shape applies to from-scratch or compressed models, got train={self.train!r} "
+                             "and nothing to compress")
         if self.lr is not None and (self.train == "none" or not self.lr > 0):
             raise ValueError(f"{self.name}: lr sets the rate of a training run and must be > 0, "
                              f"got lr={self.lr} with train={self.train!r}")
-        if self.epochs is not None and (self.train != "scratch" or self.epochs < 1):
-            raise ValueError(f"{self.name}: epochs sets the length of a from-scratch training and must be >= 1, "
+        if self.epochs is not None and (self.train == "none" or self.epochs < 1):
+            raise ValueError(f"{self.name}: epochs sets the length of a training run and must be >= 1, "
                              f"got epochs={self.epochs} with train={self.train!r}")
         if self.qat_bits is not None and (self.train != "finetune" or self.prune or self.quant != f"q{self.qat_bits}"):
             raise ValueError(f"{self.name}: qat_bits fine-tunes in quantization-aware training and exports its codes: "
@@ -197,6 +200,11 @@ class Method:
     def layer_specs(self) -> dict[str, dict]:
         """``compress`` as ``compress_model``'s keyword arguments."""
         return {part: _plain(spec) for part, spec in self.compress.items()}
+
+    def compress_kwargs(self) -> dict:
+        """``compress_model``'s keyword arguments for a compressed (not from-scratch) model: the layer
+        specs, and ``shape``'s fields."""
+        return {**self.layer_specs(), **(self.shape_fields() if self.train != "scratch" else {})}
 
     def shape_fields(self) -> dict:
         """``shape`` as ``ModelConfig`` fields."""

@@ -45,8 +45,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
         counts: Tensor | None = None, prune: Prune | None = None, finetune: Finetune | None = None,
         base: TrainConfig | None = None, distill: Distillation | None = None, qat_bits: int | None = None,
         qat_every: int = qat.RANGE_EVERY, quant: str | None = None,
-        data_dir: str | Path | None = None, progress: bool = True) -> Outcome:
-    """Compress ``start`` into a new model (``layers``: ``compress_model``'s layer specs, ``counts`` its
+        data_dir: str | Path | None = None, progress: bool = True, save_every: float | None = None) -> Outcome:
+    """Compress ``start`` into a new model (``layers``: ``compress_model``'s keyword arguments, ``counts`` its
     word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it,
     fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed; in quantization-aware
     training at ``qat_bits`` bits per weight, its row ranges searched every ``qat_every`` steps, baked
@@ -55,7 +55,7 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
 
     A ``gradual`` prune takes one step before each fine-tuning epoch, each epoch its own run at the
     scheduled rate (``out_dir/train/epoch<k>``); otherwise the model is pruned at once and fine-tuned
-    in ``out_dir/train``, resumably.
+    in ``out_dir/train``, resumably (within an epoch too, every ``save_every`` minutes: ``lm.train.train``).
     """
     out = Path(out_dir)
     model = compress_model(start, counts=counts, **layers) if layers else start
@@ -77,7 +77,7 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
                   distill=distill)
     elif finetune is not None:
         train(finetune_config(base, model, finetune.lr, finetune.epochs), out / "train", data_dir=data_dir,
-              resume=True, progress=progress, model=model, distill=distill)
+              resume=True, progress=progress, model=model, distill=distill, save_every=save_every)
     pruning.finalize(model)  # this prune's, or one the caller made
     if qat_bits:
         qat.bake(model)

@@ -5,7 +5,8 @@ dense model (or trains the preset first), then for every method: compresses it,
 fine-tunes or trains it from scratch where the method says so, exports the compact
 artifact, decodes that artifact and measures its exact perplexities. Each finished
 method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
-its recipe is unchanged; fine-tuning resumes after a kill, losing at most one epoch.
+its recipe is unchanged; training resumes after a kill, losing at most one epoch (or, with
+``save_every``, that many minutes).
 A final pass times every artifact side by side (one token, batch 1, one thread,
 eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and
 writes the results JSON, the markdown report and the Pareto plot.
@@ -87,6 +88,7 @@ class StudyConfig:
     report_dir: str = str(ROOT / "results")
     data_dir: str | None = None
     progress: bool = True
+    save_every: float | None = None  # minutes between saves within an epoch of every training run (lm.train.train)
 
 
 class Study:
@@ -138,7 +140,8 @@ class Study:
         out = self.run_dir / "dense" / "train"
         if not (out / "results.json").is_file() or not (out / MODEL_FILE).is_file():
             self.log(f"training the dense {self.config.preset} model in {out}")
-            train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress)
+            train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress,
+                  save_every=self.config.save_every)
         else:
             self.log(f"reusing the dense model trained in {out}")
         return load(out / MODEL_FILE)
@@ -164,15 +167,16 @@ class Study:
             return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
         if m.base and m.train == "none":
             return pipeline.run(start, out, **common)
-        finetune = Finetune(self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
+        finetune = Finetune(m.epochs or self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start
             kd = Distillation(teacher, alpha=m.distill.alpha, temperature=m.distill.temperature)
-        return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.layer_specs(),
+        return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.compress_kwargs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
                             finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
-                            qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}), **common)
+                            qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}),
+                            save_every=self.config.save_every, **common)
 
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
@@ -180,7 +184,8 @@ class Study:
         epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
         cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
         model = scratch_model(cfg, dense.vocab)
-        train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model)
+        train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model,
+              save_every=self.config.save_every)
         return model.eval()
 
     def run_method(self, m: Method, dense: LanguageModel) -> dict:

@@ -60,6 +60,17 @@ def test_specs_are_typed_and_only_schedule_cuts_carry_notes():
     assert lr_all.layer_specs()["lstm"] == {"type": "lr_lstm", "rank": 128}
     assert methods["lr_tied_scratch"].epochs == 30 and "CPU time" in methods["lr_tied_scratch"].note
     assert all(m.note for m in methods.values() if m.epochs or m.lr)  # every cut or changed rate says why
+    awd = load_methods("medium_awd")
+    assert all(m.note for m in awd if m.epochs or m.lr)
+
+
+def test_a_compressed_method_may_narrow_its_table_and_set_its_own_epochs():
+    m = Method("s", "LR-LSTM", "the teacher compressed", compress={"lstm": LRLSTMSpec(rank=8)}, train="finetune",
+               shape=Shape(embedding_size=8, tie_weights=True), epochs=6)
+    assert m.compress_kwargs() == {"lstm": {"type": "lr_lstm", "rank": 8}, "embedding_size": 8, "tie_weights": True}
+    scratch = Method("s", "LR-LSTM", "from scratch", compress={"lstm": LRLSTMSpec(rank=8)}, train="scratch",
+                     shape=Shape(embedding_size=8))
+    assert scratch.compress_kwargs() == {"lstm": {"type": "lr_lstm", "rank": 8}}  # its shape is set after compressing
 
 
 GOOD = """
@@ -87,7 +98,7 @@ compress.lstm = { type = "lr_lstm", rank = 4 }
     (('family = "LR-LSTM"\n', ""), "method 'lr': missing field 'family'"),
     (('train = "finetune"', 'train = "finetune"\nepoch = 3'), "method 'lr': unknown key 'epoch'"),
     (('train = "finetune"', 'train = "finetune"\nlr = true'), "method 'lr': field 'lr': expected"),
-    (('train = "finetune"', 'train = "finetune"\nepochs = 3'), "method 'lr': epochs sets the length"),
+    (('train = "finetune"', 'train = "finetune"\nepochs = 0'), "method 'lr': epochs sets the length"),
     (('name = "lr"', 'name = "dense"'), "method 'dense': a second method of that name"),
     (('description = "the dense model"', 'description = "the dense model"\nbase = "later"'),
      "method 'dense': field 'base': 'later' is no method defined above it"),
@@ -114,11 +125,11 @@ def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_
     ({"train": "scratch", "distill": Distill(0.5, 2.0)}, "distillation needs train='finetune'"),
     ({"base": "dense_ft", "train": "scratch"}, "cannot compress"),
     ({"base": "dense_ft", "prune": Prune(0.5, ["decoder"])}, "cannot compress"),
-    ({"train": "finetune", "shape": Shape(embedding_size=8)}, "from-scratch models only"),
+    ({"train": "finetune", "shape": Shape(embedding_size=8)}, "from-scratch or compressed models"),
     ({"train": "fine-tune"}, "train must be"),
     ({"lr": 0.5}, "lr sets the rate of a training run"),
     ({"train": "scratch", "lr": 0.0}, "must be > 0"),
-    ({"train": "finetune", "epochs": 3}, "epochs sets the length of a from-scratch training"),
+    ({"epochs": 3}, "epochs sets the length of a training run"),
     ({"train": "scratch", "epochs": 0}, "must be >= 1"),
     ({"train": "finetune", "qat_bits": 2}, "qat_bits fine-tunes"),
     ({"quant": "q2", "qat_bits": 2}, "qat_bits fine-tunes"),

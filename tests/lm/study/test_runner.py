@@ -13,9 +13,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lm.study import pipeline
 from lm.study import runner as study
 from lm.__main__ import main
 from lm.compression.export import artifact_size, load_artifact
+from lm.compression.surgery import compress_model
 from lm.compression.lowbit import dequantize_rows, quantize_rows
 from lm.compression.qat import row_axes
 from lm.study.report import MB, pareto_front
@@ -151,6 +153,23 @@ def test_a_methods_epochs_set_the_length_of_its_training(tmp_path, short_corpus,
     assert trained["config"]["epochs"] == 1 and len(trained["history"]) == 1  # the preset says 2
 
 
+def test_save_every_reaches_every_training_run(tmp_path, short_corpus, monkeypatch):
+    seen = []
+
+    def spy(real):
+        def train(*args, **kwargs):
+            seen.append(kwargs.get("save_every"))
+            return real(*args, **kwargs)
+        return train
+
+    monkeypatch.setattr(study, "train", spy(study.train))
+    monkeypatch.setattr(pipeline, "train", spy(pipeline.train))
+    main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--latency-tokens", "5",
+          "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet", "--no-onnx",
+          "--save-every", "0.5", "--methods", "lr_lstm_ft", "lr_lstm_scratch"])
+    assert seen == [0.5, 0.5, 0.5]  # the dense model, the fine-tune and the from-scratch run
+
+
 def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
     names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/lm/compression/test_qat.py
     _, payload, rows = run_tiny_study(tmp_path, names)
@@ -178,7 +197,8 @@ def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path
 def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regularised(tmp_path, short_corpus,
                                                                                       monkeypatch):
     # medium_awd's rows on tiny_awd (32 units, one epoch each): the teacher stored 3 ways, and every student's
-    # scratch -> distilled -> QAT 4/3/2 chain; teacher = "dense" gives the students the dense model, not their base
+    # compressed from the teacher and distilled -> QAT 4/3/2 chain; teacher = "dense" gives the QAT runs the dense
+    # model, not their base
     teachers = {}
     real = study.Distillation
 
@@ -187,7 +207,7 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
         return real(teacher, **kwargs)
 
     monkeypatch.setattr(study, "Distillation", spy)
-    main(["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1", "--scratch-epochs", "1",
+    main(["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1",
           "--latency-tokens", "2", "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
           "--quiet", "--no-onnx"])
     rows = {r["name"]: r for r in json.loads((tmp_path / "report" / "study_tiny_awd.json").read_text())["rows"]}
@@ -204,18 +224,27 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
             "alpha": 0.5, "temperature": 2.0, "teacher": "dense"}
         if m.qat_bits:
             assert set(rows[m.name]["encodings"].values()) >= {f"q{m.qat_bits}"}
+        assert trained["epochs"] == (m.epochs or load_finetune("tiny_awd").epochs) == (1 if m.qat_bits else 2)
     assert rows["q4"]["size_bytes"] < rows["q8"]["size_bytes"] < rows["dense"]["size_bytes"]
+    # the students are the teacher compressed: the tied LR-LSTMs keep the tie through their narrowed tables
+    assert rows["dense"]["config"]["tie_weights"] and not rows["gr_kd"]["config"]["tie_weights"]
+    for name, rank in (("lr_tied_kd", 13), ("lr_tied_big_kd", 26)):
+        c = rows[name]["config"]
+        assert c["tie_weights"] and c["embedding_size"] == rank and c["lstm"] == {"type": "lr_lstm", "rank": rank}
+    assert rows["tt_kd"]["config"]["embedding_size"] == 13 and rows["tt_kd"]["config"]["lstm"]["type"] == "tt_lstm"
 
 
 @pytest.mark.slow  # exports of 16M-weight models, ~10 s each
-@pytest.mark.parametrize("student", ["lr_tied_scratch", "lr_tied_big_scratch", "tt_scratch", "gr_scratch"])
+@pytest.mark.parametrize("student", ["lr_tied_kd", "lr_tied_big_kd", "tt_kd", "gr_kd"])
 def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, corpus):
-    # a q2/q3/q4 artifact's size depends on the shapes only: the untrained architecture's count is the trained one's
+    # a q2/q3/q4 artifact's size depends on the shapes only (GroupReduce's ranks on the table's spectra too):
+    # the untrained teacher compressed counts as the trained one
     methods = load_methods("medium_awd")
     cfg = preset("medium_awd")
     counts = torch.bincount(corpus.train, minlength=cfg.model.vocab_size)
-    model = LanguageModel(study.scratch_shape(next(m for m in methods if m.name == student), cfg.model, counts),
-                          corpus.vocab)
+    teacher = LanguageModel(cfg.model, corpus.vocab)
+    teacher.init_uniform(cfg.init_scale)
+    model = compress_model(teacher, counts=counts, **next(m for m in methods if m.name == student).compress_kwargs())
     chain = {student}
     for m in methods:
         if m.base in chain:
