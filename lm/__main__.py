@@ -1,4 +1,4 @@
-"""Command line: ``python -m lm {train,eval,info,study,compress,convert,ship,export,predict,score} ...`` (also installed as ``lm``).
+"""Command line: ``python -m lm {train,eval,info,curve,study,compress,convert,ship,export,predict,score} ...`` (also installed as ``lm``).
 
 Every number, choice and path is checked when the arguments are parsed: a bad one stops
 with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
@@ -207,6 +207,22 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=1))
 
 
+def cmd_curve(args: argparse.Namespace) -> None:
+    from . import curves
+
+    runs = {}
+    for path in args.runs:
+        try:
+            runs[str(path)] = curves.read_history(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(str(err)) from None
+        print(f"## {path}\n\n{curves.table(runs[str(path)])}\n")
+    if args.json:
+        write_json(args.json, {**stamp({"runs": [str(p) for p in args.runs]}, None), "runs": runs})
+    if args.out:
+        print(f"plot: {curves.plot(runs, args.out, args.title or ', '.join(runs))}")
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from .study import StudyConfig, run_study
 
@@ -363,6 +379,14 @@ def parser() -> argparse.ArgumentParser:
     i = command("info", "kind, parameters, file size and config of a checkpoint or compact artifact")
     i.add_argument("checkpoint", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
     i.set_defaults(func=cmd_info)
+
+    u = command("curve", "a run's per-epoch history (while it trains, or after) as a table, and a plot")
+    u.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                   help=f"run directory ({TRAIN_STATE_FILE} or results.json), or one of those files")
+    u.add_argument("--out", type=out_file, help="the plot (.png): validation and training perplexity per epoch")
+    u.add_argument("--json", type=out_file, help="also write the histories, stamped, to this JSON")
+    u.add_argument("--title", help="the plot's title (default: the runs' paths)")
+    u.set_defaults(func=cmd_curve)
 
     names = method_names()
     s = command("study", "the compression study: every method, cached, with a report", [common, quiet])

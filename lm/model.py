@@ -79,9 +79,13 @@ class LanguageModel(nn.Module):
             raise ValueError(f"tokens must be (seq_len, batch), got shape {tuple(tokens.shape)}")
         if regularization is not None:
             return self._regularized(tokens, state, regularization)
-        x = self.drop(self.embedding(tokens))
-        out, state = self.lstm(x, state)
+        out, state = self.features(tokens, state)
         return self.decoder(self.drop(out)), state
+
+    def features(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """What the decoder reads: the last LSTM layer's output (seq_len, batch, decoder input), before
+        the output dropout, and the state; ``forward`` is ``decoder(dropout(features))``."""
+        return self.lstm(self.drop(self.embedding(tokens)), state)
 
     def _regularized(self, tokens: Tensor, state: State | None, r: Regularization) -> tuple[Tensor, State, Tensor]:
         """The forward with ``r``'s regularisers added to the model's own dropout (training only)."""

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoint import MODEL_FILE, TRAIN_STATE_FILE, ModelFileError, load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data import Corpus, batchify, bptt_windows
-from .distill import Distillation
+from .distill import Distillation, teacher_features
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
 from .regularize import nt_asgd_triggered
@@ -146,8 +146,9 @@ def train(
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
         partial = saved.get("partial")  # saved within the epoch start_epoch: continue from its step
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    # a copy, so that the caller's teacher keeps its device and mode
+    # a copy, so that the caller's teacher keeps its device and mode; its LSTM runs once, here (lm.distill)
     teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
+    taught = teacher_features(teacher, train_data, cfg.bptt, progress and rank == 0) if teacher is not None else None
 
     steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)
     for epoch in range(start_epoch, cfg.epochs):
@@ -157,10 +158,9 @@ def train(
         if average is None and cfg.asgd_start is not None and epoch + 1 >= cfg.asgd_start:
             average = AveragedModel(model, use_buffers=False)
         net.train()
-        state, teacher_state, total, count, tic, done = None, None, 0.0, 0, time.time(), 0
+        state, total, count, tic, done = None, 0.0, 0, time.time(), 0
         if partial is not None:
-            state, teacher_state, total, count, done = (_to(partial["state"], device), _to(partial["teacher_state"], device),
-                                                        partial["total"], partial["count"], partial["step"])
+            state, total, count, done = _to(partial["state"], device), partial["total"], partial["count"], partial["step"]
             tic -= partial["seconds"]
             partial = None
         last_save = time.time()
@@ -180,7 +180,7 @@ def train(
                 loss = loss + penalty
             if teacher is not None:
                 with torch.no_grad():
-                    soft, teacher_state = teacher(inputs, teacher_state)
+                    soft = teacher.decoder(taught[step])
                 loss = distill.loss(loss, logits, soft)
             trained = value if teacher is None else loss.item()  # a NaN in the soft term must stop training too
             if not math.isfinite(trained):
@@ -202,8 +202,7 @@ def train(
             if save_every is not None and step + 1 < steps and time.time() - last_save >= 60 * save_every:
                 save_train_state({**_resumable(cfg, model, optimizer, average, epoch - 1, history, elapsed),
                                   "partial": {"epoch": epoch, "step": step + 1, "total": total, "count": count,
-                                              "seconds": time.time() - tic, "state": state,
-                                              "teacher_state": teacher_state}}, state_path)
+                                              "seconds": time.time() - tic, "state": state}}, state_path)
                 last_save = time.time()
         seconds = time.time() - tic
         elapsed += seconds

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lm.config import preset
-from lm.distill import Distillation, soft_target_loss
+from lm.data import batchify, bptt_windows
+from lm.distill import Distillation, soft_target_loss, teacher_features
 from lm.train import TrainingDiverged, build_model, train
 
 
@@ -71,3 +72,18 @@ def test_a_teacher_with_non_finite_logits_stops_training(tmp_path, corpus):
         teacher.decoder.bias[0] = float("nan")
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at epoch 1, step 1,"):  # before any NaN step
         train(cfg, tmp_path, model=build_model(cfg, corpus.vocab), progress=False, distill=Distillation(teacher))
+
+
+def test_the_stored_teacher_outputs_give_the_teachers_logits_window_by_window(corpus):
+    teacher = build_model(preset("tiny_awd", hidden_size=16), corpus.vocab).eval()
+    data = batchify(corpus.train[:3000], 4)
+    stored = teacher_features(teacher, data, 7)
+    state = None
+    windows = list(bptt_windows(data, 7))
+    assert len(stored) == len(windows) and stored[-1].shape[0] == windows[-1][0].shape[0]  # the short last window
+    with torch.no_grad():
+        for (inputs, _), out in zip(windows, stored):
+            logits, state = teacher(inputs, state)  # the whole teacher, its state carried as in training
+            torch.testing.assert_close(teacher.decoder(out), logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="eval mode"):
+        teacher_features(teacher.train(), data, 7)

@@ -299,12 +299,11 @@ def test_writes_are_atomic(tmp_path, monkeypatch, tiny_lm):
 
 
 def test_a_training_state_saved_within_an_epoch_is_checked(tiny_lm, tmp_path):
-    partial = {"epoch": 2, "step": 7, "total": 12.5, "count": 70, "seconds": 3.0, "state": (torch.zeros(2, 1, 8),) * 2,
-               "teacher_state": None}
+    partial = {"epoch": 2, "step": 7, "total": 12.5, "count": 70, "seconds": 3.0, "state": (torch.zeros(2, 1, 8),) * 2}
     path = tmp_path / "state.safetensors"
     save_train_state({**_train_state(tiny_lm), "partial": partial}, path)
     got = load_train_state(path)["partial"]
-    assert got["step"] == 7 and torch.equal(got["state"][0], partial["state"][0]) and got["teacher_state"] is None
+    assert got["step"] == 7 and torch.equal(got["state"][0], partial["state"][0])
     save_train_state({**_train_state(tiny_lm), "epoch": -1, "partial": {**partial, "epoch": 0}}, path)
     assert load_train_state(path)["epoch"] == -1  # within the first epoch: none finished
     for bad in ({"epoch": 3}, {"step": 0}, {"count": 1.5}, {"total": float("nan")}, {"seconds": "3"}):

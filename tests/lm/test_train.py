@@ -18,6 +18,7 @@ import lm
 import lm.train
 from lm.checkpoint import load_train_state
 from lm.config import PRESETS, TrainConfig, preset
+from lm.distill import Distillation
 from lm.evaluate import perplexity
 from lm.train import TrainingDiverged, build_model, train
 
@@ -185,13 +186,17 @@ def test_resume_restores_the_average_exactly(tmp_path, corpus):
                for d in ("cut",) for k, v in lm.load(tmp_path / "whole" / "model.safetensors").state_dict().items())
 
 
-@pytest.mark.parametrize("kill_at", [pytest.param((0, 3), marks=pytest.mark.slow), (1, 5)],
-                         ids=["first-epoch", "averaged-epoch"])
-def test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly(tmp_path, corpus, monkeypatch, kill_at):
+@pytest.mark.parametrize("kill_at, distilled", [pytest.param((0, 3), False, marks=pytest.mark.slow), ((1, 5), False),
+                                                 ((1, 4), True)],
+                         ids=["first-epoch", "averaged-epoch", "distilled"])
+def test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly(tmp_path, corpus, monkeypatch, kill_at,
+                                                                                  distilled):
     """Saved within the epoch (every step) and killed after the save at step 3 of epoch 1 (nothing finished) or
-    step 5 of epoch 2 (weights averaged): resumed, the run ends bit for bit as an uninterrupted one."""
+    step 5 of epoch 2 (weights averaged; or step 4, distilled): resumed, the run ends bit for bit as an
+    uninterrupted one."""
     cfg = tiny_awd(epochs=2, asgd_start=2, asgd_nonmono=None)  # dropout masks drawn at every step
-    whole = train(cfg, tmp_path / "whole", progress=False)
+    kd = {"distill": Distillation(build_model(replace(cfg, seed=7), corpus.vocab).eval())} if distilled else {}
+    whole = train(cfg, tmp_path / "whole", progress=False, **kd)
     save = lm.train.save_train_state
 
     def killed(state, path):
@@ -201,11 +206,11 @@ def test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactl
 
     monkeypatch.setattr(lm.train, "save_train_state", killed)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", progress=False, save_every=0)
+        train(cfg, tmp_path / "cut", progress=False, save_every=0, **kd)
     monkeypatch.undo()
     saved = load_train_state(tmp_path / "cut" / "train_state.safetensors")
     assert saved["epoch"] == kill_at[0] - 1 and saved["partial"]["step"] == kill_at[1]
-    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, save_every=0)
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, save_every=0, **kd)
     assert [h["valid_ppl"] for h in resumed["history"]] == [h["valid_ppl"] for h in whole["history"]]
     assert resumed["test_ppl"] == whole["test_ppl"]
     ours, theirs = (lm.load(tmp_path / d / "model.safetensors").state_dict() for d in ("cut", "whole"))
