@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .checkpoint import TRAIN_STATE_FILE, load_train_state
+from .results import save_figure
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:
@@ -69,9 +70,4 @@ def plot(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "tra
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import git_commit
+from ..results import git_commit, save_figure
 from .methods import _fields, _keys, _typed, tomllib
 
 MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
@@ -315,12 +315,7 @@ def plot(rows: list[dict], path: str | Path, title: str, published: list[dict] |
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def render(payload: dict, report_dir: str | Path) -> dict:
