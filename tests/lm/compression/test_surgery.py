@@ -138,3 +138,9 @@ def test_bad_embedding_sizes(tiny_lm):
     tt = compress_model(m, embedding={"type": "tt", "rank": 4})
     with pytest.raises(ValueError, match="narrows a dense embedding"):
         compress_model(tt, embedding_size=4)
+    tied = tiny_lm(vocab=120, hidden=16, init=0.3, tie_weights=True)
+    for source, kw in ((m, {}), (tied, {"embedding_size": 4}), (tied, {"embedding_size": 5, "decoder": GR})):
+        with pytest.raises(ValueError, match="tie_weights=True keeps a tied model tied"):
+            compress_model(source, counts=COUNTS, lstm={"type": "lr_lstm", "rank": 5}, tie_weights=True, **kw)
+    untied = compress_model(tied, tie_weights=False)
+    assert not untied.config.tie_weights and untied.decoder.weight is not untied.embedding.weight
