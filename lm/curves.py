@@ -1,7 +1,7 @@
 """Training curves: a run's per-epoch history (``lm.train``), read while it trains or after, as a
 markdown table and a plot.
 
-    python -m lm curve runs/medium_awd --out results/lm_medium_awd_curve.png
+    python -m lm curve runs/medium_awd --out curve.png
 
 A run directory's ``train_state.safetensors`` holds the history of every finished epoch (it is
 rewritten at each epoch's end, so a run in progress can be read); a finished run's results JSON
