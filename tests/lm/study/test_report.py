@@ -98,6 +98,7 @@ def test_published_points_are_data_with_sources_and_computed_sizes(tmp_path):
     points = {p["key"]: p for p in PAPER}
     assert {k: (p["size_mb"], p["test_ppl"]) for k, p in points.items() if k.startswith("xu")} == {
         "xu_w3a3": (2.52, 87.9), "xu_w2a3": (1.68, 91.9), "xu_w2a2": (1.68, 95.8)}
+    assert (points["hitnet_ternary"]["size_mb"], points["hitnet_ternary"]["test_ppl"]) == (1.68, 110.3)
     assert all(p["source"] for p in PAPER) and points["medium"]["size_mb"] == 79.1
     bad = tmp_path / "published.toml"
     bad.write_text('[[points]]\nkey = "x"\nmodel = "m"\nsource = "s"\ntest_ppl = 90.0\nsize_mb = 1.0\nbits = 2\n')
