@@ -232,8 +232,9 @@ def _rendered(payload: dict) -> str:
     r = payload.get("rendered")
     if not r:
         return ""
-    timed = (f"; its latency and ONNX columns timed again in that run, on {r['timed']['on']} "
-             f"(`--retime`: the weights' values do not change a kernel's work)") if r.get("timed") else ""
+    t = r.get("timed")
+    timed = (f"; its latency and ONNX columns timed again at commit `{t['commit']}` on {t['date']}, on {t['on']} "
+             f"(`--retime`: the weights' values do not change a kernel's work)") if t else ""
     return f"; report re-rendered from its stored rows at commit `{r['commit']}` on {r['date']}{timed}"
 
 
@@ -338,16 +339,21 @@ def rerender(preset: str, report_dir: str | Path, retime_tokens: int | None = No
     JSON, with today's published points and targets, no model trained or scored; the JSON keeps its
     provenance and records the re-render's commit and date under ``rendered``. With
     ``retime_tokens``, every row's latency columns are measured again in this run
-    (``lm.study.latency.retime``), recorded under ``rendered["timed"]``."""
+    (``lm.study.latency.retime``), recorded under ``rendered["timed"]`` with its commit and date; without it, the
+    stored rows keep the latencies of their last timing, and ``rendered["timed"]`` its record."""
     path = Path(report_dir) / f"study_{preset}.json"
     if not path.is_file():
         raise ValueError(f"no stored report {path} to re-render; run the study first")
     payload = json.loads(path.read_text())
-    payload["rendered"] = {"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    stamp = {"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    timed = payload.get("rendered", {}).get("timed")  # the rows' latencies come from that timing until timed again
+    if timed and "commit" not in timed:  # a report re-timed before timings carried their own stamp
+        timed = {"commit": payload["rendered"]["commit"], "date": payload["rendered"]["date"], **timed}
     if retime_tokens:
         from .latency import retime
 
-        payload["rendered"]["timed"] = retime(payload["rows"], tokens=retime_tokens)
+        timed = {**stamp, **retime(payload["rows"], tokens=retime_tokens)}
+    payload["rendered"] = {**stamp, **({"timed": timed} if timed else {})}
     return render(payload, report_dir)
 
 

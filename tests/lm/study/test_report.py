@@ -37,7 +37,7 @@ def test_targets_and_page(tmp_path):
     controlled = {x["target"].split(" ")[0]: x for x in targets(rows + [row("dense_ft", 18.6, 101.0)], "small")}
     assert controlled["(control)"]["met"] == "no"
     assert controlled["(control)"]["gap"] == "+7.00 PPL at <= 4.7 MB"  # no row at all is better than dense_ft
-    assert t["Pareto"]["measured"].startswith("5/11")  # Table 1 and the TT-LSTM, not the medium-class or Xu points
+    assert t["Pareto"]["measured"].startswith("6/12")  # Table 1, the TT-LSTM and HitNet; not the medium-class or Xu points
     payload = {"rows": rows, "preset": "small", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                "plot": "p.png", "targets": targets(rows, "small")}
     page = markdown(payload)
@@ -77,7 +77,7 @@ def test_front_merges_the_presets_and_judges_the_cross_preset_targets(tmp_path):
                                                   "medium_awd:dense"]
     t = {x["target"].split(" ")[0]: x for x in front["targets"]}
     assert t["moonshot:"]["met"] == "yes" and t["moonshot:"]["model"] == "medium:lr_q8"
-    assert t["Pareto"]["measured"] == "11/11 published points dominated"  # Xu et al.'s too, by medium_awd:lr_q2
+    assert t["Pareto"]["measured"] == "12/12 published points dominated"  # Xu et al.'s and HitNet's too, by medium_awd:lr_q2
     issue15 = [x for x in front["targets"] if x["target"].startswith(("<= 2.5 MB", "<= 1 MB", "dense medium"))]
     assert [(x["model"], x["met"], x["gap"]) for x in issue15] == [
         ("medium_awd:lr_q2", "no", "+2.00 PPL at <= 2.5 MB; +1.700 MB at <= 85.00 PPL (medium:lr_q8)"),
@@ -178,5 +178,10 @@ def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):
         page = (tmp_path / f"study_{preset}.md").read_text()
         assert all(f"| {r['test_ppl']:.2f} |" in page and f"| {r['valid_ppl']:.2f} |" in page for r in old["rows"])
         assert "Xu et al. (2018)" in page and "## Targets" in page
+        if "timed" in old.get("rendered", {}):  # the rows keep that timing's latencies, and so its record
+            timed = new["rendered"]["timed"]
+            assert {k: timed[k] for k in old["rendered"]["timed"]} == old["rendered"]["timed"]
+            assert timed["commit"] == old["rendered"].get("timed", {}).get("commit", old["rendered"]["commit"])
+            assert f"timed again at commit `{timed['commit']}`" in page
     front = json.loads((tmp_path / "study_front.json").read_text())
     assert [r["test_ppl"] for r in front["rows"]] == [r["test_ppl"] for p in before.values() for r in p["rows"]]
