@@ -15,46 +15,70 @@ import math
 import time
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..config import preset
+from ..config import TrainConfig, preset
 from ..data import Corpus, batchify, bptt_windows
-from ..model import detach
+from ..distill import Distillation
+from ..model import LanguageModel, detach
 from ..results import RESULTS, stamp, write_json
 from ..train import build_model
 
 
-def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
-    """``steps`` training steps of preset ``name`` as ``lm.train`` takes them (with the ASGD
-    average's update after each step if ``averaged``)."""
-    cfg = preset(name)
-    model = build_model(cfg, corpus.vocab).train()
+def train_steps(model: LanguageModel, cfg: TrainConfig, data: Tensor, average: AveragedModel | None = None,
+                distill: Distillation | None = None, taught: list[Tensor] | None = None) -> list[float]:
+    """Train ``model`` on every bptt window of ``data`` (steps, batch) as ``lm.train`` does (``cfg``'s
+    optimizer, regularisation and clipping; the ASGD ``average`` updated after each step; the loss
+    ``distill``ed against the teacher's decoder on its stored outputs ``taught``, one per window,
+    ``lm.distill.teacher_features``). Returns each step's CPU seconds in this process."""
+    model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     regularization = cfg.regularization()
-    average = AveragedModel(model, use_buffers=False) if averaged else None
-    data = batchify(corpus.train[: steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
-    state, tokens = None, 0
-    cpu, wall = time.process_time(), time.perf_counter()
-    for inputs, targets in bptt_windows(data, cfg.bptt):
+    state, seconds = None, []
+    for step, (inputs, targets) in enumerate(bptt_windows(data, cfg.bptt)):
+        tic = time.process_time()
         out = model(inputs, state) if regularization is None else model(inputs, state, regularization)
         logits, state = out[0], detach(out[1])
         loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         if regularization is not None:
             loss = loss + out[2]
+        if distill is not None:
+            with torch.no_grad():
+                soft = distill.teacher.decoder(taught[step])
+            loss = distill.loss(loss, logits, soft)
         optimizer.zero_grad(set_to_none=True)
         (loss * inputs.shape[0]).backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
         if average is not None:
             average.update_parameters(model)
-        tokens += targets.numel()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    epoch_tokens = (corpus.train.numel() // cfg.batch_size - 1) * cfg.batch_size
+        seconds.append(time.process_time() - tic)
+    return seconds
+
+
+def epoch_tokens(cfg: TrainConfig, corpus: Corpus) -> int:
+    """The tokens of one training epoch of ``cfg`` (``lm.train``'s batches)."""
+    stream = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
+    return (stream.numel() // cfg.batch_size - 1) * cfg.batch_size
+
+
+def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
+    """``steps`` training steps of preset ``name`` as ``lm.train`` takes them (with the ASGD
+    average's update after each step if ``averaged``)."""
+    cfg = preset(name)
+    model = build_model(cfg, corpus.vocab)
+    average = AveragedModel(model, use_buffers=False) if averaged else None
+    data = batchify(corpus.train[: steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
+    wall = time.perf_counter()
+    cpu = sum(train_steps(model, cfg, data, average))
+    wall = time.perf_counter() - wall
+    tokens = (data.shape[0] - 1) * cfg.batch_size
+    per_epoch = epoch_tokens(cfg, corpus)
     return {"preset": name, "asgd_phase": averaged, "steps": math.ceil((data.shape[0] - 1) / cfg.bptt), "tokens": tokens,
             "cpu_s": cpu, "wall_s": wall, "tokens_per_cpu_s": tokens / cpu, "tokens_per_wall_s": tokens / wall,
-            "epochs": cfg.epochs, "hours_per_epoch": epoch_tokens / (tokens / cpu) / 3600,
-            "hours_schedule": cfg.epochs * epoch_tokens / (tokens / cpu) / 3600}
+            "epochs": cfg.epochs, "hours_per_epoch": per_epoch / (tokens / cpu) / 3600,
+            "hours_schedule": cfg.epochs * per_epoch / (tokens / cpu) / 3600}
 
 
 def main() -> None:

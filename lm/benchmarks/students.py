@@ -1,0 +1,101 @@
+"""The study's students compressed from a trained teacher, before any training: how far each starts
+from the teacher, and what an epoch of its distillation costs.
+
+    OMP_NUM_THREADS=1 python -m lm.benchmarks.students --preset medium_awd \\
+        --checkpoint runs/medium_awd/model.safetensors
+
+For every method of the preset's study (``lm/study/configs/<preset>.toml``) that compresses the dense
+teacher (``compress``, no ``base``), the teacher is compressed as the study compresses it
+(``lm.compression.surgery.compress_model`` with the method's layers and shape) and:
+
+* scored on the start of the validation split (``--valid-tokens``), beside the teacher;
+* trained for ``--steps`` steps as its fine-tune trains (the preset's regularisation, SGD at the
+  method's rate, distilled from the teacher's stored outputs when the method distills), each step
+  timed in CPU seconds of this process; the median step gives the minutes of an epoch and of the
+  method's fine-tune, beside a training step of the teacher itself.
+
+Writes results/bench_students_<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+
+import torch
+
+from ..checkpoint import load
+from ..compression.surgery import compress_model
+from ..config import preset as load_preset
+from ..data import Corpus, batchify
+from ..distill import Distillation, teacher_features
+from ..evaluate import perplexity
+from ..model import count_parameters
+from ..results import RESULTS, stamp, write_json
+from ..study.methods import load_finetune, load_methods
+from ..study.pipeline import finetune_config
+from .train_speed import epoch_tokens, train_steps
+
+
+def compressed_methods(preset: str, names: list[str] | None = None) -> list:
+    """The methods of ``preset``'s study that compress the dense teacher (``names``: only those)."""
+    methods = [m for m in load_methods(preset) if m.compress and not m.base]
+    if names:
+        unknown = sorted(set(names) - {m.name for m in methods})
+        if unknown:
+            raise ValueError(f"{unknown}: not methods of the {preset} study that compress the teacher; "
+                             f"those are {[m.name for m in methods]}")
+        methods = [m for m in methods if m.name in names]
+    return methods
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="medium_awd")
+    p.add_argument("--checkpoint", required=True, help="the trained dense teacher (model.safetensors)")
+    p.add_argument("--methods", nargs="+", help="default: every method that compresses the teacher")
+    p.add_argument("--valid-tokens", type=int, default=20_000, help="validation words scored (0: all)")
+    p.add_argument("--steps", type=int, default=10, help="training steps timed per model")
+    p.add_argument("--data-dir", default=None, help="PTB (default: $PTB_DIR)")
+    p.add_argument("--out", default=None, help="default: results/bench_students_<preset>.json")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.valid_tokens < 0:
+        p.error("--steps must be >= 1 and --valid-tokens >= 0")
+    torch.manual_seed(0)
+    cfg = load_preset(args.preset)
+    methods = compressed_methods(args.preset, args.methods)
+    finetune = load_finetune(args.preset)
+    corpus = Corpus.load(args.data_dir)
+    teacher = load(args.checkpoint).eval()
+    if teacher.vocab is not None and teacher.vocab != corpus.vocab:
+        raise ValueError(f"{args.checkpoint} was trained on another vocabulary")
+    valid = corpus.valid[: args.valid_tokens] if args.valid_tokens else corpus.valid
+    train = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
+    counts = torch.bincount(train, minlength=teacher.config.vocab_size)
+    data = batchify(corpus.train[: args.steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
+    taught = teacher_features(teacher, data, cfg.bptt)
+    per_epoch = epoch_tokens(cfg, corpus) / (cfg.bptt * cfg.batch_size)  # steps
+
+    def row(name: str, model, lr: float, epochs: int, distill: Distillation | None) -> dict:
+        start = perplexity(model.eval(), valid)
+        step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs), data,
+                                             distill=distill, taught=taught))
+        r = {"model": name, "parameters": count_parameters(model), "valid_ppl_start": start, "ms_per_step": 1e3 * step,
+             "min_per_epoch": step * per_epoch / 60, "epochs": epochs, "hours": step * per_epoch * epochs / 3600}
+        print(r, flush=True)
+        return r
+
+    rows = [row("teacher", copy.deepcopy(teacher), cfg.lr, cfg.epochs, None)]  # its own training, for scale
+    for m in methods:
+        student = compress_model(teacher, counts=counts, **m.compress_kwargs())
+        kd = Distillation(teacher, m.distill.alpha, m.distill.temperature) if m.distill else None
+        rows.append(row(m.name, student, m.lr or finetune.lr, m.epochs or finetune.epochs, kd))
+    payload = {**stamp({**vars(args), "threads": torch.get_num_threads()}, 0), "valid_tokens": valid.numel(),
+               "rows": rows}
+    write_json(args.out or RESULTS / f"bench_students_{args.preset}.json", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
