@@ -167,7 +167,7 @@ class Study:
             return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
         if m.base and m.train == "none":
             return pipeline.run(start, out, **common)
-        finetune = Finetune(m.epochs or self.finetune["epochs"], m.lr or self.finetune["lr"], self.finetune["dropout"])
+        finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"])
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start
@@ -178,11 +178,16 @@ class Study:
                             qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}),
                             save_every=self.config.save_every, **common)
 
+    def epochs(self, m: Method) -> int:
+        """The training epochs of method ``m``'s recipe (0 for a method that only exports)."""
+        if m.train == "scratch":
+            return min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
+        return (m.epochs or self.finetune["epochs"]) if m.train == "finetune" else 0
+
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
         shape = scratch_shape(m, dense.config, self.counts(), dense.vocab)
-        epochs = min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
-        cfg = replace(self.cfg, model=shape, epochs=epochs, lr=m.lr or self.cfg.lr)
+        cfg = replace(self.cfg, model=shape, epochs=self.epochs(m), lr=m.lr or self.cfg.lr)
         model = scratch_model(cfg, dense.vocab)
         train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model,
               save_every=self.config.save_every)
@@ -229,16 +234,18 @@ class Study:
             dense = self.dense_model()
         else:  # only from-scratch methods: an untrained dense model gives their shapes
             dense = LanguageModel(self.cfg.model, self.corpus.vocab)
-        done, start, spent = {}, time.time(), []
-        todo = {m.name for m in self.methods if self.cached(m) is None}
+        done, start, spent, trained = {}, time.time(), 0.0, 0
+        todo = [m for m in self.methods if self.cached(m) is None]
         for i, m in enumerate(self.methods, 1):
-            left = len(todo - set(done))  # methods still to run, this one included
-            estimate = f", about {_clock(sum(spent) / len(spent) * left)} left" if spent and left else ""
+            left = sum(self.epochs(t) for t in todo if t.name not in done)  # this method's included
+            estimate = (f"; {left} training epochs left, about {_clock(spent / trained * left)} at this run's "
+                        f"{_clock(spent / trained)} per epoch so far" if trained and left else
+                        f"; {left} training epochs left" if left else "")
             self.log(f"method {i} of {len(self.methods)}: {m.name} (elapsed {_clock(time.time() - start)}{estimate})")
             tic = time.time()
             done[m.name] = self.run_method(m, dense)
-            if m.name in todo:
-                spent.append(time.time() - tic)
+            if m in todo and self.epochs(m):
+                spent, trained = spent + time.time() - tic, trained + self.epochs(m)
         rows = [done.get(m.name) or self.cached(m) for m in self.all_methods]
         rows = [r for r in rows if r is not None]
         self.log("timing every artifact side by side (1 thread, batch 1)")

@@ -255,3 +255,33 @@ def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, 
             assert f"{size:.{len(noted.split('.')[1])}f}" == noted, m.name
             for budget in re.findall(r"candidate for <= ([\d.]+) MB", m.note):
                 assert size <= float(budget), m.name
+
+
+def test_progress_counts_the_training_epochs_left_by_recipe(tmp_path, short_corpus, monkeypatch):
+    # the medium_awd study: a 6-epoch distillation, its 3-epoch QATs and storage-only rows; the estimate is
+    # the epochs left at this run's minutes per epoch, not the methods left at its mean minutes per method
+    s = study.Study(study.StudyConfig(preset="medium_awd", run_dir=str(tmp_path),
+                                      methods=["q4", "lr_tied_kd_qat4", "lr_tied_kd_qat2"]))
+    assert [(m.name, s.epochs(m)) for m in s.methods] == [
+        ("dense", 0), ("q4", 0), ("lr_tied_kd", 6), ("lr_tied_kd_qat4", 3), ("lr_tied_kd_qat2", 3)]
+    clock, logs = [0.0], []
+    monkeypatch.setattr(study.time, "time", lambda: clock[0])
+    monkeypatch.setattr(s, "dense_model", lambda: None)
+    monkeypatch.setattr(s, "log", logs.append)
+
+    def run_method(m, dense):
+        clock[0] += 60.0 * s.epochs(m) + 5  # a minute an epoch, 5 s to export and score
+        return {"name": m.name}
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(s, "run_method", run_method)
+    monkeypatch.setattr(study, "load_artifact", lambda path: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        s.run()
+    progress = [line for line in logs if line.startswith("method ")]
+    assert progress[0] == "method 1 of 5: dense (elapsed 0m00s; 12 training epochs left)"
+    assert progress[2] == "method 3 of 5: lr_tied_kd (elapsed 0m10s; 12 training epochs left)"  # nothing trained yet
+    assert progress[3] == "method 4 of 5: lr_tied_kd_qat4 (elapsed 6m15s; 6 training epochs left, about 6m05s " \
+                          "at this run's 1m00s per epoch so far)"
