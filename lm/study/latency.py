@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import model_config
+from ..compression.export import LOW_BITS, decode, export_bytes
 from ..compression.quantize import int8_dynamic
+from ..deploy.onnx_nbits import NBITS
 from ..model import LanguageModel
 
 # the columns ``compare`` fills, replaced whole when a report is timed again
@@ -95,6 +97,19 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                    **sizes[name]} for name in models}
 
 
+def nbits_width(row: dict) -> int | None:
+    """The width of a study row's low-bit weights when onnxruntime runs them packed (``MatMulNBits``,
+    ``lm.deploy.onnx_nbits``): 2 or 4, read off the row's ``encodings``; None for a row stored otherwise,
+    at 3 bits (no such kernel), or with GroupReduce maps (not exported n-bit)."""
+    widths = {LOW_BITS[e] for e in row.get("encodings", {}).values() if e in LOW_BITS}
+    if len(widths) != 1 or (bits := widths.pop()) not in NBITS:
+        return None
+    config = row.get("config", {})
+    if any((config.get(part) or {}).get("type") == "groupreduce" for part in ("embedding", "decoder")):
+        return None
+    return bits
+
+
 def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0, threads: int = 1) -> dict:
     """Time every stored report row again, side by side in one run (``compare``), on its architecture
     rebuilt from the row's ``config`` with freshly initialised weights; the rows' latency and
@@ -105,11 +120,14 @@ def retime(rows: list[dict], tokens: int = 100, onnx: bool = True, seed: int = 0
     on any values, and a pruned model's zeros are stored and multiplied as dense. So a report
     whose trained models are gone can still gain columns timed in one run."""
     torch.manual_seed(seed)
-    models = {}
+    models, nbits = {}, {}
     for r in rows:
         cfg = model_config(r["config"], f"row {r['name']}")
         models[r["name"]] = LanguageModel(cfg, [f"w{i}" for i in range(cfg.vocab_size)]).eval()
-    timed = compare(models, tokens=tokens, threads=threads, onnx=onnx)
+        if onnx and (bits := nbits_width(r)):  # its weights put on their grids, as its artifact decodes them
+            nbits[r["name"]] = bits
+            models[r["name"]] = decode(export_bytes(models[r["name"]], f"q{bits}")[0])
+    timed = compare(models, tokens=tokens, threads=threads, onnx=onnx, nbits=nbits)
     for r in rows:
         for key in COLUMNS:
             r.pop(key, None)

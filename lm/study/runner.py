@@ -36,7 +36,7 @@ from ..model import LanguageModel, count_parameters
 from ..results import ROOT, git_commit, stamp, write_json
 from ..train import train
 from . import pipeline, report
-from .latency import compare
+from .latency import compare, nbits_width
 from .methods import Finetune, Method, load_finetune, load_methods, presets
 
 
@@ -255,7 +255,8 @@ class Study:
             import importlib.util
 
             onnx = importlib.util.find_spec("onnxruntime") is not None
-        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=onnx).items():
+        nbits = {r["name"]: bits for r in rows if (bits := nbits_width(r))}  # exported packed too, with onnx
+        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=onnx, nbits=nbits).items():
             next(r for r in rows if r["name"] == name).update(t)
         return self.write_report(rows)
 

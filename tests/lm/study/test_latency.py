@@ -120,3 +120,49 @@ def test_retime_times_every_row_again_on_its_rebuilt_architecture():
                                                    "onnx_int8_bytes"}
         assert all(r[k] > 0 for k in COLUMNS if k in r)
     assert rows[0]["test_ppl"] == 50.0 and rows[1]["onnx_bytes"] != rows[0]["onnx_bytes"]  # each its own architecture
+
+
+def test_nbits_width_reads_a_rows_encodings():
+    from lm.study.latency import nbits_width
+
+    def row(*codecs, **config):
+        return {"encodings": {f"w{i}": c for i, c in enumerate(codecs)}, "config": config}
+
+    assert nbits_width(row("q2", "q2", "f32")) == 2 and nbits_width(row("q4", "f32")) == 4  # biases stay float
+    assert nbits_width(row("q3", "f32")) is None  # no 3-bit kernel
+    assert nbits_width(row("q8", "f32")) is None and nbits_width(row("f32")) is None and nbits_width({}) is None
+    assert nbits_width(row("q2", "q4")) is None  # two widths: no single export
+    assert nbits_width(row("q4", embedding={"type": "groupreduce"})) is None  # not exported n-bit
+    assert nbits_width(row("q4", embedding={"type": "dense"}, decoder={"type": "low_rank"})) == 4
+
+
+@pytest.mark.slow  # three exports of a model (float32, int8, n-bit): 15-40 s
+def test_retime_times_a_2_or_4_bit_row_packed_on_its_weights_put_on_their_grids(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dataclasses import asdict
+
+    from lm.compression.export import export
+    from lm.study.latency import retime
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=16, num_layers=1, tie_weights=True)).eval()
+    row = {"name": "q4", "config": asdict(model.config), "encodings": export(model, tmp_path / "a", "q4").encodings}
+    retime([row], tokens=2)  # fresh weights: not on a grid until put there, or the n-bit export refuses them
+    assert row["onnx_nbits_bytes"] > 0 and row["ort_nbits_ms"] > 0
+
+
+def test_the_report_shows_the_n_bit_columns_where_a_row_has_them():
+    from lm.study.report import markdown
+
+    def row(name, **columns):
+        return {"name": name, "label": name, "family": "f", "description": "d", "size_mb": 0.5, "test_ppl": 50.0,
+                "valid_ppl": 50.0, "parameters": 1, "nonzero": 1, "onnx_int8_bytes": 600_000, **columns}
+
+    q4, q8 = row("q4", ort_nbits_ms=0.125, onnx_nbits_bytes=550_000), row("q8")
+    page = markdown({"rows": [q4, q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
+                     "plot": "p.png", "targets": []})
+    assert "| ONNX int8 MB | ms/token ORT n-bit | ONNX n-bit MB |" in page and "ORT n-bit." in page
+    assert next(line for line in page.splitlines() if line.startswith("| q4 |")).endswith("| 0.600 | 0.125 | 0.550 |")
+    assert next(line for line in page.splitlines() if line.startswith("| q8 |")).endswith("| 0.600 | - | - |")
+    assert "n-bit" not in markdown({"rows": [q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1,
+                                    "eval": "exact", "plot": "p.png", "targets": []})

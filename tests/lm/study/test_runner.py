@@ -170,9 +170,18 @@ def test_save_every_reaches_every_training_run(tmp_path, short_corpus, monkeypat
     assert seen == [0.5, 0.5, 0.5]  # the dense model, the fine-tune and the from-scratch run
 
 
-def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus):
+def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus, monkeypatch):
     names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/lm/compression/test_qat.py
+    told = {}
+
+    def compare(models, nbits=None, **kwargs):
+        told.update(nbits)
+        return real(models, nbits=nbits, **kwargs)
+
+    real = study.compare
+    monkeypatch.setattr(study, "compare", compare)
     _, payload, rows = run_tiny_study(tmp_path, names)
+    assert told == {"lr_tied_ft_qat2": 2, "lr_tied_ft_q2": 2}  # exported packed too where onnx runs (not here)
     for name, bits in zip(names, (2, 2)):
         model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
         axes = row_axes(model)
