@@ -46,6 +46,19 @@ def table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def draw(ax, name: str, history: list[dict], colour, train: bool = True) -> None:
+    """One run's validation perplexity per epoch on ``ax`` (solid; training dashed if ``train``), and a
+    square where its weights are first averaged."""
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["valid_ppl"] for h in history], color=colour, marker=".", label=f"{name}: valid")
+    if train:
+        ax.plot(epochs, [h["train_ppl"] for h in history], color=colour, ls="--", label=f"{name}: train")
+    first = next((h for h in history if h.get("averaged")), None)
+    if first is not None:
+        ax.scatter([first["epoch"]], [first["valid_ppl"]], color=colour, marker="s", s=40, zorder=3,
+                   label=f"{name}: averaging from here")
+
+
 def plot(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "training curves") -> Path:
     """Validation (solid) and training (dashed) perplexity per epoch of each run, log scale; a marker
     where a run's weights are first averaged."""
@@ -56,14 +69,7 @@ def plot(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "tra
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for k, (name, history) in enumerate(runs.items()):
-        colour = plt.get_cmap("tab10")(k % 10)
-        epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["valid_ppl"] for h in history], color=colour, marker=".", label=f"{name}: valid")
-        ax.plot(epochs, [h["train_ppl"] for h in history], color=colour, ls="--", label=f"{name}: train")
-        first = next((h for h in history if h.get("averaged")), None)
-        if first is not None:
-            ax.scatter([first["epoch"]], [first["valid_ppl"]], color=colour, marker="s", s=40, zorder=3,
-                       label=f"{name}: averaging from here")
+        draw(ax, name, history, plt.get_cmap("tab10")(k % 10))
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity (log scale)")

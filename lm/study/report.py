@@ -280,9 +280,64 @@ def markdown(payload: dict) -> str:
     lines += [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |" for t in payload["targets"]]
     lines += ["", "## Pareto front (size, test PPL)", ""]
     lines += [f"- {r['label']}: {r['size_mb']:.3f} MB, {r['test_ppl']:.2f} PPL" for r in pareto_front(rows)]
-    lines += ["", f"![size vs perplexity]({payload['plot']})", "", "## Methods", ""]
+    lines += ["", f"![size vs perplexity]({payload['plot']})"]
+    lines += _curves_section(rows, payload.get("curves"))
+    lines += ["", "## Methods", ""]
     lines += [f"- `{r['name']}`: {r['description']}" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _curves_section(rows: list[dict], image: str | None) -> list[str]:
+    """The training curves' table (each trained row's epochs, its first, best and last validation
+    perplexity and its last epoch's change: where it stalled) and plot, for the rows with a history."""
+    trained = [r for r in rows if r.get("history")]
+    if not trained:
+        return []
+    lines = ["", "## Training curves", "",
+             "Validation perplexity per epoch of each row's training run (the dense model's own training, a "
+             "from-scratch run, a fine-tune: its distillation or quantization-aware training), as its run recorded "
+             "it (`lm.train`; averaged SGD evaluates the average). The last column is the last epoch's change.", "",
+             "| method | run | epochs | first valid PPL | best valid PPL | last valid PPL | last epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for r in trained:
+        valid = [h["valid_ppl"] for h in r["history"]["epochs"]]
+        change = f"{valid[-1] - valid[-2]:+.2f}" if len(valid) > 1 else "-"
+        lines.append(f"| {r['label']} | {r['history']['run']} | {len(valid)} | {valid[0]:.2f} | {min(valid):.2f} "
+                     f"| {valid[-1]:.2f} | {change} |")
+    if image:
+        lines += ["", f"![training curves]({image})"]
+    return lines
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
+    """The validation perplexity per epoch of every row with a history: the long runs (the dense model's
+    own training, from-scratch runs) on the left, the fine-tunes on the right; None when no row has one."""
+    trained = [r for r in rows if r.get("history")]
+    if not trained:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..curves import draw
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = {"full runs (dense, from scratch)": [r for r in trained if r["history"]["run"] != "finetune"],
+              "fine-tunes (distillation, QAT)": [r for r in trained if r["history"]["run"] == "finetune"]}
+    cmap = plt.get_cmap("tab20")
+    for ax, (name, group) in zip(axes, panels.items()):
+        for k, r in enumerate(group):
+            draw(ax, r["label"], r["history"]["epochs"], cmap(k % 20), train=False)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation perplexity (log scale)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if group:
+            ax.legend(fontsize=6)
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=130)
 
 
 def plot(rows: list[dict], path: str | Path, title: str, published: list[dict] | None = None) -> Path:
@@ -331,7 +386,9 @@ def render(payload: dict, report_dir: str | Path) -> dict:
     out, preset = Path(report_dir), payload["preset"]
     name = f"study_{preset}"
     image = plot(payload["rows"], out / f"{name}.png", f"PTB, preset {preset}: size vs test perplexity")
-    payload = {**payload, "plot": image.name, "paper": PAPER, "targets": targets(payload["rows"], preset)}
+    curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves")
+    payload = {**payload, "plot": image.name, **({"curves": curves.name} if curves else {}), "paper": PAPER,
+               "targets": targets(payload["rows"], preset)}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown(payload))
     if preset in FRONT_PRESETS:
@@ -368,7 +425,8 @@ FRONT_PRESETS = ("small", "medium", "large", "medium_awd")
 def front(payloads: list[dict]) -> dict:
     """Every preset's rows on one size-perplexity plane, named ``<preset>:<method>``, with the
     targets that span presets (the moonshot and the Pareto front against every published point)."""
-    rows = [{**r, "name": f"{p['preset']}:{r['name']}", "label": f"{p['preset']}:{r['label']}"}
+    rows = [{**{k: v for k, v in r.items() if k != "history"},  # the curves stay in each preset's report
+             "name": f"{p['preset']}:{r['name']}", "label": f"{p['preset']}:{r['label']}"}
             for p in payloads for r in p["rows"]]
     sources = [{"preset": p["preset"], "commit": p["commit"], "date": p["date"], "seed": p["seed"]} for p in payloads]
     return {"sources": sources, "rows": rows, "targets": targets(rows, "front"), "paper": PAPER}

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, load
 from ..compression.export import load_artifact
 from ..compression.surgery import compress_model
+from ..curves import read_history
 from ..config import ModelConfig, TrainConfig, preset
 from ..data import Corpus
 from ..distill import Distillation
@@ -184,6 +185,29 @@ class Study:
             return min(e for e in (m.epochs, self.config.scratch_epochs, self.cfg.epochs) if e)
         return (m.epochs or self.finetune["epochs"]) if m.train == "finetune" else 0
 
+    def history(self, m: Method) -> dict | None:
+        """The training behind method ``m``'s row, ``{"run": "dense" | "scratch" | "finetune", "epochs": [...]}``
+        (each epoch's ``lm.train`` history entry, numbered from 1 across a gradual prune's runs): the dense
+        model's own training (beside ``--checkpoint``, or in ``run_dir/dense/train``), or the method's
+        from-scratch run or fine-tune; None for a row without one, or whose run's history is gone."""
+        if m.name == "dense":
+            where, run = (Path(self.config.checkpoint).parent if self.config.checkpoint
+                          else self.run_dir / "dense" / "train"), "dense"
+        elif m.train in ("scratch", "finetune"):
+            where, run = self.run_dir / m.name / "train", m.train
+        else:
+            return None
+        parts = sorted(where.glob("epoch*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else 0)
+        epochs = []
+        for part in [where] if not parts else parts:  # a gradual prune trains one run per epoch
+            try:
+                epochs += read_history(part)
+            except (FileNotFoundError, ValueError):
+                return None
+        keep = ("lr", "train_ppl", "valid_ppl", "averaged")
+        return {"run": run, "epochs": [{"epoch": i, **{k: h[k] for k in keep if k in h}}
+                                       for i, h in enumerate(epochs, 1)]} if epochs else None
+
     def train_scratch(self, m: Method, dense: LanguageModel, out: Path) -> LanguageModel:
         """The method's compressed architecture, trained from scratch with the preset's recipe in ``out``."""
         shape = scratch_shape(m, dense.config, self.counts(), dense.vocab)
@@ -246,8 +270,8 @@ class Study:
             done[m.name] = self.run_method(m, dense)
             if m in todo and self.epochs(m):
                 spent, trained = spent + time.time() - tic, trained + self.epochs(m)
-        rows = [done.get(m.name) or self.cached(m) for m in self.all_methods]
-        rows = [r for r in rows if r is not None]
+        rows = [{**r, **({"history": h} if (h := self.history(m)) else {})}
+                for m in self.all_methods if (r := done.get(m.name) or self.cached(m))]
         self.log("timing every artifact side by side (1 thread, batch 1)")
         models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
         onnx = self.config.onnx

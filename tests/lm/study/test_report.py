@@ -185,3 +185,21 @@ def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):
             assert f"timed again at commit `{timed['commit']}`" in page
     front = json.loads((tmp_path / "study_front.json").read_text())
     assert [r["test_ppl"] for r in front["rows"]] == [r["test_ppl"] for p in before.values() for r in p["rows"]]
+
+
+def test_the_training_curves_section_says_where_each_run_stalled_and_the_front_leaves_them_out(tmp_path):
+    from lm.study.report import front, plot_curves
+
+    history = {"run": "finetune", "epochs": [{"epoch": 1, "lr": 0.5, "train_ppl": 90.0, "valid_ppl": 100.0},
+                                             {"epoch": 2, "lr": 0.25, "train_ppl": 88.0, "valid_ppl": 95.5},
+                                             {"epoch": 3, "lr": 0.125, "train_ppl": 87.0, "valid_ppl": 95.75}]}
+    rows = [row("dense", 18.6, 113.0), {**row("kd", 1.0, 96.0), "history": history}]
+    image = plot_curves(rows, tmp_path / "c.png", "t")
+    assert image.read_bytes()[:4] == b"\x89PNG" and plot_curves(rows[:1], tmp_path / "d.png", "t") is None
+    page = markdown({"rows": rows, "preset": "small", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
+                     "plot": "p.png", "curves": image.name, "targets": []})
+    assert "| kd | finetune | 3 | 100.00 | 95.50 | 95.75 | +0.25 |" in page and "![training curves](c.png)" in page
+    assert "Training curves" not in markdown({"rows": rows[:1], "preset": "small", "commit": "abc", "date": "today",
+                                              "seed": 1, "eval": "exact", "plot": "p.png", "targets": []})
+    merged = front([{"preset": "small", "commit": "abc", "date": "today", "seed": 1, "rows": rows}])
+    assert [r["name"] for r in merged["rows"]] == ["small:dense", "small:kd"] and "history" not in merged["rows"][1]

@@ -68,6 +68,14 @@ def test_tiny_study_end_to_end_and_cached(tmp_path, short_corpus):
     assert "117.66" in page and "| q8 |" in page and "## Targets" in page
     assert (tmp_path / "report" / "study_tiny.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "report" / "study_front.md").exists()  # the tiny preset is no model of the paper's
+    # each row keeps the history of the training behind it, and the page its curves
+    epochs = load_finetune("tiny").epochs
+    assert [h["epoch"] for h in rows["prune_all90_gradual_ft"]["history"]["epochs"]] == list(range(1, epochs + 1))
+    assert rows["dense"]["history"]["run"] == "dense" and len(rows["dense"]["history"]["epochs"]) == 1
+    assert rows["tt_lstm_scratch"]["history"]["run"] == "scratch" and rows["lr_all_ft"]["history"]["run"] == "finetune"
+    assert "history" not in rows["q8"] and "history" not in rows["prune_dec90"]  # stored, not trained
+    assert "## Training curves" in page and "| prune_all90_gradual_ft | finetune | " in page
+    assert (tmp_path / "report" / "study_tiny_curves.png").read_bytes()[:4] == b"\x89PNG"
     recipe = json.loads((tmp_path / "runs" / "lr_lstm_ft_kd" / "result.json").read_text())["recipe"]
     assert recipe["method"]["distill"] == {"alpha": 0.5, "temperature": 2.0}
     assert "distill" not in json.loads((tmp_path / "runs" / "lr_all_ft" / "result.json").read_text())["recipe"]["method"]
@@ -241,6 +249,9 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
         c = rows[name]["config"]
         assert c["tie_weights"] and c["embedding_size"] == rank and c["lstm"] == {"type": "lr_lstm", "rank": rank}
     assert rows["tt_kd"]["config"]["embedding_size"] == 13 and rows["tt_kd"]["config"]["lstm"]["type"] == "tt_lstm"
+    for m in kd:  # the curve of each distillation and QAT run, as its run recorded it
+        trained = json.loads((tmp_path / "runs" / m.name / "train" / "results.json").read_text())["history"]
+        assert [h["valid_ppl"] for h in rows[m.name]["history"]["epochs"]] == [h["valid_ppl"] for h in trained]
 
 
 @pytest.mark.slow  # exports of 16M-weight models, ~10 s each
