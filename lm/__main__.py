@@ -274,8 +274,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = Path(args.model)
     suffix = {"float32": ".onnx", "int8": ".int8.onnx", "nbits": f".q{args.bits}.onnx"}[args.weights]
     out = Path(args.out or model.with_name(model.name.split(".")[0] + suffix))
-    info = export_onnx(load(model), out, weights=args.weights, bits=args.bits, tt=args.tt)
-    what = f"{info.bits}-bit weights" if info.bits else f"{info.weights} weights"
+    info = export_onnx(load(model), out, weights=args.weights, bits=args.bits, container=args.container, tt=args.tt)
+    what = f"{info.bits}-bit weights in {info.container}-bit codes" if info.bits else f"{info.weights} weights"
     print(f"{info.path}: {info.bytes} bytes ({what}, TT layers as {info.tt})")
 
 
@@ -446,9 +446,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format")
     weights = x.add_mutually_exclusive_group()
     weights.add_argument("--weights", choices=["float32", "int8", "nbits"], default="float32",
-                         help="float32; int8 (onnxruntime's dynamic quantizer); or nbits: a 2- or 4-bit artifact's "
-                              "weights at their width (onnxruntime's MatMulNBits; a 3-bit one falls back to int8)")
+                         help="float32; int8 (onnxruntime's dynamic quantizer); or nbits: a 2-, 3- or 4-bit "
+                              "artifact's own weights as their codes (onnxruntime's MatMulNBits)")
     weights.add_argument("--int8", dest="weights", action="store_const", const="int8", help="same as --weights int8")
+    x.add_argument("--container", type=int, choices=[4, 2],
+                   help="with --weights nbits: the bits each code is packed in (default 4: onnxruntime's fast CPU "
+                        "kernel; 2, for a 2-bit artifact: the smaller file, a slower kernel)")
     x.add_argument("--tt", choices=["load", "cores", "dense"],
                    help="TT layers: load (default; the cores stored, each weight built once when the runtime opens "
                         "the file), cores (products with the cores at every step) or dense (the built weights stored); "
@@ -508,6 +511,10 @@ def _check(args: argparse.Namespace) -> None:
                                   "artifact of the study does); use --weights int8 to quantize it")
             if args.tt not in (None, "cores"):
                 args.parser.error(f"--weights nbits keeps the TT cores at their width: drop --tt {args.tt}")
+            if args.container is not None and args.container < args.bits:
+                args.parser.error(f"--container {args.container}: {args.model} holds {args.bits}-bit codes")
+        elif args.container is not None:
+            args.parser.error("--container goes with --weights nbits")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

@@ -21,8 +21,9 @@ skips, are first rewritten as ``MatMul`` + ``Add``. A softmax tied to the embedd
 exporter writes as two constants (the table and its transpose), is then stored once: the
 softmax's int8 weight, quantized per word, from which the lookup gathers the word's column.
 
-``weights="nbits"`` keeps a 2- or 4-bit model's weights at their width instead
-(``lm.deploy.onnx_nbits``: onnxruntime's ``MatMulNBits``, and lookups of packed rows).
+``weights="nbits"`` keeps a 2-, 3- or 4-bit model's weights as their codes instead, packed in 4 bits
+a number (or 2, ``container=2``, for 2-bit weights: a smaller file, a slower kernel;
+``lm.deploy.onnx_nbits``: onnxruntime's ``MatMulNBits``, and lookups of packed rows).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from ..compression.export import LOW_BITS
 from ..model import LanguageModel
 from .inference import inference_form
-from .onnx_nbits import NBITS, rewrite_nbits
+from .onnx_nbits import check_widths, rewrite_nbits
 from .onnx_tt import build_at_load, built_weights, holders, quantize_at_load
 
 INPUTS = ("ids", "h", "c")
@@ -74,13 +75,14 @@ TT_ROUTES = ("load", "cores", "dense")  # how an exported graph holds its TT lay
 @dataclass
 class OnnxInfo:
     """What ``export_onnx`` wrote: the file, its size, how its weights are stored (``weights``, and ``bits``
-    for n-bit weights) and the route of its TT layers."""
+    and ``container`` for n-bit weights) and the route of its TT layers."""
 
     path: Path
     bytes: int
     weights: str
     tt: str
     bits: int | None = None
+    container: int | None = None  # n-bit weights: the bits a code is packed in (MatMulNBits' width)
 
     @property
     def int8(self) -> bool:
@@ -216,32 +218,32 @@ def _gemm_to_matmul(graph) -> None:
     _drop_unused(graph)
 
 
-def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None) -> None:
+def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None, container: int | None) -> None:
     from onnx import helper
 
     meta = {"vocab": "\n".join(model.vocab) if model.vocab is not None else "",
             "config": json.dumps(asdict(model.config)), "tt": tt, "weights": weights,
-            "int8": str(weights == "int8").lower(), **({"bits": str(bits)} if bits else {})}
+            "int8": str(weights == "int8").lower(),
+            **({"bits": str(bits), "container": str(container)} if bits else {})}
     del proto.metadata_props[:]
     helper.set_model_props(proto, meta)
 
 
-def _check_weights(weights: str, bits: int | None, int8: bool | None) -> tuple[str, int | None]:
+def _check_weights(weights: str, bits: int | None, container: int | None, int8: bool | None) -> tuple[str, int | None]:
+    """``weights`` (the deprecated ``int8`` flag applied), and the container of n-bit weights (default 4)."""
     if int8 is not None:
         warnings.warn("export_onnx(int8=...) is deprecated: use weights='int8'", DeprecationWarning, stacklevel=3)
         weights = "int8" if int8 else weights
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    if (weights == "nbits") != (bits is not None):
-        raise ValueError(f"bits (2, 3 or 4) goes with weights='nbits' and only with it; got weights={weights!r}, "
-                         f"bits={bits!r}")
-    if bits is not None and (isinstance(bits, bool) or bits not in LOW_BITS.values()):
-        raise ValueError(f"bits must be one of {sorted(LOW_BITS.values())} (the study's low-bit widths), got {bits!r}")
-    if bits is not None and bits not in NBITS:
-        warnings.warn(f"onnxruntime's MatMulNBits has no {bits}-bit weights: exported at 8 bits (int8) instead",
-                      stacklevel=3)
-        return "int8", None
-    return weights, bits
+    if (weights == "nbits") != (bits is not None) or (container is not None and bits is None):
+        raise ValueError(f"bits (2, 3 or 4) and container go with weights='nbits' and only with it; got "
+                         f"weights={weights!r}, bits={bits!r}, container={container!r}")
+    if bits is None:
+        return weights, None
+    container = 4 if container is None else container
+    check_widths(bits, container)
+    return weights, container
 
 
 def _check_tt(tt: str | None, weights: str) -> str:
@@ -261,7 +263,7 @@ def _drop_unused(graph) -> None:
 
 
 def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str = "float32", bits: int | None = None,
-                tt: str | None = None, int8: bool | None = None) -> OnnxInfo:
+                container: int | None = None, tt: str | None = None, int8: bool | None = None) -> OnnxInfo:
     """Write the streaming step of ``model`` to ``path`` as ONNX (see the module docstring).
 
     Parameters
@@ -272,11 +274,13 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         The ``.onnx`` file to write.
     weights : {"float32", "int8", "nbits"}
         float32; int8 through ``onnxruntime.quantization.quantize_dynamic``; or ``bits``-bit weights
-        (``lm.deploy.onnx_nbits``: the model's quantized weights, as decoded from a q2 or q4 artifact,
+        (``lm.deploy.onnx_nbits``: the model's quantized weights, as decoded from a q2, q3 or q4 artifact,
         in ``MatMulNBits`` and packed lookups).
     bits : {2, 3, 4}, only with ``weights="nbits"``
-        The width of the model's low-bit weights. onnxruntime has no 3-bit weights: 3 falls back to
-        ``weights="int8"`` with a warning (``OnnxInfo.weights`` says which was written).
+        The width of the model's low-bit weights.
+    container : {4, 2}, only with ``weights="nbits"``
+        The bits each code is packed in (``MatMulNBits``' width), at least ``bits``. Default 4: onnxruntime's
+        CPU kernel with float activations is fast at 4 bits only; 2 (for 2-bit weights) halves the codes' bytes.
     tt : {"load", "cores", "dense"}, optional
         How TT layers are held: ``"load"`` stores the cores and builds each weight when the runtime opens the
         file (``lm.deploy.onnx_tt``: the TT size on disk, one product per step); ``"cores"`` runs the products
@@ -287,7 +291,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     """
     import onnx
 
-    weights, bits = _check_weights(weights, bits, int8)
+    weights, container = _check_weights(weights, bits, container, int8)
     tt = _check_tt(tt, weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +313,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     built = built_weights(model, fuse) if tt == "load" else []
     if weights == "nbits":
         _gemm_to_matmul(proto.graph)
-        rewrite_nbits(proto.graph, model, bits)
+        rewrite_nbits(proto.graph, model, bits, container)
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     if weights == "int8":
         from onnx import numpy_helper
@@ -335,11 +339,11 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         quantize_at_load(proto.graph, found)
     elif built:
         build_at_load(proto.graph, holders(proto.graph, built))
-    _set_metadata(proto, model, tt, weights, bits)
+    _set_metadata(proto, model, tt, weights, bits, container)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)
     os.replace(tmp_path, path)
-    return OnnxInfo(path, path.stat().st_size, weights, tt, bits)
+    return OnnxInfo(path, path.stat().st_size, weights, tt, bits, container)
 
 
 def artifact_bits(path: str | os.PathLike) -> int | None:
@@ -356,7 +360,7 @@ def artifact_bits(path: str | os.PathLike) -> int | None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``weights``, ``int8``, and ``bits`` for
+    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``weights``, ``int8``, and ``bits`` and ``container`` for
     n-bit weights), without loading the weights."""
     import onnx
 

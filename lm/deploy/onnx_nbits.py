@@ -1,18 +1,22 @@
 """Low-bit weights in an exported graph: onnxruntime's ``MatMulNBits`` and lookups of packed rows.
 
-The study's 2- and 4-bit models (``lm.compression.lowbit``) store each weight row ``i`` as codes
+The study's 2-, 3- and 4-bit models (``lm.compression.lowbit``) store each weight row ``i`` as codes
 ``q`` in ``[0, 2**bits)`` on the grid ``w = lo_i + q * step_i``. onnxruntime's ``MatMulNBits``
 (``com.microsoft``, bits 2, 4 or 8) multiplies by a weight held as packed codes, dequantized as
 ``(q - zero_point) * scale`` per block of ``block_size`` numbers of an output row. It accepts
 float zero points (``-lo_i / step_i``), but its CPU kernel then dequantizes the whole weight at
 every call instead of running its packed kernels; so the default zero point
-``z = 2**(bits - 1)`` is used, with ``scale = step_i``, and the rest of each row is added back:
+``z = 2**(container - 1)`` is used, with ``scale = step_i``, and the rest of each row is added back:
 
     w_ik = (q_ik - z) * step_i + c_i,  c_i = lo_i + z * step_i,   so  (x W^T)_i = MatMulNBits(x)_i + c_i * sum_k x_k,
 
-the artifact's weights up to float32 rounding. The file keeps the codes at ``bits`` bits a number,
-rows padded to whole blocks, a float32 scale per block and ``c_i`` per row; ``_block_size`` picks
-the block size with the fewest bytes.
+the artifact's weights up to float32 rounding. The codes are packed in ``container`` bits a number
+(``MatMulNBits``' ``bits``, 2 or 4, at least the weights' ``bits``): a 3-bit code fits a 4-bit
+container, and so does a 2-bit one, because onnxruntime's CPU kernel for float activations is
+fast at 4 bits only (``python -m lm.benchmarks.deploy`` times 2-bit containers beside 4-bit ones;
+2-bit containers give the smaller file). The file keeps the codes, rows padded to whole blocks,
+a float32 scale per block and ``c_i`` per row; ``_block_size`` picks the block size with the
+fewest bytes.
 
 ``rewrite_nbits(graph, model, bits)`` finds, by value, every constant of the exported graph that
 holds one of the model's quantized weights (``lm.compression.qat.row_axes``):
@@ -26,8 +30,7 @@ GroupReduce's block embedding multiplies by its blocks' ``v`` untransposed (a we
 the product's inner dimension, where ``MatMulNBits`` wants one scale per block of 16 or more):
 it is refused.
 
-A weight used both ways (an embedding tied to the softmax) is stored once. Bit widths that
-``MatMulNBits`` lacks (3) are not handled here: ``export_onnx`` falls back to int8 for them.
+A weight used both ways (an embedding tied to the softmax) is stored once.
 """
 
 from __future__ import annotations
@@ -38,7 +41,18 @@ import torch
 from ..compression import lowbit, qat
 from ..model import LanguageModel
 
-NBITS = (2, 4)  # the study's low-bit widths that onnxruntime's MatMulNBits runs (it also has 8)
+NBITS = (2, 4)  # the containers: MatMulNBits' widths that hold the study's low-bit codes (it also has 8)
+WIDTHS = (2, 3, 4)  # the study's low-bit widths (lm.compression.lowbit)
+
+
+def check_widths(bits: int, container: int) -> None:
+    """Refuse a weights' width that is not one of ``WIDTHS``, or a container that is not one of ``NBITS``
+    holding at least ``bits`` bits."""
+    if isinstance(bits, bool) or bits not in WIDTHS:
+        raise ValueError(f"bits must be one of {WIDTHS} (the study's low-bit widths), got {bits!r}")
+    if isinstance(container, bool) or container not in NBITS or container < bits:
+        raise ValueError(f"container must be one of {NBITS} (MatMulNBits' widths) and hold the {bits}-bit codes, "
+                         f"got {container!r}")
 
 
 def _block_size(k: int, bits: int) -> int:
@@ -54,6 +68,7 @@ class _Rows:
     """A quantized weight as rows (N, K) of codes on per-row grids, packed as ``MatMulNBits`` reads them."""
 
     def __init__(self, codes: np.ndarray, lo: np.ndarray, step: np.ndarray, bits: int) -> None:
+        """``codes`` (N, K) below ``2**bits``, packed in ``bits`` bits a number (``MatMulNBits``' width)."""
         n, k = codes.shape
         self.n, self.k, self.bits = n, k, bits
         self.block = _block_size(k, bits)
@@ -75,23 +90,24 @@ def _on_grid(weight: torch.Tensor, bits: int, axis: int, name: str) -> tuple[np.
     return codes.numpy(), lo.numpy(), ((hi - lo) / (2**bits - 1)).numpy()
 
 
-def _uses(weight: torch.Tensor, bits: int, axis: int, name: str) -> tuple[dict, dict]:
+def _uses(weight: torch.Tensor, bits: int, axis: int, name: str, container: int) -> tuple[dict, dict]:
     """{"matmul": (B as the graph holds it (K, N), rows (N, K))} and {"gather": (table (N, K), rows)}, for
     the ways an exported graph holds ``weight``: a 2-D weight W (rows along axis 0) is multiplied as W.T and
     gathered as W; a TT core (r0, m, n, r1) (rows along m) is multiplied as (n r1, r0 m) and gathered as
-    (m, r0 n r1) (``TTMatMuls``, ``TTRows``)."""
+    (m, r0 n r1) (``TTMatMuls``, ``TTRows``). The rows pack the codes in ``container`` bits."""
     codes, lo, step = _on_grid(weight, bits, axis, name)
     value = weight.detach().float().numpy()
     if weight.dim() == 2 and axis == 0:
-        rows = _Rows(codes, lo, step, bits)
+        rows = _Rows(codes, lo, step, container)
         return {"matmul": (value.T, rows), "gather": (value, rows)}
     if weight.dim() == 4 and axis == 1:
         r0, m, n, r1 = weight.shape
         as_matmul = lambda t: t.transpose(2, 3, 0, 1).reshape(n * r1, r0 * m)  # noqa: E731
         row_of = np.tile(np.arange(m), r0)  # row (r0_i, m_j) of the product's B.T has the grid of m_j
-        matmul = _Rows(as_matmul(codes).T, lo[row_of], step[row_of], bits)
+        matmul = _Rows(as_matmul(codes).T, lo[row_of], step[row_of], container)
         as_table = lambda t: t.transpose(1, 0, 2, 3).reshape(m, -1)  # noqa: E731
-        return {"matmul": (as_matmul(value), matmul), "gather": (as_table(value), _Rows(as_table(codes), lo, step, bits))}
+        return {"matmul": (as_matmul(value), matmul),
+                "gather": (as_table(value), _Rows(as_table(codes), lo, step, container))}
     raise ValueError(f"{name}: no n-bit export for a {weight.dim()}-D weight quantized along axis {axis}")
 
 
@@ -165,24 +181,24 @@ def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
     ]
 
 
-def rewrite_nbits(graph, model: LanguageModel, bits: int) -> dict[str, str]:
+def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4) -> dict[str, str]:
     """Replace, in ``graph`` (an exported step of ``model`` with ``Gemm`` rewritten as ``MatMul``), the
-    products by and the lookups in ``model``'s quantized weights with their ``bits``-bit forms (see the
-    module docstring). Returns {weight name: "matmul", "gather" or "matmul+gather"}.
+    products by and the lookups in ``model``'s quantized weights with their ``bits``-bit codes packed in
+    ``container`` bits (see the module docstring). Returns {weight name: "matmul", "gather" or "matmul+gather"}.
 
-    Raises ``ValueError`` when ``bits`` is not one of ``NBITS``, when a weight is not on its ``bits``-bit
-    grids, or when a quantized weight is not found in the graph (e.g. TT weights built: ``tt="dense"``).
+    Raises ``ValueError`` when ``bits`` is not one of ``WIDTHS`` or ``container`` one of ``NBITS`` at least
+    ``bits``, when a weight is not on its ``bits``-bit grids, or when a quantized weight is not found in the
+    graph (e.g. TT weights built: ``tt="dense"``).
     """
     from onnx import numpy_helper
 
-    if isinstance(bits, bool) or bits not in NBITS:
-        raise ValueError(f"bits must be one of {NBITS} (onnxruntime's MatMulNBits), got {bits!r}")
+    check_widths(bits, container)
     state = model.state_dict(keep_vars=True)
     weights, seen = {}, set()
     for name, axis in qat.row_axes(model).items():
         if id(state[name]) not in seen:  # a tied weight once
             seen.add(id(state[name]))
-            weights[name] = _uses(state[name].detach(), bits, axis, name)
+            weights[name] = _uses(state[name].detach(), bits, axis, name, container)
     inits = {t.name: t for t in graph.initializer}
     arrays = {}
 
@@ -229,4 +245,4 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int) -> dict[str, str]:
     return found
 
 
-__all__ = ["NBITS", "rewrite_nbits"]
+__all__ = ["NBITS", "WIDTHS", "check_widths", "rewrite_nbits"]

@@ -20,7 +20,6 @@ from torch import nn
 from ..checkpoint import model_config
 from ..compression.export import LOW_BITS, decode, export_bytes
 from ..compression.quantize import int8_dynamic
-from ..deploy.onnx_nbits import NBITS
 from ..model import LanguageModel
 
 # the columns ``compare`` fills, replaced whole when a report is timed again
@@ -57,13 +56,15 @@ def runtime_latency(run, vocab_size: int, tokens: int = 100, warmup: int = 10) -
 
 
 def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, threads: int = 1,
-            onnx: bool = False, nbits: dict[str, int] | None = None, tt: dict[str, str] | None = None) -> dict[str, dict]:
+            onnx: bool = False, nbits: dict[str, int] | None = None, tt: dict[str, str] | None = None,
+            containers: dict[str, int] | None = None) -> dict[str, dict]:
     """``{name: {"eager_ms", "int8_ms"}}``: median over ``repeats`` round-robin passes on ``threads`` threads,
     after one warm-up pass. With ``onnx``, also ``"ort_ms"``, ``"ort_int8_ms"`` (onnxruntime, float32 and
     int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``; and for the models named in
     ``nbits`` (name -> bit width of their low-bit weights), ``"ort_nbits_ms"`` and ``"onnx_nbits_bytes"``
-    (``lm.deploy.onnx_export``, ``weights="nbits"``). ``tt`` (name -> route) exports the TT layers of the models
-    it names by that route (``export_onnx``'s ``tt``) instead of the default."""
+    (``lm.deploy.onnx_export``, ``weights="nbits"``, packed in ``containers[name]`` bits where given, else
+    ``export_onnx``'s default). ``tt`` (name -> route) exports the TT layers of the models it names by that
+    route (``export_onnx``'s ``tt``) instead of the default."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     sizes: dict[str, dict] = {name: {} for name in models}
@@ -80,7 +81,9 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                     routes = [("float32", None), ("int8", None)] + ([("nbits", nbits[name])] if name in (nbits or {}) else [])
                     for weights, bits in routes:
                         route = (tt or {}).get(name) if weights != "nbits" else None
-                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits, tt=route)
+                        container = (containers or {}).get(name) if weights == "nbits" else None
+                        info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits,
+                                           container=container, tt=route)
                         suffix = "" if weights == "float32" else f"_{weights}"
                         sizes[name][f"onnx{suffix}_bytes"] = info.bytes
                         run = OnnxRuntime(info.path, threads)
@@ -98,12 +101,13 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
 
 
 def nbits_width(row: dict) -> int | None:
-    """The width of a study row's low-bit weights when onnxruntime runs them packed (``MatMulNBits``,
-    ``lm.deploy.onnx_nbits``): 2 or 4, read off the row's ``encodings``; None for a row stored otherwise,
-    at 3 bits (no such kernel), or with GroupReduce maps (not exported n-bit)."""
+    """The width of a study row's low-bit weights, which onnxruntime runs packed (``MatMulNBits``,
+    ``lm.deploy.onnx_nbits``): 2, 3 or 4, read off the row's ``encodings``; None for a row stored otherwise,
+    or with GroupReduce maps (not exported n-bit)."""
     widths = {LOW_BITS[e] for e in row.get("encodings", {}).values() if e in LOW_BITS}
-    if len(widths) != 1 or (bits := widths.pop()) not in NBITS:
+    if len(widths) != 1:
         return None
+    bits = widths.pop()
     config = row.get("config", {})
     if any((config.get(part) or {}).get("type") == "groupreduce" for part in ("embedding", "decoder")):
         return None

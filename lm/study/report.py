@@ -253,8 +253,8 @@ def markdown(payload: dict) -> str:
         f"at batch 1 on one CPU thread, all models timed side by side in one run: eager torch, `torch.ao` int8, "
         f"and the streaming step exported to ONNX (`python -m lm export`) in onnxruntime, float32 and int8 "
         f"(its dynamic quantizer); ONNX int8 MB is that exported file's size."
-        + (" The 2- and 4-bit rows are also exported with their packed weights (`python -m lm export --weights "
-           "nbits`, onnxruntime's `MatMulNBits`): ORT n-bit." if nbits else ""), "",
+        + (" The 2-, 3- and 4-bit rows are also exported with their weights' codes packed 4 bits a number "
+           "(`python -m lm export --weights nbits`, onnxruntime's `MatMulNBits`): ORT n-bit." if nbits else ""), "",
         "| method | size MB | x smaller | params | nonzero | valid PPL | test PPL | paper size MB | paper test PPL "
         "| ms/token eager | ms/token int8 | speed-up int8 vs dense eager | ms/token ORT | ms/token ORT int8 "
         "| ONNX int8 MB |" + (" ms/token ORT n-bit | ONNX n-bit MB |" if nbits else ""),

@@ -129,7 +129,7 @@ def test_nbits_width_reads_a_rows_encodings():
         return {"encodings": {f"w{i}": c for i, c in enumerate(codecs)}, "config": config}
 
     assert nbits_width(row("q2", "q2", "f32")) == 2 and nbits_width(row("q4", "f32")) == 4  # biases stay float
-    assert nbits_width(row("q3", "f32")) is None  # no 3-bit kernel
+    assert nbits_width(row("q3", "f32")) == 3  # in 4-bit containers
     assert nbits_width(row("q8", "f32")) is None and nbits_width(row("f32")) is None and nbits_width({}) is None
     assert nbits_width(row("q2", "q4")) is None  # two widths: no single export
     assert nbits_width(row("q4", embedding={"type": "groupreduce"})) is None  # not exported n-bit
