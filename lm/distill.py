@@ -8,15 +8,21 @@ the soft term independent of ``T``).
 The teacher is in eval mode, so its logits for a training window do not change from one
 epoch to the next: ``teacher_features`` runs its LSTM once over the training stream, and each
 step then runs only the teacher's decoder on the stored outputs (the same numbers as running the
-whole teacher at every step).
+whole teacher at every step). With a ``cache`` folder those outputs are also kept on disk, keyed
+by the teacher's weights, the stream and the window length, so that the next run with the same
+teacher and data (another student, a resumed run) reads them instead of running the LSTM again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -30,6 +36,7 @@ class Distillation:
     teacher: nn.Module  # a LanguageModel (its ``features`` and ``decoder``)
     alpha: float = 0.5
     temperature: float = 2.0
+    cache: str | os.PathLike | None = None  # a folder keeping the teacher's outputs between runs (teacher_features)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -57,15 +64,39 @@ def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Te
 
 
 @torch.no_grad()
-def teacher_features(teacher: nn.Module, data: Tensor, bptt: int, progress: bool = False) -> list[Tensor]:
+def teacher_features(teacher: nn.Module, data: Tensor, bptt: int, progress: bool = False,
+                     cache: str | os.PathLike | None = None) -> list[Tensor]:
     """The teacher's ``features`` (its decoder's input) for every bptt window of ``data`` (steps, batch), in
     order, the state carried from window to window as in an epoch of training: one (seq_len, batch, features)
-    tensor per window. ``teacher`` must be in eval mode."""
+    tensor per window. ``teacher`` must be in eval mode.
+
+    ``cache``: a folder where the outputs are kept (``teacher_outputs_<key>.safetensors``, written atomically),
+    the key a sha256 of the teacher's weights and config, ``data``, ``bptt`` and the torch version; a file with
+    the key is read instead of running the teacher, the same numbers bit for bit."""
     if teacher.training:
         raise ValueError("the teacher's outputs are stored once: it must be in eval mode")
+    path = Path(cache) / f"teacher_outputs_{_key(teacher, data, bptt)}.safetensors" if cache is not None else None
+    if path is not None and path.is_file():
+        return list(torch.split(load_file(path)["outputs"], bptt))
     outputs, state = [], None
     for inputs, _ in tqdm(bptt_windows(data, bptt), total=math.ceil((data.shape[0] - 1) / bptt),
                           desc="teacher outputs", mininterval=2.0, disable=not progress):
         out, state = teacher.features(inputs, state)
         outputs.append(out)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file({"outputs": torch.cat(outputs).contiguous()}, partial)
+        os.replace(partial, path)
     return outputs
+
+
+def _key(teacher: nn.Module, data: Tensor, bptt: int) -> str:
+    """What the teacher's outputs on ``data`` depend on, hashed: its weights and config, the stream, the
+    window length and the torch version."""
+    h = hashlib.sha256(f"{torch.__version__}|{bptt}|{getattr(teacher, 'config', None)!r}".encode())
+    for name, t in [("data", data), *teacher.state_dict().items()]:
+        t = t.detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]

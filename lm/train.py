@@ -148,7 +148,7 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # a copy, so that the caller's teacher keeps its device and mode; its LSTM runs once, here (lm.distill)
     teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
-    taught = (teacher_features(teacher, train_data, cfg.bptt, progress and rank == 0)
+    taught = (teacher_features(teacher, train_data, cfg.bptt, progress and rank == 0, cache=distill.cache)
               if teacher is not None and start_epoch < cfg.epochs else None)  # none for a finished run
 
     steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)

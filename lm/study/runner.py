@@ -172,7 +172,8 @@ class Study:
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start
-            kd = Distillation(teacher, alpha=m.distill.alpha, temperature=m.distill.temperature)
+            kd = Distillation(teacher, alpha=m.distill.alpha, temperature=m.distill.temperature,
+                              cache=self.run_dir / "teacher_outputs")  # one teacher's outputs serve every student
         return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.compress_kwargs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
                             finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,

@@ -87,3 +87,42 @@ def test_the_stored_teacher_outputs_give_the_teachers_logits_window_by_window(co
             torch.testing.assert_close(teacher.decoder(out), logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="eval mode"):
         teacher_features(teacher.train(), data, 7)
+
+
+def test_the_teacher_outputs_kept_on_disk_are_read_back_bit_for_bit_and_keyed_by_what_they_depend_on(
+        tmp_path, corpus, monkeypatch):
+    teacher = build_model(preset("tiny_awd", hidden_size=16), corpus.vocab).eval()
+    data = batchify(corpus.train[:3000], 4)
+    fresh = teacher_features(teacher, data, 7)
+    kept = teacher_features(teacher, data, 7, cache=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".safetensors"  # written whole: no temporary file left
+    calls = []
+    monkeypatch.setattr(teacher, "features", lambda *a: calls.append(a))  # a second run must not run the teacher
+    read = teacher_features(teacher, data, 7, cache=tmp_path)
+    assert calls == [] and len(read) == len(fresh) == len(kept)
+    for a, b, c in zip(fresh, kept, read):
+        assert torch.equal(a, b) and torch.equal(a, c)  # the short last window too
+    monkeypatch.undo()
+    # another window length, another stream, another teacher's weights: each its own outputs
+    teacher_features(teacher, data, 5, cache=tmp_path)
+    teacher_features(teacher, data[:-1], 7, cache=tmp_path)
+    with torch.no_grad():
+        teacher.decoder.bias[0] += 1.0  # a weight the LSTM's outputs do not read still makes another teacher
+    teacher_features(teacher, data, 7, cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_a_distillation_with_its_teacher_outputs_on_disk_trains_exactly_as_one_without(tmp_path, corpus):
+    cfg = preset("tiny_awd", hidden_size=16, max_train_tokens=2000, epochs=1)
+    teacher = build_model(cfg, corpus.vocab)
+    results = {}
+    for run in ("plain", "first", "second"):  # the second reads what the first wrote
+        torch.manual_seed(0)
+        student = build_model(cfg, corpus.vocab)
+        kd = Distillation(teacher, cache=None if run == "plain" else tmp_path / "teacher_outputs")
+        train(cfg, tmp_path / run, model=student, progress=False, distill=kd)
+        results[run] = student.state_dict()
+    assert len(list((tmp_path / "teacher_outputs").iterdir())) == 1
+    for run in ("first", "second"):
+        assert all(torch.equal(results["plain"][k], v) for k, v in results[run].items())

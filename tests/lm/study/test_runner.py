@@ -249,6 +249,7 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
         c = rows[name]["config"]
         assert c["tie_weights"] and c["embedding_size"] == rank and c["lstm"] == {"type": "lr_lstm", "rank": rank}
     assert rows["tt_kd"]["config"]["embedding_size"] == 13 and rows["tt_kd"]["config"]["lstm"]["type"] == "tt_lstm"
+    assert len(list((tmp_path / "runs" / "teacher_outputs").iterdir())) == 1  # the teacher ran once for all 16
     for m in kd:  # the curve of each distillation and QAT run, as its run recorded it
         trained = json.loads((tmp_path / "runs" / m.name / "train" / "results.json").read_text())["history"]
         assert [h["valid_ppl"] for h in rows[m.name]["history"]["epochs"]] == [h["valid_ppl"] for h in trained]
