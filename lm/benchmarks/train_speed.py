@@ -16,6 +16,7 @@ import time
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 
 from ..config import TrainConfig, preset
@@ -38,7 +39,8 @@ def train_steps(model: LanguageModel, cfg: TrainConfig, data: Tensor, average: A
     state, seconds = None, []
     for step, (inputs, targets) in enumerate(bptt_windows(data, cfg.bptt)):
         tic = time.process_time()
-        out = model(inputs, state) if regularization is None else model(inputs, state, regularization)
+        with parametrize.cached():  # a QAT weight quantized once per step, as lm.train does
+            out = model(inputs, state) if regularization is None else model(inputs, state, regularization)
         logits, state = out[0], detach(out[1])
         loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         if regularization is not None:
