@@ -6,13 +6,16 @@ from the teacher, and what an epoch of its distillation costs.
 
 For every method of the preset's study (``lm/study/configs/<preset>.toml``) that compresses the dense
 teacher (``compress``, no ``base``), the teacher is compressed as the study compresses it
-(``lm.compression.surgery.compress_model`` with the method's layers and shape) and:
+(``lm.compression.surgery.compress_model`` with the method's layers and shape), and for each
+quantization-aware fine-tune of such a student (``qat_bits``), the same student put in QAT at its width
+(from the compressed teacher, not the distilled student the study starts it from), and each is:
 
 * scored on the start of the validation split (``--valid-tokens``), beside the teacher;
 * trained for ``--steps`` steps as its fine-tune trains (the preset's regularisation, SGD at the
   method's rate, distilled from the teacher's stored outputs when the method distills), each step
   timed in CPU seconds of this process; the median step gives the minutes of an epoch and of the
-  method's fine-tune, beside a training step of the teacher itself.
+  method's fine-tune, beside a training step of the teacher itself; their sum is the CPU hours of the
+  study's student runs on one thread (``students_hours``).
 
 Writes results/bench_students_<preset>.json.
 """
@@ -24,8 +27,10 @@ import copy
 import statistics
 
 import torch
+from torch.nn.utils import parametrize
 
 from ..checkpoint import load
+from ..compression import qat
 from ..compression.surgery import compress_model
 from ..config import preset as load_preset
 from ..data import Corpus, batchify
@@ -38,16 +43,21 @@ from ..study.pipeline import finetune_config
 from .train_speed import epoch_tokens, train_steps
 
 
-def compressed_methods(preset: str, names: list[str] | None = None) -> list:
-    """The methods of ``preset``'s study that compress the dense teacher (``names``: only those)."""
-    methods = [m for m in load_methods(preset) if m.compress and not m.base]
+def student_methods(preset: str, names: list[str] | None = None) -> list[tuple]:
+    """``(method, start)`` for the methods of ``preset``'s study that compress the dense teacher, and for
+    the quantization-aware fine-tunes of their models (``start``: the method that compresses; ``names``:
+    only those)."""
+    known = {m.name: m for m in load_methods(preset)}
+    pairs = [(m, m) for m in known.values() if m.compress and not m.base]
+    pairs += [(m, known[m.base]) for m in known.values()
+              if m.qat_bits and m.base in known and known[m.base].compress and not known[m.base].base]
     if names:
-        unknown = sorted(set(names) - {m.name for m in methods})
+        unknown = sorted(set(names) - {m.name for m, _ in pairs})
         if unknown:
-            raise ValueError(f"{unknown}: not methods of the {preset} study that compress the teacher; "
-                             f"those are {[m.name for m in methods]}")
-        methods = [m for m in methods if m.name in names]
-    return methods
+            raise ValueError(f"{unknown}: not methods of the {preset} study that compress the teacher or "
+                             f"quantization-aware train such a student; those are {[m.name for m, _ in pairs]}")
+        pairs = [(m, start) for m, start in pairs if m.name in names]
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--steps must be >= 1 and --valid-tokens >= 0")
     torch.manual_seed(0)
     cfg = load_preset(args.preset)
-    methods = compressed_methods(args.preset, args.methods)
+    methods = student_methods(args.preset, args.methods)
     finetune = load_finetune(args.preset)
     corpus = Corpus.load(args.data_dir)
     teacher = load(args.checkpoint).eval()
@@ -78,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     per_epoch = epoch_tokens(cfg, corpus) / (cfg.bptt * cfg.batch_size)  # steps
 
     def row(name: str, model, lr: float, epochs: int, distill: Distillation | None) -> dict:
-        start = perplexity(model.eval(), valid)
+        with parametrize.cached():  # a QAT weight quantized once, not at every call
+            start = perplexity(model.eval(), valid)
         step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs), data,
                                              distill=distill, taught=taught))
         r = {"model": name, "parameters": count_parameters(model), "valid_ppl_start": start, "ms_per_step": 1e3 * step,
@@ -87,12 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
         return r
 
     rows = [row("teacher", copy.deepcopy(teacher), cfg.lr, cfg.epochs, None)]  # its own training, for scale
-    for m in methods:
-        student = compress_model(teacher, counts=counts, **m.compress_kwargs())
+    for m, start in methods:
+        student = compress_model(teacher, counts=counts, **start.compress_kwargs())
+        if m.qat_bits:  # its base untrained here: the step's cost, and what the grids alone cost at the start
+            qat.enable_qat(student, m.qat_bits, m.qat_every or qat.RANGE_EVERY)
         kd = Distillation(teacher, m.distill.alpha, m.distill.temperature) if m.distill else None
         rows.append(row(m.name, student, m.lr or finetune.lr, m.epochs or finetune.epochs, kd))
     payload = {**stamp({**vars(args), "threads": torch.get_num_threads()}, 0), "valid_tokens": valid.numel(),
-               "rows": rows}
+               "rows": rows, "students_hours": sum(r["hours"] for r in rows[1:])}  # one thread, every run in turn
     write_json(args.out or RESULTS / f"bench_students_{args.preset}.json", payload)
     return payload
 
