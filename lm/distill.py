@@ -85,10 +85,30 @@ def teacher_features(teacher: nn.Module, data: Tensor, bptt: int, progress: bool
         outputs.append(out)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         save_file({"outputs": torch.cat(outputs).contiguous()}, partial)
         os.replace(partial, path)
     return outputs
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the partial writes of ``path`` left by processes that no longer run (killed while saving);
+    another live process's write is left alone."""
+    for partial in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = partial.name[len(path.name) + 1 : -len(".tmp")]
+        if pid.isdigit() and not _running(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _key(teacher: nn.Module, data: Tensor, bptt: int) -> str:

@@ -91,12 +91,30 @@ def test_the_stored_teacher_outputs_give_the_teachers_logits_window_by_window(co
 
 def test_the_teacher_outputs_kept_on_disk_are_read_back_bit_for_bit_and_keyed_by_what_they_depend_on(
         tmp_path, corpus, monkeypatch):
+    import subprocess
+    import sys
+
+    from lm.distill import _key
+
     teacher = build_model(preset("tiny_awd", hidden_size=16), corpus.vocab).eval()
     data = batchify(corpus.train[:3000], 4)
     fresh = teacher_features(teacher, data, 7)
-    kept = teacher_features(teacher, data, 7, cache=tmp_path)
+    name = f"teacher_outputs_{_key(teacher, data, 7)}.safetensors"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"{name}.{dead.stdout.strip()}.tmp"  # a write killed half-way
+    orphan.write_bytes(b"partial")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    writing = tmp_path / f"{name}.{live.pid}.tmp"  # another process writing the same outputs now
+    writing.write_bytes(b"partial")
+    try:
+        kept = teacher_features(teacher, data, 7, cache=tmp_path)
+    finally:
+        live.kill()
+        live.wait()
+    assert not orphan.exists() and writing.exists()
+    writing.unlink()
     files = sorted(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".safetensors"  # written whole: no temporary file left
+    assert len(files) == 1 and files[0].suffix == ".safetensors"  # written whole: no temporary file of its own left
     calls = []
     monkeypatch.setattr(teacher, "features", lambda *a: calls.append(a))  # a second run must not run the teacher
     read = teacher_features(teacher, data, 7, cache=tmp_path)
