@@ -311,7 +311,8 @@ def _curves_section(rows: list[dict], image: str | None) -> list[str]:
 
 def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
     """The validation perplexity per epoch of every row with a history: the long runs (the dense model's
-    own training, from-scratch runs) on the left, the fine-tunes on the right; None when no row has one."""
+    own training, from-scratch runs) on the left, the fine-tunes on the right (a panel only where there
+    are such runs); None when no row has one."""
     trained = [r for r in rows if r.get("history")]
     if not trained:
         return None
@@ -322,11 +323,12 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
 
     from ..curves import draw
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     panels = {"full runs (dense, from scratch)": [r for r in trained if r["history"]["run"] != "finetune"],
               "fine-tunes (distillation, QAT)": [r for r in trained if r["history"]["run"] == "finetune"]}
+    panels = {name: group for name, group in panels.items() if group}  # no empty panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     cmap = plt.get_cmap("tab20")
-    for ax, (name, group) in zip(axes, panels.items()):
+    for ax, (name, group) in zip(axes[0], panels.items()):
         for k, r in enumerate(group):
             draw(ax, r["label"], r["history"]["epochs"], cmap(k % 20), train=False)
         ax.set_yscale("log")
@@ -334,8 +336,7 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
         ax.set_ylabel("validation perplexity (log scale)")
         ax.set_title(name, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if group:
-            ax.legend(fontsize=6)
+        ax.legend(fontsize=6)
     fig.suptitle(title)
     return save_figure(fig, path, dpi=130)
 
