@@ -455,7 +455,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--tt", choices=["load", "cores", "dense"],
                    help="TT layers: load (default; the cores stored, each weight built once when the runtime opens "
                         "the file), cores (products with the cores at every step) or dense (the built weights stored); "
-                        "with --weights nbits only cores")
+                        "with --weights nbits, load or cores (the cores' codes stored either way)")
     x.add_argument("--out", type=out_file,
                    help="the .onnx file (default: beside the model, NAME.onnx, NAME.int8.onnx or NAME.q<bits>.onnx)")
     x.set_defaults(func=cmd_export)
@@ -509,8 +509,8 @@ def _check(args: argparse.Namespace) -> None:
             if args.bits is None:
                 args.parser.error(f"--weights nbits: {args.model} holds no 2-, 3- or 4-bit weights (a q2, q3 or q4 "
                                   "artifact of the study does); use --weights int8 to quantize it")
-            if args.tt not in (None, "cores"):
-                args.parser.error(f"--weights nbits keeps the TT cores at their width: drop --tt {args.tt}")
+            if args.tt == "dense":
+                args.parser.error("--weights nbits keeps the TT cores as their codes: --tt load or cores, not dense")
             if args.container is not None and args.container < args.bits:
                 args.parser.error(f"--container {args.container}: {args.model} holds {args.bits}-bit codes")
         elif args.container is not None:

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..compression.export import LOW_BITS
 from ..model import LanguageModel
 from .inference import inference_form
-from .onnx_nbits import check_widths, rewrite_nbits
+from .onnx_nbits import check_widths, dequantized_cores, rewrite_nbits
 from .onnx_tt import build_at_load, built_weights, holders, quantize_at_load
 
 INPUTS = ("ids", "h", "c")
@@ -248,11 +248,11 @@ def _check_weights(weights: str, bits: int | None, container: int | None, int8: 
 
 def _check_tt(tt: str | None, weights: str) -> str:
     if tt is None:
-        return "cores" if weights == "nbits" else "load"
+        return "load"
     if tt not in TT_ROUTES:
         raise ValueError(f"tt must be one of {TT_ROUTES}, got {tt!r}")
-    if weights == "nbits" and tt != "cores":
-        raise ValueError(f"weights='nbits' keeps the TT cores at their width: tt must be 'cores', got {tt!r}")
+    if weights == "nbits" and tt == "dense":
+        raise ValueError("weights='nbits' keeps the TT cores as their codes: tt must be 'load' or 'cores', got 'dense'")
     return tt
 
 
@@ -284,8 +284,10 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     tt : {"load", "cores", "dense"}, optional
         How TT layers are held: ``"load"`` stores the cores and builds each weight when the runtime opens the
         file (``lm.deploy.onnx_tt``: the TT size on disk, one product per step); ``"cores"`` runs the products
-        with the cores at every step; ``"dense"`` stores the built weights. Default: ``"load"``, and
-        ``"cores"`` with ``weights="nbits"`` (the only route that keeps n-bit TT cores).
+        with the cores at every step; ``"dense"`` stores the built weights. Default: ``"load"``. With
+        ``weights="nbits"``, ``"load"`` stores the cores' codes and dequantizes them when the file is opened
+        (``lm.deploy.onnx_nbits.dequantized_cores``), ``"cores"`` multiplies by them at every step (both keep the
+        codes in the file; ``"dense"`` would not, and is refused).
     int8 : bool, deprecated
         ``int8=True`` is ``weights="int8"``.
     """
@@ -313,7 +315,11 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     built = built_weights(model, fuse) if tt == "load" else []
     if weights == "nbits":
         _gemm_to_matmul(proto.graph)
-        rewrite_nbits(proto.graph, model, bits, container)
+        cores = dequantized_cores(model, bits, container) if tt == "load" else {}
+        found = holders(proto.graph, built) if cores else {}  # the built TT weights, before anything moves
+        rewrite_nbits(proto.graph, model, bits, container, skip=frozenset(cores))
+        if cores:
+            build_at_load(proto.graph, found, cores)
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     if weights == "int8":
         from onnx import numpy_helper
@@ -337,7 +343,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
         quantize_at_load(proto.graph, found)
-    elif built:
+    elif built and weights != "nbits":
         build_at_load(proto.graph, holders(proto.graph, built))
     _set_metadata(proto, model, tt, weights, bits, container)
     tmp_path = path.with_name(path.name + ".tmp")

@@ -22,7 +22,7 @@ fewest bytes.
 holds one of the model's quantized weights (``lm.compression.qat.row_axes``):
 
 * a ``MatMul`` by ``W.T`` (a dense or low-rank map's weight, a softmax), or by a TT core as
-  ``lm.deploy.inference.TTMatMuls`` stores it, becomes ``MatMulNBits``;
+  ``lm.deploy.inference.TTMatMuls`` stores it (``tt="cores"``), becomes ``MatMulNBits``;
 * a lookup of rows of a table (an embedding, a TT embedding core's slices: ``Gather``, ``GatherND``)
   reads the packed rows, unpacks them (``BitShift``, ``BitwiseAnd``) and dequantizes only those rows.
 
@@ -31,12 +31,18 @@ the product's inner dimension, where ``MatMulNBits`` wants one scale per block o
 it is refused.
 
 A weight used both ways (an embedding tied to the softmax) is stored once.
+
+TT cores exported with their weights built at load (``tt="load"``, ``lm.deploy.onnx_tt``) are stored the
+same way, rows along the core's output mode, and ``dequantized_cores`` gives the nodes that unpack and
+dequantize them, from constants only, for the builds to read.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ttlayers import TTEmbedding, TTLinear
 
 from ..compression import lowbit, qat
 from ..model import LanguageModel
@@ -181,10 +187,60 @@ def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
     ]
 
 
-def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4) -> dict[str, str]:
+def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> dict[str, tuple[list, list, str]]:
+    """For every TT core of ``model`` (``TTLinear``, ``TTEmbedding``), on its ``bits``-bit row grids (rows along
+    its output mode, ``lm.compression.qat.row_axes``): ``{core name: (nodes, initializers, output)}``, the
+    core's codes packed in ``container`` bits a number, a float32 scale per block and an offset per row, and
+    the nodes that unpack and dequantize all of them into ``output``, the core (r_{k-1}, m_k, n_k, r_k) in
+    float32. Every input is a constant, so onnxruntime's constant folding runs them once, when it opens the
+    file (``lm.deploy.onnx_tt``'s ``tt="load"``)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    check_widths(bits, container)
+    tt = {id(m.cores) for m in model.modules() if isinstance(m, (TTLinear, TTEmbedding))}
+    found = {}
+    for prefix, module in model.named_modules():
+        if id(module) not in tt:
+            continue
+        for k, core in enumerate(module.parameters(recurse=False)):
+            name = f"{prefix}.{k}"
+            r0, m, n, r1 = core.shape
+            codes, lo, step = _on_grid(core.detach(), bits, 1, name)
+            rows = _Rows(codes.transpose(1, 0, 2, 3).reshape(m, -1), lo, step, container)  # (m, r0 n r1)
+            per_byte = 8 // container
+            consts = {"_nbits": rows.packed, "_nbits_scales": rows.scales[:, :1], "_nbits_offsets": rows.offsets[:, None],
+                      "_shifts": (np.arange(per_byte) * container).astype(np.uint8),
+                      "_mask": np.array(2**container - 1, np.uint8), "_last": np.array([-1], np.int64),
+                      "_row_shape": np.array([m, -1], np.int64), "_starts": np.array([0], np.int64),
+                      "_ends": np.array([rows.k], np.int64), "_axis1": np.array([1], np.int64),
+                      "_z": np.array(2 ** (container - 1), np.float32), "_modes": np.array([m, r0, n, r1], np.int64)}
+            inits = [numpy_helper.from_array(np.ascontiguousarray(v), name + key) for key, v in consts.items()]
+            c = lambda key: name + key  # noqa: E731
+            node = lambda op, inputs, key, **kw: helper.make_node(op, inputs, [c(key)], name=c(key), **kw)  # noqa: E731
+            nodes = [
+                node("Unsqueeze", [c("_nbits"), c("_last")], "_bytes1"),
+                node("BitShift", [c("_bytes1"), c("_shifts")], "_shifted", direction="RIGHT"),
+                node("BitwiseAnd", [c("_shifted"), c("_mask")], "_codes8"),         # (m, blocks, blob, per_byte)
+                node("Reshape", [c("_codes8"), c("_row_shape")], "_padded"),
+                node("Slice", [c("_padded"), c("_starts"), c("_ends"), c("_axis1")], "_codes"),
+                node("Cast", [c("_codes")], "_float", to=TensorProto.FLOAT),
+                node("Sub", [c("_float"), c("_z")], "_centred"),
+                node("Mul", [c("_centred"), c("_nbits_scales")], "_scaled"),
+                node("Add", [c("_scaled"), c("_nbits_offsets")], "_rows"),              # (m, r0 n r1)
+                node("Reshape", [c("_rows"), c("_modes")], "_by_mode"),
+                node("Transpose", [c("_by_mode")], "_dequantized", perm=[1, 0, 2, 3]),  # (r0, m, n, r1)
+            ]
+            found[name] = (nodes, inits, c("_dequantized"))
+    return found
+
+
+def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4,
+                  skip: frozenset[str] = frozenset()) -> dict[str, str]:
     """Replace, in ``graph`` (an exported step of ``model`` with ``Gemm`` rewritten as ``MatMul``), the
     products by and the lookups in ``model``'s quantized weights with their ``bits``-bit codes packed in
     ``container`` bits (see the module docstring). Returns {weight name: "matmul", "gather" or "matmul+gather"}.
+
+    The weights named in ``skip`` are left to the caller (TT cores built at load: ``dequantized_cores``).
 
     Raises ``ValueError`` when ``bits`` is not one of ``WIDTHS`` or ``container`` one of ``NBITS`` at least
     ``bits``, when a weight is not on its ``bits``-bit grids, or when a quantized weight is not found in the
@@ -196,7 +252,7 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4) ->
     state = model.state_dict(keep_vars=True)
     weights, seen = {}, set()
     for name, axis in qat.row_axes(model).items():
-        if id(state[name]) not in seen:  # a tied weight once
+        if name not in skip and id(state[name]) not in seen:  # a tied weight once
             seen.add(id(state[name]))
             weights[name] = _uses(state[name].detach(), bits, axis, name, container)
     inits = {t.name: t for t in graph.initializer}
@@ -235,8 +291,8 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4) ->
     missing = sorted(set(weights) - set(found))
     if missing:
         raise ValueError(f"quantized weights not found as the weight of a product or the table of a lookup in the "
-                         f"exported graph: {missing}. n-bit export keeps dense, low-rank and TT maps (TT cores kept, "
-                         "tt='cores') and dense and TT embeddings; GroupReduce's blocks are not supported")
+                         f"exported graph: {missing}. n-bit export keeps dense, low-rank and TT maps and "
+                         "dense and TT embeddings (TT cores built at load or kept); GroupReduce's blocks are not supported")
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
@@ -245,4 +301,4 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4) ->
     return found
 
 
-__all__ = ["NBITS", "WIDTHS", "check_widths", "rewrite_nbits"]
+__all__ = ["NBITS", "WIDTHS", "check_widths", "dequantized_cores", "rewrite_nbits"]

@@ -93,8 +93,11 @@ def built_weights(model: LanguageModel, fuse: bool = True) -> list[BuiltWeight |
     return found
 
 
-def _build_nodes(weight: BuiltWeight | GateWeight, out: str, transposed: bool) -> tuple[list, list]:
-    """Nodes and initializers that compute ``weight.value`` (or its transpose) into ``out`` from the cores."""
+def _build_nodes(weight: BuiltWeight | GateWeight, out: str, transposed: bool,
+                 cores: list[str] | None = None) -> tuple[list, list]:
+    """Nodes and initializers that compute ``weight.value`` (or its transpose) into ``out`` from the cores: stored
+    in float32, or read from the graph's tensors named in ``cores`` (each core (r_{k-1}, m_k, n_k, r_k), computed
+    by other nodes: ``lm.deploy.onnx_nbits.dequantized_cores``)."""
     from onnx import helper, numpy_helper
 
     if isinstance(weight, GateWeight):
@@ -114,10 +117,9 @@ def _build_nodes(weight: BuiltWeight | GateWeight, out: str, transposed: bool) -
             nodes.append(helper.make_node("Transpose", [gates], [out], name=out, perm=[1, 0]))
         return nodes, inits
 
-    cores = weight.cores
     rows, cols = weight.value.shape
-    row_shape = [c.shape[1] for c in cores]
-    col_shape = [c.shape[2] for c in cores]
+    row_shape = [c.shape[1] for c in weight.cores]
+    col_shape = [c.shape[2] for c in weight.cores]
     inits, nodes = [], []
 
     def const(suffix: str, value: np.ndarray) -> str:
@@ -128,13 +130,18 @@ def _build_nodes(weight: BuiltWeight | GateWeight, out: str, transposed: bool) -
         nodes.append(helper.make_node(op, inputs, [out + suffix], name=out + suffix, **attrs))
         return out + suffix
 
+    def core(k: int, shape: tuple[int, int]) -> str:  # core k as a (shape) matrix
+        if stored is None:
+            return const(f"_core{k}", weight.cores[k].reshape(shape))
+        return node("Reshape", [stored[k], const(f"_core{k}_shape", np.array(shape, np.int64))], f"_core{k}")
+
     # running product: (i_1 j_1 .. i_k j_k, r_k); core k+1 as (r_k, i_{k+1} j_{k+1} r_{k+1})
-    first = cores[0]
-    x = const("_core0", first.reshape(-1, first.shape[3]))
-    for k, core in enumerate(cores[1:], start=1):
-        x = node("MatMul", [x, const(f"_core{k}", core.reshape(core.shape[0], -1))], f"_product{k}")
-        x = node("Reshape", [x, const(f"_rank{k}", np.array([-1, core.shape[3]], np.int64))], f"_bond{k}")
-    d = len(cores)
+    stored, shapes = cores, [c.shape for c in weight.cores]
+    x = core(0, (-1, shapes[0][3]))
+    for k, shape in enumerate(shapes[1:], start=1):
+        x = node("MatMul", [x, core(k, (shape[0], -1))], f"_product{k}")
+        x = node("Reshape", [x, const(f"_rank{k}", np.array([-1, shape[3]], np.int64))], f"_bond{k}")
+    d = len(shapes)
     x = node("Reshape", [x, const("_modes", np.array([m for pair in zip(row_shape, col_shape) for m in pair], np.int64))],
              "_interleaved")
     x = node("Transpose", [x], "_grouped", perm=list(range(0, 2 * d, 2)) + list(range(1, 2 * d, 2)))
@@ -169,10 +176,11 @@ def holders(graph, weights: list[BuiltWeight | GateWeight]) -> dict[str, tuple[B
     return found
 
 
-def _replace(graph, name: str, nodes: list, inits: list) -> bool:
-    """Replace the constant ``name`` by ``nodes`` and ``inits`` when they take fewer bytes in the file."""
+def _replace(graph, name: str, nodes: list, inits: list, smaller_only: bool = True) -> bool:
+    """Replace the constant ``name`` by ``nodes`` and ``inits`` (when they take fewer bytes in the file, with
+    ``smaller_only``)."""
     old = next(t for t in graph.initializer if t.name == name)
-    if sum(x.ByteSize() for x in nodes + inits) >= old.ByteSize():
+    if smaller_only and sum(x.ByteSize() for x in nodes + inits) >= old.ByteSize():
         return False
     graph.initializer.remove(old)
     graph.initializer.extend(inits)
@@ -182,14 +190,30 @@ def _replace(graph, name: str, nodes: list, inits: list) -> bool:
     return True
 
 
-def build_at_load(graph, found: dict[str, tuple[BuiltWeight | GateWeight, bool]]) -> list[str]:
+def build_at_load(graph, found: dict[str, tuple[BuiltWeight | GateWeight, bool]],
+                  cores: dict[str, tuple[list, list, str]] | None = None) -> list[str]:
     """Replace every constant of ``graph`` named in ``found`` (``holders``) by its build from the cores, where
-    that takes fewer bytes. Returns the replaced constants' names; the rest of the graph is unchanged."""
-    replaced = []
+    that takes fewer bytes. Returns the replaced constants' names; the rest of the graph is unchanged.
+
+    ``cores`` (core name ``<layer>.cores.<k>`` -> nodes, initializers and the tensor they compute): the cores
+    computed in the graph instead of stored in float32 (``lm.deploy.onnx_nbits.dequantized_cores``, n-bit
+    codes), each computed once however many built weights read it."""
+    if cores is None:
+        return [name for name, (weight, transposed) in found.items()
+                if _replace(graph, name, *_build_nodes(weight, name, transposed))]
+    needed = []  # the cores the builds read, each computed once, ahead of every build
     for name, (weight, transposed) in found.items():
-        if _replace(graph, name, *_build_nodes(weight, name, transposed)):
-            replaced.append(name)
-    return replaced
+        if isinstance(weight, GateWeight):
+            raise ValueError(f"{name}: a fused gate weight is built from float32 cores only (export it unfused)")
+        keys = [f"{weight.name}.cores.{k}" for k in range(len(weight.cores))]
+        _replace(graph, name, *_build_nodes(weight, name, transposed, [cores[key][2] for key in keys]),
+                 smaller_only=False)  # the cores' codes: always fewer bytes than the float32 weight
+        needed += [key for key in keys if key not in needed]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([n for key in needed for n in cores[key][0]] + rest)
+    graph.initializer.extend(t for key in needed for t in cores[key][1])
+    return list(found)
 
 
 def quantize_at_load(graph, found: dict[str, tuple[BuiltWeight | GateWeight, bool]]) -> list[str]:

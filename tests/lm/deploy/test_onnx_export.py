@@ -60,7 +60,7 @@ def test_int8_export_runs_int8_products_close_to_float(exported, steps, tmp_path
     (["export", "{onnx}", "--weights", "int4"], "invalid choice: 'int4'"),
     (["export", "{onnx}", "--weights", "nbits", "--int8"], "not allowed with argument"),
     (["export", "{checkpoint}", "--weights", "nbits"], "holds no 2-, 3- or 4-bit weights"),
-    (["export", "{q4}", "--weights", "nbits", "--tt", "dense"], "keeps the TT cores at their width"),
+    (["export", "{q4}", "--weights", "nbits", "--tt", "dense"], "keeps the TT cores as their codes: --tt load or cores"),
 ])
 def test_the_cli_refuses_bad_arguments(argv, message, exported, tmp_path, capsys):
     from lm.__main__ import main

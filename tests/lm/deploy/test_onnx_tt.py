@@ -143,13 +143,38 @@ def test_every_route_matches_torch(tt, tiny, steps, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_nbits_keeps_the_cores_and_refuses_other_routes(tiny, tmp_path):
+@pytest.mark.parametrize("kind, bits", [("tt", 4), ("tt", 2), ("tt_softmax", 3)])
+def test_nbits_load_stores_the_cores_codes_and_builds_the_weights_when_opened(kind, bits, tiny, steps, tmp_path):
+    """With n-bit weights, ``tt="load"`` (the default) stores each TT core's codes once and computes the built
+    weights from them with constant inputs only: the decoded artifact's outputs, no float weight in the file."""
+    from lm.compression.export import decode, export_bytes
+
+    model = decode(export_bytes(tiny(kind), f"q{bits}")[0])
+    info = export_onnx(model, tmp_path / "load.onnx", weights="nbits", bits=bits)
+    assert info.tt == "load"
+    ids = np.random.default_rng(0).integers(0, 60, (6, 3))
+    for got, want in zip(steps(OnnxRuntime(info.path), ids, 3), steps(TorchRuntime(model), ids, 3)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    graph = onnx.load(info.path).graph
+    cores = [n for n, p in model.named_parameters() if ".cores." in n]
+    assert {f"{n}_nbits" for n in cores} <= {t.name for t in graph.initializer}  # each core's codes, once
+    floats = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2]
+    assert all(name.endswith(("_nbits_scales", "_nbits_offsets")) for name in floats), floats
+    # the cores' dequantization and the builds read only constants: onnxruntime folds them when it opens the file
+    constant = {t.name for t in graph.initializer} | {""}
+    for n in graph.node:
+        if all(i in constant for i in n.input):
+            constant.update(n.output)
+    build = [o for n in graph.node for o in n.output if ".cores." in o]
+    assert build and set(build) <= constant
+
+
+def test_nbits_routes_keep_the_cores_and_dense_is_refused(tiny, tmp_path):
     from lm.compression.export import decode, export_bytes
 
     model = decode(export_bytes(tiny("tt"), "q4")[0])
-    assert export_onnx(model, tmp_path / "q4.onnx", weights="nbits", bits=4).tt == "cores"
-    for tt in ("load", "dense"):
-        with pytest.raises(ValueError, match="keeps the TT cores at their width"):
-            export_onnx(model, tmp_path / "bad.onnx", weights="nbits", bits=4, tt=tt)
+    assert export_onnx(model, tmp_path / "q4.onnx", weights="nbits", bits=4, tt="cores").tt == "cores"
+    with pytest.raises(ValueError, match="keeps the TT cores as their codes"):
+        export_onnx(model, tmp_path / "bad.onnx", weights="nbits", bits=4, tt="dense")
     with pytest.raises(ValueError, match="tt must be one of"):
         export_onnx(model, tmp_path / "bad.onnx", tt="fused")
