@@ -18,6 +18,7 @@ import lm
 import lm.train
 from lm.checkpoint import load_train_state
 from lm.config import PRESETS, TrainConfig, preset
+from lm.data import Corpus
 from lm.distill import Distillation
 from lm.evaluate import perplexity
 from lm.train import TrainingDiverged, build_model, train
@@ -74,10 +75,15 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, corpus):
     assert b["test_ppl"] == a["test_ppl"]
 
 
-def test_resume_refuses_another_config(tmp_path, corpus):
-    assert run_lm("train", *SHORT, "--epochs", "1", "--out", str(tmp_path)).returncode == 0
-    again = run_lm("train", *SHORT, "--epochs", "1", "--seed", "7", "--out", str(tmp_path), "--resume")
-    assert again.returncode != 0 and "another config" in again.stderr
+def test_resume_refuses_another_config(tmp_path, corpus, monkeypatch, capsys):
+    from lm.__main__ import main
+
+    short = Corpus(corpus.vocab, corpus.train[:20000], corpus.valid[:2000], corpus.test[:2000])  # cheap evaluations
+    monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: short))
+    main(["train", *SHORT, "--epochs", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as refused:
+        main(["train", *SHORT, "--epochs", "1", "--seed", "7", "--out", str(tmp_path), "--resume"])
+    assert "another config" in str(refused.value)
 
 
 @pytest.mark.slow  # about a minute: three short trainings
