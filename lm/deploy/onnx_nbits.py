@@ -150,37 +150,51 @@ def _matmul(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
             helper.make_node("Add", [out + "_nbits", out + "_offset"], [out], name=out + "_add")]
 
 
-def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
-    """Nodes that gather packed rows by ``node``'s ids (a ``Gather`` on axis 0, or a ``GatherND`` by ids of
-    shape (..., 1)), unpack their codes and dequantize them."""
-    from onnx import TensorProto, helper, numpy_helper
+def _decode(out: str, packed: str, scale: str, offset: str, rows: _Rows) -> tuple[list, dict]:
+    """Nodes that unpack the codes of the packed rows ``packed`` (n, blocks, blob) and dequantize them with each
+    row's ``scale`` and ``offset`` (n, 1) into ``out + "_rows"`` (n, k) float32, and the constants they read
+    (to be stored under ``out + key``)."""
+    from onnx import TensorProto, helper
 
-    packed, scales, offsets = names
-    out, ids = node.output[0], node.input[1]
     per_byte = 8 // rows.bits
-    consts = {"_flat": np.array([-1], np.int64), "_shifts": (np.arange(per_byte) * rows.bits).astype(np.uint8),
-              "_mask": np.array(2**rows.bits - 1, np.uint8), "_starts": np.array([0], np.int64),
-              "_ends": np.array([rows.k], np.int64), "_one": np.array([1], np.int64), "_axis1": np.array([1], np.int64),
-              "_last": np.array([-1], np.int64), "_width": np.array([rows.k], np.int64),
-              "_row_shape": np.array([0, -1], np.int64), "_z": np.array(2 ** (rows.bits - 1), np.float32)}
-    graph.initializer.extend(numpy_helper.from_array(v, out + k) for k, v in consts.items())
+    consts = {"_shifts": (np.arange(per_byte) * rows.bits).astype(np.uint8), "_mask": np.array(2**rows.bits - 1, np.uint8),
+              "_last": np.array([-1], np.int64), "_row_shape": np.array([0, -1], np.int64),
+              "_starts": np.array([0], np.int64), "_ends": np.array([rows.k], np.int64),
+              "_axis1": np.array([1], np.int64), "_z": np.array(2 ** (rows.bits - 1), np.float32)}
     n = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [out + output], name=out + output, **kw)  # noqa: E731
     return [
-        n("Reshape", [ids, out + "_flat"], "_ids"),
-        n("Gather", [packed, out + "_ids"], "_bytes", axis=0),                      # (n, blocks, blob) uint8
-        n("Unsqueeze", [out + "_bytes", out + "_last"], "_bytes1"),
+        n("Unsqueeze", [packed, out + "_last"], "_bytes1"),
         n("BitShift", [out + "_bytes1", out + "_shifts"], "_shifted", direction="RIGHT"),
         n("BitwiseAnd", [out + "_shifted", out + "_mask"], "_codes8"),             # (n, blocks, blob, per_byte)
         n("Reshape", [out + "_codes8", out + "_row_shape"], "_padded"),
         n("Slice", [out + "_padded", out + "_starts", out + "_ends", out + "_axis1"], "_codes"),
         n("Cast", [out + "_codes"], "_float", to=TensorProto.FLOAT),
+        n("Sub", [out + "_float", out + "_z"], "_centred"),
+        n("Mul", [out + "_centred", scale], "_scaled"),
+        n("Add", [out + "_scaled", offset], "_rows"),
+    ], consts
+
+
+def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
+    """Nodes that gather packed rows by ``node``'s ids (a ``Gather`` on axis 0, or a ``GatherND`` by ids of
+    shape (..., 1)), unpack their codes and dequantize them."""
+    from onnx import helper, numpy_helper
+
+    packed, scales, offsets = names
+    out, ids = node.output[0], node.input[1]
+    decode, consts = _decode(out, out + "_bytes", out + "_scale", out + "_offset", rows)
+    consts.update({"_flat": np.array([-1], np.int64), "_one": np.array([1], np.int64),
+                   "_width": np.array([rows.k], np.int64)})
+    graph.initializer.extend(numpy_helper.from_array(v, out + k) for k, v in consts.items())
+    n = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [out + output], name=out + output, **kw)  # noqa: E731
+    return [
+        n("Reshape", [ids, out + "_flat"], "_ids"),
+        n("Gather", [packed, out + "_ids"], "_bytes", axis=0),                      # (n, blocks, blob) uint8
         n("Gather", [scales, out + "_ids"], "_scs", axis=0),
         n("Slice", [out + "_scs", out + "_starts", out + "_one", out + "_axis1"], "_scale"),
         n("Gather", [offsets, out + "_ids"], "_offs", axis=0),
         n("Unsqueeze", [out + "_offs", out + "_last"], "_offset"),
-        n("Sub", [out + "_float", out + "_z"], "_centred"),
-        n("Mul", [out + "_centred", out + "_scale"], "_scaled"),
-        n("Add", [out + "_scaled", out + "_offset"], "_rows"),
+        *decode,
         n("Shape", [ids], "_ids_shape", **({"end": -1} if node.op_type == "GatherND" else {})),
         n("Concat", [out + "_ids_shape", out + "_width"], "_shape", axis=0),
         helper.make_node("Reshape", [out + "_rows", out + "_shape"], [out], name=out + "_reshape"),
@@ -194,7 +208,7 @@ def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> di
     the nodes that unpack and dequantize all of them into ``output``, the core (r_{k-1}, m_k, n_k, r_k) in
     float32. Every input is a constant, so onnxruntime's constant folding runs them once, when it opens the
     file (``lm.deploy.onnx_tt``'s ``tt="load"``)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     check_widths(bits, container)
     tt = {id(m.cores) for m in model.modules() if isinstance(m, (TTLinear, TTEmbedding))}
@@ -207,30 +221,16 @@ def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> di
             r0, m, n, r1 = core.shape
             codes, lo, step = _on_grid(core.detach(), bits, 1, name)
             rows = _Rows(codes.transpose(1, 0, 2, 3).reshape(m, -1), lo, step, container)  # (m, r0 n r1)
-            per_byte = 8 // container
-            consts = {"_nbits": rows.packed, "_nbits_scales": rows.scales[:, :1], "_nbits_offsets": rows.offsets[:, None],
-                      "_shifts": (np.arange(per_byte) * container).astype(np.uint8),
-                      "_mask": np.array(2**container - 1, np.uint8), "_last": np.array([-1], np.int64),
-                      "_row_shape": np.array([m, -1], np.int64), "_starts": np.array([0], np.int64),
-                      "_ends": np.array([rows.k], np.int64), "_axis1": np.array([1], np.int64),
-                      "_z": np.array(2 ** (container - 1), np.float32), "_modes": np.array([m, r0, n, r1], np.int64)}
+            decode, consts = _decode(name, name + "_nbits", name + "_nbits_scales", name + "_nbits_offsets", rows)
+            consts.update({"_nbits": rows.packed, "_nbits_scales": rows.scales[:, :1],
+                           "_nbits_offsets": rows.offsets[:, None], "_modes": np.array([m, r0, n, r1], np.int64)})
             inits = [numpy_helper.from_array(np.ascontiguousarray(v), name + key) for key, v in consts.items()]
-            c = lambda key: name + key  # noqa: E731
-            node = lambda op, inputs, key, **kw: helper.make_node(op, inputs, [c(key)], name=c(key), **kw)  # noqa: E731
-            nodes = [
-                node("Unsqueeze", [c("_nbits"), c("_last")], "_bytes1"),
-                node("BitShift", [c("_bytes1"), c("_shifts")], "_shifted", direction="RIGHT"),
-                node("BitwiseAnd", [c("_shifted"), c("_mask")], "_codes8"),         # (m, blocks, blob, per_byte)
-                node("Reshape", [c("_codes8"), c("_row_shape")], "_padded"),
-                node("Slice", [c("_padded"), c("_starts"), c("_ends"), c("_axis1")], "_codes"),
-                node("Cast", [c("_codes")], "_float", to=TensorProto.FLOAT),
-                node("Sub", [c("_float"), c("_z")], "_centred"),
-                node("Mul", [c("_centred"), c("_nbits_scales")], "_scaled"),
-                node("Add", [c("_scaled"), c("_nbits_offsets")], "_rows"),              # (m, r0 n r1)
-                node("Reshape", [c("_rows"), c("_modes")], "_by_mode"),
-                node("Transpose", [c("_by_mode")], "_dequantized", perm=[1, 0, 2, 3]),  # (r0, m, n, r1)
+            nodes = decode + [
+                helper.make_node("Reshape", [name + "_rows", name + "_modes"], [name + "_by_mode"], name=name + "_by_mode"),
+                helper.make_node("Transpose", [name + "_by_mode"], [name + "_dequantized"], name=name + "_dequantized",
+                                 perm=[1, 0, 2, 3]),                                   # (r0, m, n, r1)
             ]
-            found[name] = (nodes, inits, c("_dequantized"))
+            found[name] = (nodes, inits, name + "_dequantized")
     return found
 
 
