@@ -77,7 +77,7 @@ def teacher_features(teacher: nn.Module, data: Tensor, bptt: int, progress: bool
         raise ValueError("the teacher's outputs are stored once: it must be in eval mode")
     path = Path(cache) / f"teacher_outputs_{_key(teacher, data, bptt)}.safetensors" if cache is not None else None
     if path is not None and path.is_file():
-        return list(torch.split(load_file(path)["outputs"], bptt))
+        return list(torch.split(load_file(path, device=str(data.device))["outputs"], bptt))  # where computed
     outputs, state = [], None
     for inputs, _ in tqdm(bptt_windows(data, bptt), total=math.ceil((data.shape[0] - 1) / bptt),
                           desc="teacher outputs", mininterval=2.0, disable=not progress):

@@ -321,7 +321,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         if cores:
             build_at_load(proto.graph, found, cores)
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    if weights == "int8":
+    elif weights == "int8":
         from onnx import numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -343,7 +343,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
         quantize_at_load(proto.graph, found)
-    elif built and weights != "nbits":
+    elif built:
         build_at_load(proto.graph, holders(proto.graph, built))
     _set_metadata(proto, model, tt, weights, bits, container)
     tmp_path = path.with_name(path.name + ".tmp")

@@ -204,7 +204,8 @@ def _gather(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
 def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> dict[str, tuple[list, list, str]]:
     """For every TT core of ``model`` (``TTLinear``, ``TTEmbedding``), on its ``bits``-bit row grids (rows along
     its output mode, ``lm.compression.qat.row_axes``): ``{core name: (nodes, initializers, output)}``, the
-    core's codes packed in ``container`` bits a number, a float32 scale per block and an offset per row, and
+    core's codes packed in ``container`` bits a number (laid out as a lookup reads them, ``_uses``), a float32
+    scale and offset per row, and
     the nodes that unpack and dequantize all of them into ``output``, the core (r_{k-1}, m_k, n_k, r_k) in
     float32. Every input is a constant, so onnxruntime's constant folding runs them once, when it opens the
     file (``lm.deploy.onnx_tt``'s ``tt="load"``)."""
@@ -219,8 +220,7 @@ def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> di
         for k, core in enumerate(module.parameters(recurse=False)):
             name = f"{prefix}.{k}"
             r0, m, n, r1 = core.shape
-            codes, lo, step = _on_grid(core.detach(), bits, 1, name)
-            rows = _Rows(codes.transpose(1, 0, 2, 3).reshape(m, -1), lo, step, container)  # (m, r0 n r1)
+            rows = _uses(core.detach(), bits, 1, name, container)["gather"][1]  # (m, r0 n r1)
             decode, consts = _decode(name, name + "_nbits", name + "_nbits_scales", name + "_nbits_offsets", rows)
             consts.update({"_nbits": rows.packed, "_nbits_scales": rows.scales[:, :1],
                            "_nbits_offsets": rows.offsets[:, None], "_modes": np.array([m, r0, n, r1], np.int64)})
