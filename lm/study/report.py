@@ -388,6 +388,8 @@ def render(payload: dict, report_dir: str | Path) -> dict:
     name = f"study_{preset}"
     image = plot(payload["rows"], out / f"{name}.png", f"PTB, preset {preset}: size vs test perplexity")
     curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves")
+    if curves is None:  # no row has a history now: a plot of earlier rows' curves would mislead
+        (out / f"{name}_curves.png").unlink(missing_ok=True)
     payload = {**payload, "plot": image.name, **({"curves": curves.name} if curves else {}), "paper": PAPER,
                "targets": targets(payload["rows"], preset)}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")

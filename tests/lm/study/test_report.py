@@ -203,3 +203,15 @@ def test_the_training_curves_section_says_where_each_run_stalled_and_the_front_l
                                               "seed": 1, "eval": "exact", "plot": "p.png", "targets": []})
     merged = front([{"preset": "small", "commit": "abc", "date": "today", "seed": 1, "rows": rows}])
     assert [r["name"] for r in merged["rows"]] == ["small:dense", "small:kd"] and "history" not in merged["rows"][1]
+
+
+def test_a_render_without_histories_removes_the_stale_curves_plot(tmp_path):
+    from lm.study.report import render
+
+    history = {"run": "finetune", "epochs": [{"epoch": 1, "lr": 0.5, "train_ppl": 90.0, "valid_ppl": 100.0}]}
+    payload = {"preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact"}
+    with_curve = render({**payload, "rows": [row("dense", 18.6, 113.0), {**row("kd", 1.0, 96.0), "history": history}]},
+                        tmp_path)
+    assert with_curve["curves"] == "study_tiny_curves.png" and (tmp_path / "study_tiny_curves.png").is_file()
+    without = render({**payload, "rows": [row("dense", 18.6, 113.0)]}, tmp_path)
+    assert "curves" not in without and not (tmp_path / "study_tiny_curves.png").exists()
