@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -30,7 +30,7 @@ from .data import Corpus, batchify, bptt_windows
 from .distill import Distillation, teacher_features
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
-from .regularize import nt_asgd_triggered
+from .regularize import Regularization, nt_asgd_triggered
 from .results import stamp, write_json
 
 
@@ -73,6 +73,49 @@ def build_model(cfg: TrainConfig, vocab: list[str]) -> LanguageModel:
     model = LanguageModel(cfg.model, vocab)
     model.init_uniform(cfg.init_scale)
     return model
+
+
+def step_loss(net: nn.Module, inputs: Tensor, targets: Tensor, state, regularization: Regularization | None = None,
+              distill: Distillation | None = None, soft: Tensor | None = None) -> tuple[Tensor, float, tuple]:
+    """One training window's forward pass.
+
+    Parameters
+    ----------
+    net : the model (or its DDP wrapper), in training mode.
+    inputs, targets : (bptt, batch) token ids of the window.
+    state : the recurrent state carried from the previous window (None at a stream's start).
+    regularization : Merity et al.'s regularisers (``TrainConfig.regularization()``), or None.
+    distill, soft : the distillation, and the teacher's logits (bptt, batch, vocab) for this window.
+
+    Returns
+    -------
+    The loss to train on (cross-entropy, plus the activation penalties, mixed with the soft targets),
+    the cross-entropy as a float (what training reports), and the new state, detached.
+    """
+    with parametrize.cached():  # a parametrized weight (QAT's) computed once per step, not per time step
+        if regularization is None:
+            logits, state = net(inputs, state)
+        else:
+            logits, state, penalty = net(inputs, state, regularization)
+    loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+    value = loss.item()
+    if regularization is not None and (regularization.ar or regularization.tar):
+        loss = loss + penalty
+    if soft is not None:
+        loss = distill.loss(loss, logits, soft)
+    return loss, value, detach(state)
+
+
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, batch: int, clip: float,
+             average: AveragedModel | None = None) -> None:
+    """Zaremba et al.'s update: the loss summed over time and averaged over the ``batch`` streams, the
+    gradient's norm clipped to ``clip``, then the ASGD ``average`` (if any) updated with the new weights."""
+    optimizer.zero_grad(set_to_none=True)
+    (loss * batch).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    if average is not None:
+        average.update_parameters(model)
 
 
 def train(
@@ -169,32 +212,18 @@ def train(
         bar = tqdm(windows, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=2.0, disable=not progress or rank != 0)
         for step, (inputs, targets) in enumerate(bar, start=done):
-            with parametrize.cached():  # a parametrized weight (QAT's) computed once per step, not per time step
-                if regularization is None:
-                    logits, state = net(inputs, state)
-                else:
-                    logits, state, penalty = net(inputs, state, regularization)
-            state = detach(state)
-            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-            value = loss.item()  # the cross-entropy, reported
-            if regularization is not None and (regularization.ar or regularization.tar):
-                loss = loss + penalty
+            soft = None
             if teacher is not None:
                 with torch.no_grad():
                     soft = teacher.decoder(taught[step])
-                loss = distill.loss(loss, logits, soft)
+            loss, value, state = step_loss(net, inputs, targets, state, regularization, distill, soft)
             trained = value if teacher is None else loss.item()  # a NaN in the soft term must stop training too
             if not math.isfinite(trained):
                 raise TrainingDiverged(
                     f"non-finite loss ({trained}) at epoch {epoch + 1}, step {step + 1}, lr {lr}: "
                     f"lower --lr or --clip, or check the data; the last good checkpoint is {model_path}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            (loss * inputs.shape[0]).backward()  # summed over time, averaged over the batch (Zaremba)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            if average is not None:
-                average.update_parameters(model)
+            sgd_step(model, optimizer, loss, inputs.shape[0], cfg.clip, average)
             total += value * targets.numel()
             count += targets.numel()
             if step % 10 == 0:

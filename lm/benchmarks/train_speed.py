@@ -15,23 +15,22 @@ import math
 import time
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from ..config import TrainConfig, preset
 from ..data import Corpus, batchify, bptt_windows
 from ..distill import Distillation
-from ..model import LanguageModel, detach
+from ..model import LanguageModel
 from ..results import RESULTS, stamp, write_json
-from ..train import build_model
+from ..train import build_model, sgd_step, step_loss
 
 
 def train_steps(model: LanguageModel, cfg: TrainConfig, data: Tensor, average: AveragedModel | None = None,
                 distill: Distillation | None = None, taught: list[Tensor] | None = None) -> list[float]:
-    """Train ``model`` on every bptt window of ``data`` (steps, batch) as ``lm.train`` does (``cfg``'s
-    optimizer, regularisation and clipping; the ASGD ``average`` updated after each step; the loss
-    ``distill``ed against the teacher's decoder on its stored outputs ``taught``, one per window,
+    """Train ``model`` on every bptt window of ``data`` (steps, batch) with ``lm.train``'s step
+    (``cfg``'s optimizer, regularisation and clipping; the ASGD ``average`` updated after each step; the
+    loss ``distill``ed against the teacher's decoder on its stored outputs ``taught``, one per window,
     ``lm.distill.teacher_features``). Returns each step's CPU seconds in this process."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -39,22 +38,12 @@ def train_steps(model: LanguageModel, cfg: TrainConfig, data: Tensor, average: A
     state, seconds = None, []
     for step, (inputs, targets) in enumerate(bptt_windows(data, cfg.bptt)):
         tic = time.process_time()
-        with parametrize.cached():  # a QAT weight quantized once per step, as lm.train does
-            out = model(inputs, state) if regularization is None else model(inputs, state, regularization)
-        logits, state = out[0], detach(out[1])
-        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-        if regularization is not None:
-            loss = loss + out[2]
+        soft = None
         if distill is not None:
             with torch.no_grad():
                 soft = distill.teacher.decoder(taught[step])
-            loss = distill.loss(loss, logits, soft)
-        optimizer.zero_grad(set_to_none=True)
-        (loss * inputs.shape[0]).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        if average is not None:
-            average.update_parameters(model)
+        loss, _, state = step_loss(model, inputs, targets, state, regularization, distill, soft)
+        sgd_step(model, optimizer, loss, inputs.shape[0], cfg.clip, average)
         seconds.append(time.process_time() - tic)
     return seconds
 
