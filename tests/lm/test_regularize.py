@@ -74,6 +74,25 @@ def test_weight_drop_masks_each_recurrent_weight_once_per_sequence(lstm, tiny_lm
     torch.testing.assert_close(model(tokens, None, Regularization(weight=0.5))[0], plain_logits)  # eval: no drop
 
 
+def test_weight_drop_keeps_each_recurrent_weight_with_probability_1_minus_p_scaled_by_its_inverse(tiny_lm,
+                                                                                               monkeypatch):
+    model = tiny_lm(vocab=50, hidden=32, init=0.3).train()
+    seen = []
+    fused = torch.lstm
+
+    def recording(x, state, weights, *args):
+        seen.append(weights[1].detach())  # W_hh, as the fused kernel gets it
+        return fused(x, state, weights, *args)
+
+    monkeypatch.setattr(torch, "lstm", recording)
+    model(torch.randint(0, 50, (5, 3)), None, Regularization(weight=0.3))
+    for layer, w in zip(model.lstm.layers, seen, strict=True):
+        ratio = w / layer.recurrent_map.weight.detach()
+        kept = ratio != 0
+        torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / 0.7))
+        assert 0.25 < 1 - kept.double().mean().item() < 0.35  # 4096 weights, about 30% dropped
+
+
 def with_maps(model: LanguageModel, make) -> LanguageModel:
     """``model`` with every LSTM map replaced by ``make(linear)``."""
     model = copy.deepcopy(model)
