@@ -274,8 +274,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = Path(args.model)
     suffix = {"float32": ".onnx", "int8": ".int8.onnx", "nbits": f".q{args.bits}.onnx"}[args.weights]
     out = Path(args.out or model.with_name(model.name.split(".")[0] + suffix))
-    info = export_onnx(load(model), out, weights=args.weights, bits=args.bits, container=args.container, tt=args.tt)
-    what = f"{info.bits}-bit weights in {info.container}-bit codes" if info.bits else f"{info.weights} weights"
+    info = export_onnx(load(model), out, weights=args.weights, bits=args.bits, container=args.container,
+                       activations=args.activations, tt=args.tt)
+    what = (f"{info.bits}-bit weights in {info.container}-bit codes, {info.activations} activations" if info.bits
+            else f"{info.weights} weights")
     print(f"{info.path}: {info.bytes} bytes ({what}, TT layers as {info.tt})")
 
 
@@ -452,6 +454,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--container", type=int, choices=[4, 2],
                    help="with --weights nbits: the bits each code is packed in (default 4: onnxruntime's fast CPU "
                         "kernel; 2, for a 2-bit artifact: the smaller file, a slower kernel)")
+    x.add_argument("--activations", choices=["float32", "int8"],
+                   help="with --weights nbits: what the products compute with (default float32; int8: the inputs "
+                        "quantized per block, onnxruntime's integer kernels: faster, approximate)")
     x.add_argument("--tt", choices=["load", "cores", "dense"],
                    help="TT layers: load (default; the cores stored, each weight built once when the runtime opens "
                         "the file), cores (products with the cores at every step) or dense (the built weights stored); "
@@ -513,8 +518,8 @@ def _check(args: argparse.Namespace) -> None:
                 args.parser.error("--weights nbits keeps the TT cores as their codes: --tt load or cores, not dense")
             if args.container is not None and args.container < args.bits:
                 args.parser.error(f"--container {args.container}: {args.model} holds {args.bits}-bit codes")
-        elif args.container is not None:
-            args.parser.error("--container goes with --weights nbits")
+        elif args.container is not None or args.activations is not None:
+            args.parser.error("--container and --activations go with --weights nbits")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

@@ -23,7 +23,9 @@ softmax's int8 weight, quantized per word, from which the lookup gathers the wor
 
 ``weights="nbits"`` keeps a 2-, 3- or 4-bit model's weights as their codes instead, packed in 4 bits
 a number (or 2, ``container=2``, for 2-bit weights: a smaller file, a slower kernel;
-``lm.deploy.onnx_nbits``: onnxruntime's ``MatMulNBits``, and lookups of packed rows).
+``lm.deploy.onnx_nbits``: onnxruntime's ``MatMulNBits``, and lookups of packed rows), its products
+computed with the float activations, or with ``activations="int8"`` on int8-quantized ones (faster,
+approximate).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 from ..compression.export import LOW_BITS
 from ..model import LanguageModel
 from .inference import inference_form
-from .onnx_nbits import check_widths, dequantized_cores, rewrite_nbits
+from .onnx_nbits import ACTIVATIONS, check_widths, dequantized_cores, rewrite_nbits
 from .onnx_tt import build_at_load, built_weights, holders, quantize_at_load
 
 INPUTS = ("ids", "h", "c")
@@ -75,7 +77,8 @@ TT_ROUTES = ("load", "cores", "dense")  # how an exported graph holds its TT lay
 @dataclass
 class OnnxInfo:
     """What ``export_onnx`` wrote: the file, its size, how its weights are stored (``weights``, and ``bits``
-    and ``container`` for n-bit weights) and the route of its TT layers."""
+    and ``container`` for n-bit weights, and the ``activations`` their products compute with) and the route
+    of its TT layers."""
 
     path: Path
     bytes: int
@@ -83,6 +86,7 @@ class OnnxInfo:
     tt: str
     bits: int | None = None
     container: int | None = None  # n-bit weights: the bits a code is packed in (MatMulNBits' width)
+    activations: str | None = None  # n-bit weights: "float32", or "int8" (inputs quantized: accuracy_level 4)
 
     @property
     def int8(self) -> bool:
@@ -218,13 +222,14 @@ def _gemm_to_matmul(graph) -> None:
     _drop_unused(graph)
 
 
-def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None, container: int | None) -> None:
+def _set_metadata(proto, model: LanguageModel, tt: str, weights: str, bits: int | None, container: int | None,
+                  activations: str) -> None:
     from onnx import helper
 
     meta = {"vocab": "\n".join(model.vocab) if model.vocab is not None else "",
             "config": json.dumps(asdict(model.config)), "tt": tt, "weights": weights,
             "int8": str(weights == "int8").lower(),
-            **({"bits": str(bits), "container": str(container)} if bits else {})}
+            **({"bits": str(bits), "container": str(container), "activations": activations} if bits else {})}
     del proto.metadata_props[:]
     helper.set_model_props(proto, meta)
 
@@ -263,7 +268,8 @@ def _drop_unused(graph) -> None:
 
 
 def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str = "float32", bits: int | None = None,
-                container: int | None = None, tt: str | None = None, int8: bool | None = None) -> OnnxInfo:
+                container: int | None = None, activations: str | None = None, tt: str | None = None,
+                int8: bool | None = None) -> OnnxInfo:
     """Write the streaming step of ``model`` to ``path`` as ONNX (see the module docstring).
 
     Parameters
@@ -281,6 +287,10 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     container : {4, 2}, only with ``weights="nbits"``
         The bits each code is packed in (``MatMulNBits``' width), at least ``bits``. Default 4: onnxruntime's
         CPU kernel with float activations is fast at 4 bits only; 2 (for 2-bit weights) halves the codes' bytes.
+    activations : {"float32", "int8"}, only with ``weights="nbits"``
+        What the ``MatMulNBits`` products compute with: the float inputs (default), or the inputs quantized to
+        int8 per block (``accuracy_level`` 4: onnxruntime's integer kernels, faster; an approximation whose
+        perplexity is measured apart, ``lm score --runtime onnx``).
     tt : {"load", "cores", "dense"}, optional
         How TT layers are held: ``"load"`` stores the cores and builds each weight when the runtime opens the
         file (``lm.deploy.onnx_tt``: the TT size on disk, one product per step); ``"cores"`` runs the products
@@ -294,6 +304,12 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
     import onnx
 
     weights, container = _check_weights(weights, bits, container, int8)
+    if activations is not None and weights != "nbits":
+        raise ValueError(f"activations goes with weights='nbits' (MatMulNBits' accuracy_level), got weights={weights!r}")
+    if weights == "nbits":
+        activations = activations or "float32"
+    if activations is not None and activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {tuple(ACTIVATIONS)}, got {activations!r}")
     tt = _check_tt(tt, weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +333,7 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         _gemm_to_matmul(proto.graph)
         cores = dequantized_cores(model, bits, container) if tt == "load" else {}
         found = holders(proto.graph, built) if cores else {}  # the built TT weights, before anything moves
-        rewrite_nbits(proto.graph, model, bits, container, skip=frozenset(cores))
+        rewrite_nbits(proto.graph, model, bits, container, skip=frozenset(cores), activations=activations)
         if cores:
             build_at_load(proto.graph, found, cores)
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -345,11 +361,11 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         quantize_at_load(proto.graph, found)
     elif built:
         build_at_load(proto.graph, holders(proto.graph, built))
-    _set_metadata(proto, model, tt, weights, bits, container)
+    _set_metadata(proto, model, tt, weights, bits, container, activations)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)
     os.replace(tmp_path, path)
-    return OnnxInfo(path, path.stat().st_size, weights, tt, bits, container)
+    return OnnxInfo(path, path.stat().st_size, weights, tt, bits, container, activations)
 
 
 def artifact_bits(path: str | os.PathLike) -> int | None:
@@ -366,8 +382,8 @@ def artifact_bits(path: str | os.PathLike) -> int | None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``weights``, ``int8``, and ``bits`` and ``container`` for
-    n-bit weights), without loading the weights."""
+    """The metadata ``export_onnx`` stored (``vocab``, ``config``, ``tt``, ``weights``, ``int8``, and ``bits``,
+    ``container`` and ``activations`` for n-bit weights), without loading the weights."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

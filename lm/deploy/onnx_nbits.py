@@ -32,6 +32,13 @@ it is refused.
 
 A weight used both ways (an embedding tied to the softmax) is stored once.
 
+``activations="int8"`` sets ``MatMulNBits``' ``accuracy_level`` to 4: onnxruntime quantizes each
+product's input to int8 per block (symmetric, a scale per block of ``block_size`` numbers) and
+multiplies in integers. That is activation quantization, an approximation on top of the weights' codes
+(the default, ``"float32"``, computes with the float activations): its perplexity is reported apart.
+The lookups and the TT cores built at load are unchanged. (onnxruntime 1.32 runs 2-bit containers with
+float products all the same where a product's inner dimension is small: below 64 in our probes.)
+
 TT cores exported with their weights built at load (``tt="load"``, ``lm.deploy.onnx_tt``) are stored the
 same way, rows along the core's output mode, and ``dequantized_cores`` gives the nodes that unpack and
 dequantize them, from constants only, for the builds to read.
@@ -48,6 +55,7 @@ from ..compression import lowbit, qat
 from ..model import LanguageModel
 
 NBITS = (2, 4)  # the containers: MatMulNBits' widths that hold the study's low-bit codes (it also has 8)
+ACTIVATIONS = {"float32": 0, "int8": 4}  # MatMulNBits' accuracy_level: 0 computes in the input's float type
 WIDTHS = (2, 3, 4)  # the study's low-bit widths (lm.compression.lowbit)
 
 
@@ -136,7 +144,7 @@ def _store(graph, name: str, rows: _Rows, stored: dict) -> tuple[str, str, str]:
     return stored[key]
 
 
-def _matmul(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
+def _matmul(node, names: tuple[str, str, str], rows: _Rows, graph, accuracy_level: int = 0) -> list:
     """``MatMulNBits(x)`` plus each row's offset times the sum of ``x``."""
     from onnx import helper, numpy_helper
 
@@ -144,7 +152,8 @@ def _matmul(node, names: tuple[str, str, str], rows: _Rows, graph) -> list:
     x, out = node.input[0], node.output[0]
     graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), out + "_last"))
     return [helper.make_node("MatMulNBits", [x, packed, scales], [out + "_nbits"], name=out + "_nbits",
-                             domain="com.microsoft", K=rows.k, N=rows.n, bits=rows.bits, block_size=rows.block),
+                             domain="com.microsoft", K=rows.k, N=rows.n, bits=rows.bits, block_size=rows.block,
+                             **({"accuracy_level": accuracy_level} if accuracy_level else {})),
             helper.make_node("ReduceSum", [x, out + "_last"], [out + "_sum"], keepdims=1, name=out + "_sum"),
             helper.make_node("Mul", [out + "_sum", offsets], [out + "_offset"], name=out + "_offset"),
             helper.make_node("Add", [out + "_nbits", out + "_offset"], [out], name=out + "_add")]
@@ -235,20 +244,23 @@ def dequantized_cores(model: LanguageModel, bits: int, container: int = 4) -> di
 
 
 def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4,
-                  skip: frozenset[str] = frozenset()) -> dict[str, str]:
+                  skip: frozenset[str] = frozenset(), activations: str = "float32") -> dict[str, str]:
     """Replace, in ``graph`` (an exported step of ``model`` with ``Gemm`` rewritten as ``MatMul``), the
     products by and the lookups in ``model``'s quantized weights with their ``bits``-bit codes packed in
-    ``container`` bits (see the module docstring). Returns {weight name: "matmul", "gather" or "matmul+gather"}.
+    ``container`` bits, the products computed with ``activations`` (see the module docstring). Returns
+    {weight name: "matmul", "gather" or "matmul+gather"}.
 
     The weights named in ``skip`` are left to the caller (TT cores built at load: ``dequantized_cores``).
 
-    Raises ``ValueError`` when ``bits`` is not one of ``WIDTHS`` or ``container`` one of ``NBITS`` at least
-    ``bits``, when a weight is not on its ``bits``-bit grids, or when a quantized weight is not found in the
+    Raises ``ValueError`` when ``bits`` is not one of ``WIDTHS``, ``container`` one of ``NBITS`` at least
+    ``bits`` or ``activations`` one of ``ACTIVATIONS``, when a weight is not on its ``bits``-bit grids, or when a quantized weight is not found in the
     graph (e.g. TT weights built: ``tt="dense"``).
     """
     from onnx import numpy_helper
 
     check_widths(bits, container)
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {tuple(ACTIVATIONS)}, got {activations!r}")
     state = model.state_dict(keep_vars=True)
     weights, seen = {}, set()
     for name, axis in qat.row_axes(model).items():
@@ -286,7 +298,8 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4,
         name, rows = hit
         kind = "matmul" if node.op_type == "MatMul" else "gather"
         names = _store(graph, name, rows, stored)
-        nodes.extend(_matmul(node, names, rows, graph) if kind == "matmul" else _gather(node, names, rows, graph))
+        nodes.extend(_matmul(node, names, rows, graph, ACTIVATIONS[activations]) if kind == "matmul"
+                     else _gather(node, names, rows, graph))
         found[name] = "+".join(sorted({*found.get(name, "").split("+"), kind} - {""}))
     missing = sorted(set(weights) - set(found))
     if missing:
@@ -301,4 +314,4 @@ def rewrite_nbits(graph, model: LanguageModel, bits: int, container: int = 4,
     return found
 
 
-__all__ = ["NBITS", "WIDTHS", "check_widths", "dequantized_cores", "rewrite_nbits"]
+__all__ = ["ACTIVATIONS", "NBITS", "WIDTHS", "check_widths", "dequantized_cores", "rewrite_nbits"]
