@@ -1,4 +1,4 @@
-"""The study's fixtures."""
+"""Fixtures of the lm tests (the study's, the benchmarks')."""
 
 import pytest
 
