@@ -52,14 +52,24 @@ class TorchRuntime:
 
 
 class OnnxRuntime:
-    """An exported step model run by onnxruntime on ``threads`` CPU threads."""
+    """An exported step model run by onnxruntime on ``threads`` CPU threads.
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+    ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
+    (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
+    activations and weights are both near the ends of their ranges; ``True`` has them computed in int16
+    (onnxruntime's ``session.x64quantprecision``), the graph's exact integer products, at some speed. Trained
+    models rarely saturate (``python -m lm.benchmarks.activations`` does not use it); random weights spread
+    over the whole int8 range do.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, avoid_saturation: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if avoid_saturation:
+            options.add_session_config_entry("session.x64quantprecision", "1")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if not meta.get("vocab"):
