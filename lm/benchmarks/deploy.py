@@ -12,7 +12,8 @@ ONNX files, and judges the deployment targets of issue 17:
 * the ONNX int8 file of ``lr_tied_ft``'s shape within 1.1x of its compact artifact (and, for scale,
   against its 8-bit artifact);
 * the ONNX n-bit files (``weights="nbits"``) of the study's 2-, 3- and 4-bit shapes against their
-  artifacts, their codes in 4-bit containers (the default), and the 2-bit ones also in 2-bit containers.
+  artifacts, their codes in 4-bit containers (the default), and the 2-bit ones also in 2-bit containers;
+  each also timed with int8 activations (``activations="int8"``: faster, approximate).
 
 TT models are exported by ``export_onnx``'s default route (``tt="load"``: the cores stored, the
 weights built when onnxruntime opens the file); each is also timed with ``tt="cores"`` (products
@@ -130,15 +131,19 @@ def markdown(payload: dict) -> str:
              "exported with `--tt cores`, for comparison (their eager and torch.ao columns are the same model's).",
              "The `q2`, `q3` and `q4` rows are decoded from 2-, 3- and 4-bit artifacts; their artifact MB is that "
              "artifact's, and their n-bit columns are the export with `--weights nbits` (onnxruntime's `MatMulNBits`), "
-             "the codes packed 4 bits a number (the default), or 2 (`--container 2`) in the rows marked so.",
+             "the codes packed 4 bits a number (the default), or 2 (`--container 2`) in the rows marked so; "
+             "*n-bit int8-act* is the same file with int8 activations (`--activations int8`, an approximation: "
+             "`python -m lm.benchmarks.activations` scores it).",
              "", "| model | artifact MB | artifact q8 MB | ONNX MB | ONNX int8 MB | ONNX n-bit MB | ms eager "
-             "| ms torch.ao int8 | ms ORT | ms ORT int8 | ms ORT n-bit | ORT / eager | ORT int8 / torch.ao int8 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ms torch.ao int8 | ms ORT | ms ORT int8 | ms ORT n-bit | ms ORT n-bit int8-act | ORT / eager "
+             "| ORT int8 / torch.ao int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        nbits = (f"{r['onnx_nbits_bytes'] / MB:.3f}", f"{r['ort_nbits_ms']:.3f}") if "ort_nbits_ms" in r else ("-", "-")
+        nbits = ((f"{r['onnx_nbits_bytes'] / MB:.3f}", f"{r['ort_nbits_ms']:.3f}", f"{r['ort_nbits_int8act_ms']:.3f}")
+                 if "ort_nbits_ms" in r else ("-", "-", "-"))
         lines.append(f"| {r['name']} | {r['artifact_bytes'] / MB:.3f} | {r['artifact_q8_bytes'] / MB:.3f} "
                      f"| {r['onnx_bytes'] / MB:.3f} | {r['onnx_int8_bytes'] / MB:.3f} | {nbits[0]} | {r['eager_ms']:.3f} "
-                     f"| {r['int8_ms']:.3f} | {r['ort_ms']:.3f} | {r['ort_int8_ms']:.3f} | {nbits[1]} "
+                     f"| {r['int8_ms']:.3f} | {r['ort_ms']:.3f} | {r['ort_int8_ms']:.3f} | {nbits[1]} | {nbits[2]} "
                      f"| {r['ort_vs_eager']:.2f} | {r['ort_int8_vs_torch_int8']:.2f} |")
     lines += ["", "## Targets", "", "| target | ratio | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['ratio']:.2f} | {'yes' if t['met'] else 'no'} |" for t in payload["targets"]]

@@ -24,7 +24,7 @@ from ..model import LanguageModel
 
 # the columns ``compare`` fills, replaced whole when a report is timed again
 COLUMNS = ("eager_ms", "int8_ms", "ort_ms", "ort_int8_ms", "onnx_bytes", "onnx_int8_bytes",
-           "ort_nbits_ms", "onnx_nbits_bytes")
+           "ort_nbits_ms", "onnx_nbits_bytes", "ort_nbits_int8act_ms")
 
 
 @torch.no_grad()
@@ -63,7 +63,8 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
     int8) and the exported files' sizes ``"onnx_bytes"``, ``"onnx_int8_bytes"``; and for the models named in
     ``nbits`` (name -> bit width of their low-bit weights), ``"ort_nbits_ms"`` and ``"onnx_nbits_bytes"``
     (``lm.deploy.onnx_export``, ``weights="nbits"``, packed in ``containers[name]`` bits where given, else
-    ``export_onnx``'s default). ``tt`` (name -> route) exports the TT layers of the models it names by that
+    ``export_onnx``'s default), and ``"ort_nbits_int8act_ms"``, the same file with int8 activations
+    (``activations="int8"``). ``tt`` (name -> route) exports the TT layers of the models it names by that
     route (``export_onnx``'s ``tt``) instead of the default."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -78,14 +79,19 @@ def compare(models: dict[str, nn.Module], tokens: int = 100, repeats: int = 3, t
                     from ..deploy.onnx_export import export_onnx
                     from ..deploy.runtime import OnnxRuntime
 
-                    routes = [("float32", None), ("int8", None)] + ([("nbits", nbits[name])] if name in (nbits or {}) else [])
-                    for weights, bits in routes:
+                    routes = [("float32", None, None), ("int8", None, None)]
+                    if name in (nbits or {}):
+                        routes += [("nbits", nbits[name], "float32"), ("nbits", nbits[name], "int8")]
+                    for weights, bits, activations in routes:
                         route = (tt or {}).get(name) if weights != "nbits" else None
                         container = (containers or {}).get(name) if weights == "nbits" else None
                         info = export_onnx(m, Path(tmp) / f"{len(timers)}.onnx", weights=weights, bits=bits,
-                                           container=container, tt=route)
+                                           container=container, activations=activations, tt=route)
                         suffix = "" if weights == "float32" else f"_{weights}"
-                        sizes[name][f"onnx{suffix}_bytes"] = info.bytes
+                        if activations == "int8":  # the same file but for MatMulNBits' accuracy level
+                            suffix += "_int8act"
+                        else:
+                            sizes[name][f"onnx{suffix}_bytes"] = info.bytes
                         run = OnnxRuntime(info.path, threads)
                         timers[(name, f"ort{suffix}")] = lambda run=run, v=m.config.vocab_size: runtime_latency(run, v, tokens)
             times: dict[tuple[str, str], list[float]] = {key: [] for key in timers}

@@ -148,7 +148,7 @@ def test_retime_times_a_2_or_4_bit_row_packed_on_its_weights_put_on_their_grids(
     model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=16, num_layers=1, tie_weights=True)).eval()
     row = {"name": "q4", "config": asdict(model.config), "encodings": export(model, tmp_path / "a", "q4").encodings}
     retime([row], tokens=2)  # fresh weights: not on a grid until put there, or the n-bit export refuses them
-    assert row["onnx_nbits_bytes"] > 0 and row["ort_nbits_ms"] > 0
+    assert row["onnx_nbits_bytes"] > 0 and row["ort_nbits_ms"] > 0 and row["ort_nbits_int8act_ms"] > 0
 
 
 def test_the_report_shows_the_n_bit_columns_where_a_row_has_them():
@@ -158,11 +158,14 @@ def test_the_report_shows_the_n_bit_columns_where_a_row_has_them():
         return {"name": name, "label": name, "family": "f", "description": "d", "size_mb": 0.5, "test_ppl": 50.0,
                 "valid_ppl": 50.0, "parameters": 1, "nonzero": 1, "onnx_int8_bytes": 600_000, **columns}
 
-    q4, q8 = row("q4", ort_nbits_ms=0.125, onnx_nbits_bytes=550_000), row("q8")
+    q4 = row("q4", ort_nbits_ms=0.125, onnx_nbits_bytes=550_000, ort_nbits_int8act_ms=0.0625)
+    q8 = row("q8")
     page = markdown({"rows": [q4, q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                      "plot": "p.png", "targets": []})
-    assert "| ONNX int8 MB | ms/token ORT n-bit | ONNX n-bit MB |" in page and "ORT n-bit." in page
-    assert next(line for line in page.splitlines() if line.startswith("| q4 |")).endswith("| 0.600 | 0.125 | 0.550 |")
-    assert next(line for line in page.splitlines() if line.startswith("| q8 |")).endswith("| 0.600 | - | - |")
+    assert "| ONNX int8 MB | ms/token ORT n-bit | ONNX n-bit MB | ms/token ORT n-bit int8-act |" in page
+    assert "ORT n-bit;" in page and "ORT n-bit int8-act." in page
+    assert next(line for line in page.splitlines() if line.startswith("| q4 |")).endswith(
+        "| 0.600 | 0.125 | 0.550 | 0.062 |")
+    assert next(line for line in page.splitlines() if line.startswith("| q8 |")).endswith("| 0.600 | - | - | - |")
     assert "n-bit" not in markdown({"rows": [q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1,
                                     "eval": "exact", "plot": "p.png", "targets": []})
