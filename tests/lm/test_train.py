@@ -52,6 +52,10 @@ def test_tiny_trains_end_to_end_and_evaluates(tmp_path, corpus):
     assert json.loads(info.stdout)["parameters"] == results["parameters"]
 
 
+# slow (60 s on a 2.45 GHz AVX2 machine): a kill and an exact resume are checked in the default suite by
+# test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly (and files' kill safety by
+# tests/project/test_kill_safety.py); this one kills a real subprocess at an epoch end
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, corpus):
     args = [*SHORT, "--epochs", "2"]
     reference = run_lm("train", *args, "--out", str(tmp_path / "ref"))
@@ -179,6 +183,9 @@ def test_nt_asgd_starts_averaging_after_the_epoch_that_triggers_it(tmp_path, cor
     assert seen == [([results["history"][0]["valid_ppl"]], 3)]  # asked once, until it said yes
 
 
+# slow (30 s): the default suite resumes an average exactly in the "averaged-epoch" case of
+# test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly
+@pytest.mark.slow
 def test_resume_restores_the_average_exactly(tmp_path, corpus):
     cfg = tiny_awd(epochs=2, asgd_start=1, asgd_nonmono=None)
     whole = train(cfg, tmp_path / "whole", progress=False)
