@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import load
 from ..compression.export import LOW_BITS, decode, export_bytes
@@ -35,18 +36,20 @@ from ..data import Corpus
 from ..deploy.onnx_export import artifact_bits, export_onnx
 from ..deploy.runtime import OnnxRuntime
 from ..evaluate import token_losses
+from ..model import LanguageModel
 from ..results import RESULTS, stamp, write_json
 from ..study.latency import runtime_latency
 
 ACTIVATIONS = ("float32", "int8")
 
 
-def onnx_losses(run: OnnxRuntime, stream: torch.Tensor) -> np.ndarray:
+def onnx_losses(run: OnnxRuntime, stream: torch.Tensor, desc: str | None = None) -> np.ndarray:
     """The negative log-likelihood of each of ``stream[1:]`` (1-D ids) given everything before it, stepping
-    ``run`` one token at a time from its initial state (``lm.evaluate.token_losses``' order)."""
+    ``run`` one token at a time from its initial state (``lm.evaluate.token_losses``' order); a progress bar
+    named ``desc`` when given."""
     ids = stream.numpy().astype(np.int64)
     state, losses = run.initial_state(1), np.empty(len(ids) - 1)
-    for t in range(len(ids) - 1):
+    for t in tqdm(range(len(ids) - 1), desc=desc, disable=desc is None, mininterval=2.0, leave=False):
         logits, state = run.step(ids[t : t + 1], state)
         row = logits[0].astype(np.float64)
         top = row.max()
@@ -54,7 +57,7 @@ def onnx_losses(run: OnnxRuntime, stream: torch.Tensor) -> np.ndarray:
     return losses
 
 
-def low_bit_model(path: str, requantize: int | None):
+def low_bit_model(path: str, requantize: int | None) -> tuple[LanguageModel, int, bool]:
     """The model of ``path`` and its weights' width: an artifact's own (2, 3 or 4 bits), or any model put on
     ``requantize``-bit grids (None: the artifact must hold low-bit weights)."""
     bits = artifact_bits(path)
@@ -68,6 +71,9 @@ def low_bit_model(path: str, requantize: int | None):
 
 def run(paths: list[str], requantize: int | None = None, tokens: int = 0, repeats: int = 3,
         latency_tokens: int = 200, data_dir: str | None = None) -> dict:
+    """The payload of ``results/activations.json``: a row per model of ``paths`` (see the module docstring)."""
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"a model is named twice in {paths}")
     torch.set_num_threads(1)
     corpus = Corpus.load(data_dir)
     stream = corpus.test[: tokens + 1] if tokens else corpus.test
@@ -83,7 +89,8 @@ def run(paths: list[str], requantize: int | None = None, tokens: int = 0, repeat
                 info = export_onnx(model, Path(tmp) / f"{k}_{activations}.onnx", weights="nbits", bits=bits,
                                    activations=activations)
                 runs[(path, activations)] = OnnxRuntime(info.path, threads=1)
-                row[f"{activations}_ppl"] = math.exp(onnx_losses(runs[(path, activations)], stream).mean())
+                losses = onnx_losses(runs[(path, activations)], stream, desc=f"{Path(path).name} {activations}")
+                row[f"{activations}_ppl"] = math.exp(losses.mean())
                 row["onnx_bytes"] = info.bytes
             rows.append(row)
             print(row, flush=True)
