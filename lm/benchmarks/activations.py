@@ -26,35 +26,19 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..checkpoint import load
 from ..compression.export import LOW_BITS, decode, export_bytes
 from ..data import Corpus
 from ..deploy.onnx_export import artifact_bits, export_onnx
-from ..deploy.runtime import OnnxRuntime
+from ..deploy.runtime import OnnxRuntime, stream_losses
 from ..evaluate import token_losses
 from ..model import LanguageModel
 from ..results import RESULTS, stamp, write_json
 from ..study.latency import runtime_latency
 
 ACTIVATIONS = ("float32", "int8")
-
-
-def onnx_losses(run: OnnxRuntime, stream: torch.Tensor, desc: str | None = None) -> np.ndarray:
-    """The negative log-likelihood of each of ``stream[1:]`` (1-D ids) given everything before it, stepping
-    ``run`` one token at a time from its initial state (``lm.evaluate.token_losses``' order); a progress bar
-    named ``desc`` when given."""
-    ids = stream.numpy().astype(np.int64)
-    state, losses = run.initial_state(1), np.empty(len(ids) - 1)
-    for t in tqdm(range(len(ids) - 1), desc=desc, disable=desc is None, mininterval=2.0, leave=False):
-        logits, state = run.step(ids[t : t + 1], state)
-        row = logits[0].astype(np.float64)
-        top = row.max()
-        losses[t] = top + math.log(np.exp(row - top).sum()) - row[ids[t + 1]]
-    return losses
 
 
 def low_bit_model(path: str, requantize: int | None) -> tuple[LanguageModel, int, bool]:
@@ -89,7 +73,7 @@ def run(paths: list[str], requantize: int | None = None, tokens: int = 0, repeat
                 info = export_onnx(model, Path(tmp) / f"{k}_{activations}.onnx", weights="nbits", bits=bits,
                                    activations=activations)
                 runs[(path, activations)] = OnnxRuntime(info.path, threads=1)
-                losses = onnx_losses(runs[(path, activations)], stream, desc=f"{Path(path).name} {activations}")
+                losses = stream_losses(runs[(path, activations)], stream.numpy(), desc=f"{Path(path).name} {activations}")
                 row[f"{activations}_ppl"] = math.exp(losses.mean())
                 row["onnx_bytes"] = info.bytes
             rows.append(row)

@@ -143,6 +143,20 @@ def predict(runtime: Runtime, text: str, top: int = 5) -> list[tuple[str, float]
     return [(vocab[i], float(math.exp(logp[i]))) for i in order]
 
 
+def stream_losses(runtime: Runtime, ids, desc: str | None = None) -> np.ndarray:
+    """The negative log-likelihood (nats) of each of ``ids[1:]`` given everything before it: one step a
+    token at batch 1 from the initial state (``lm.evaluate.token_losses``' order); a progress bar named
+    ``desc`` when given."""
+    from tqdm import tqdm
+
+    ids = np.asarray(ids, np.int64)
+    state, nll = runtime.initial_state(), np.empty(max(len(ids) - 1, 0))
+    for t in tqdm(range(len(ids) - 1), desc=desc, disable=desc is None, mininterval=2.0, leave=False):
+        logits, state = runtime.step(ids[t : t + 1], state)
+        nll[t] = -_log_softmax(logits[0])[ids[t + 1]]
+    return nll
+
+
 def score(runtime: Runtime, text: str) -> dict:
     """Per-token perplexity of ``text`` (every word, then ``<eos>`` at each line end, as PTB reads a file).
 
@@ -154,13 +168,8 @@ def score(runtime: Runtime, text: str) -> dict:
     ids = [i for line in text.splitlines() for i in words_to_ids(line, vocab) + [eos]]
     if not ids:
         raise ValueError("the text has no words to score")
-    state = runtime.initial_state()
-    nll, previous = [], eos
-    for target in ids:
-        logits, state = runtime.step(np.array([previous], np.int64), state)
-        nll.append(float(-_log_softmax(logits[0])[target]))
-        previous = target
+    nll = stream_losses(runtime, [eos] + ids).tolist()  # read as following a sentence end
     return {"tokens": len(ids), "perplexity": math.exp(sum(nll) / len(nll)), "nll": nll}
 
 
-__all__ = ["TorchRuntime", "OnnxRuntime", "open_runtime", "predict", "score", "words_to_ids"]
+__all__ = ["TorchRuntime", "OnnxRuntime", "open_runtime", "predict", "score", "stream_losses", "words_to_ids"]
