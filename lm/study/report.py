@@ -255,12 +255,13 @@ def markdown(payload: dict) -> str:
         f"(its dynamic quantizer); ONNX int8 MB is that exported file's size."
         + (" The 2-, 3- and 4-bit rows are also exported with their weights' codes packed 4 bits a number "
            "(`python -m lm export --weights nbits`, onnxruntime's `MatMulNBits`): ORT n-bit; and with int8 "
-           "activations (`--activations int8`, an approximation whose perplexity is not the row's: "
-           "`python -m lm.benchmarks.activations` scores it): ORT n-bit int8-act." if nbits else ""), "",
+           "activations (`--activations int8`, an approximation of the row's model: its own test PPL, scored in "
+           "onnxruntime a token at a time): ORT n-bit int8-act." if nbits else ""), "",
         "| method | size MB | x smaller | params | nonzero | valid PPL | test PPL | paper size MB | paper test PPL "
         "| ms/token eager | ms/token int8 | speed-up int8 vs dense eager | ms/token ORT | ms/token ORT int8 "
-        "| ONNX int8 MB |" + (" ms/token ORT n-bit | ONNX n-bit MB | ms/token ORT n-bit int8-act |" if nbits else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if nbits else ""),
+        "| ONNX int8 MB |" + (" ms/token ORT n-bit | ONNX n-bit MB | ms/token ORT n-bit int8-act "
+                              "| test PPL ORT n-bit int8-act |" if nbits else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if nbits else ""),
     ]
     for r in rows:
         p = paper.get(r["name"], {})
@@ -273,7 +274,8 @@ def markdown(payload: dict) -> str:
             _fmt(speed, ".2f"), _fmt(r.get("ort_ms"), ".3f"), _fmt(r.get("ort_int8_ms"), ".3f"),
             _fmt(r["onnx_int8_bytes"] / MB if r.get("onnx_int8_bytes") else None, ".3f"),
             *([_fmt(r.get("ort_nbits_ms"), ".3f"), _fmt(r["onnx_nbits_bytes"] / MB if r.get("onnx_nbits_bytes") else None,
-                                                        ".3f"), _fmt(r.get("ort_nbits_int8act_ms"), ".3f")]
+                                                        ".3f"), _fmt(r.get("ort_nbits_int8act_ms"), ".3f"),
+               _fmt(r.get("test_ppl_int8act"), ".2f")]
               if nbits else [])]) + " |")
     lines += ["", "## Published", "", "Sizes as printed, or computed from the weight count and bits "
               "(`lm/study/published.toml`, `lm.study.report.weight_count`).", "",

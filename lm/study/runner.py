@@ -3,7 +3,8 @@
 ``python -m lm study --preset small --checkpoint runs/small/model.safetensors`` takes a trained
 dense model (or trains the preset first), then for every method: compresses it,
 fine-tunes or trains it from scratch where the method says so, exports the compact
-artifact, decodes that artifact and measures its exact perplexities. Each finished
+artifact, decodes that artifact and measures its exact perplexities (and a 2-, 3- or 4-bit artifact's test perplexity in
+onnxruntime with int8 activations, a column of its own, when onnxruntime is installed). Each finished
 method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
 its recipe is unchanged; training resumes after a kill, losing at most one epoch (or, with
 ``save_every``, that many minutes).
@@ -15,8 +16,10 @@ writes the results JSON, the markdown report and the Pareto plot.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -117,6 +120,7 @@ class Study:
             (not known[n].base and known[n].train != "scratch") or (known[n].distill and known[n].distill.teacher)
             for n in order)
         self.methods = [known[n] for n in ["dense"] * self.needs_dense + order]
+        self.onnx = config.onnx if config.onnx is not None else importlib.util.find_spec("onnxruntime") is not None
 
     # -- pieces ---------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -238,9 +242,24 @@ class Study:
             "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
             "config": asdict(decoded.config), "wall_time_s": time.time() - tic, "commit": git_commit(),
         }
+        if self.onnx and (bits := nbits_width(result)):
+            result["test_ppl_int8act"] = self.int8_activation_ppl(decoded, bits)
         write_json(path, result)
         self.log(f"{m.name}: {result['size_mb']:.3f} MB, valid {result['valid_ppl']:.2f}, test {result['test_ppl']:.2f}")
         return result
+
+    def int8_activation_ppl(self, model: LanguageModel, bits: int) -> float:
+        """The test perplexity of ``model`` (decoded from a ``bits``-bit artifact) exported with its codes and
+        int8 activations (``export_onnx(weights="nbits", activations="int8")``), run by onnxruntime a token at a
+        time: an approximation of the row's model, reported beside its exact perplexity."""
+        from ..deploy.onnx_export import export_onnx
+        from ..deploy.runtime import OnnxRuntime, stream_losses
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = export_onnx(model, Path(tmp) / "model.onnx", weights="nbits", bits=bits, activations="int8")
+            nll = stream_losses(OnnxRuntime(info.path), self.stream("test").numpy(),
+                                desc="test, int8 activations" if self.config.progress else None)
+        return math.exp(nll.mean())
 
     # -- the whole study --------------------------------------------------------------------------
     def cached(self, m: Method) -> dict | None:
@@ -275,13 +294,8 @@ class Study:
                 for m in self.all_methods if (r := done.get(m.name) or self.cached(m))]
         self.log("timing every artifact side by side (1 thread, batch 1)")
         models = {r["name"]: load_artifact(self.run_dir / r["name"] / ARTIFACT_FILE) for r in rows}
-        onnx = self.config.onnx
-        if onnx is None:
-            import importlib.util
-
-            onnx = importlib.util.find_spec("onnxruntime") is not None
         nbits = {r["name"]: bits for r in rows if (bits := nbits_width(r))}  # exported packed too, with onnx
-        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=onnx, nbits=nbits).items():
+        for name, t in compare(models, tokens=self.config.latency_tokens, onnx=self.onnx, nbits=nbits).items():
             next(r for r in rows if r["name"] == name).update(t)
         return self.write_report(rows)
 

@@ -158,14 +158,15 @@ def test_the_report_shows_the_n_bit_columns_where_a_row_has_them():
         return {"name": name, "label": name, "family": "f", "description": "d", "size_mb": 0.5, "test_ppl": 50.0,
                 "valid_ppl": 50.0, "parameters": 1, "nonzero": 1, "onnx_int8_bytes": 600_000, **columns}
 
-    q4 = row("q4", ort_nbits_ms=0.125, onnx_nbits_bytes=550_000, ort_nbits_int8act_ms=0.0625)
+    q4 = row("q4", ort_nbits_ms=0.125, onnx_nbits_bytes=550_000, ort_nbits_int8act_ms=0.0625, test_ppl_int8act=50.25)
     q8 = row("q8")
     page = markdown({"rows": [q4, q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                      "plot": "p.png", "targets": []})
-    assert "| ONNX int8 MB | ms/token ORT n-bit | ONNX n-bit MB | ms/token ORT n-bit int8-act |" in page
+    assert ("| ONNX int8 MB | ms/token ORT n-bit | ONNX n-bit MB | ms/token ORT n-bit int8-act "
+            "| test PPL ORT n-bit int8-act |") in page
     assert "ORT n-bit;" in page and "ORT n-bit int8-act." in page
     assert next(line for line in page.splitlines() if line.startswith("| q4 |")).endswith(
-        "| 0.600 | 0.125 | 0.550 | 0.062 |")
-    assert next(line for line in page.splitlines() if line.startswith("| q8 |")).endswith("| 0.600 | - | - | - |")
+        "| 0.600 | 0.125 | 0.550 | 0.062 | 50.25 |")
+    assert next(line for line in page.splitlines() if line.startswith("| q8 |")).endswith("| 0.600 | - | - | - | - |")
     assert "n-bit" not in markdown({"rows": [q8], "preset": "tiny", "commit": "abc", "date": "today", "seed": 1,
                                     "eval": "exact", "plot": "p.png", "targets": []})

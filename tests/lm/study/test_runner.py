@@ -306,3 +306,20 @@ def test_progress_counts_the_training_epochs_left_by_recipe(tmp_path, short_corp
     assert progress[2] == "method 3 of 5: lr_tied_kd (elapsed 0m10s; 12 training epochs left)"  # nothing trained yet
     assert progress[3] == "method 4 of 5: lr_tied_kd_qat4 (elapsed 6m15s; 6 training epochs left, about 6m05s " \
                           "at this run's 1m00s per epoch so far)"
+
+
+def test_an_n_bit_row_is_also_scored_with_int8_activations_in_onnxruntime(tmp_path, short_corpus):
+    pytest.importorskip("onnxruntime")
+    from lm.compression.export import decode, export_bytes
+    from lm.evaluate import token_losses
+
+    config = study.StudyConfig(preset="tiny", run_dir=str(tmp_path), report_dir=str(tmp_path), onnx=True,
+                               eval_tokens=300, progress=False)
+    runner = study.Study(config)
+    torch.manual_seed(0)
+    model = LanguageModel(replace(preset("tiny").model, hidden_size=32), short_corpus.vocab)
+    model.init_uniform(0.1)
+    q4 = decode(export_bytes(model.eval(), "q4")[0]).eval()
+    exact = math.exp(token_losses(q4, runner.stream("test")).mean().item())
+    approximate = runner.int8_activation_ppl(q4, 4)
+    assert approximate == pytest.approx(exact, rel=0.05) and approximate != exact
