@@ -10,7 +10,7 @@ from lm.config import preset
 from lm.train import train
 
 
-def test_a_runs_history_reads_from_its_state_or_its_results_and_plots(tmp_path, corpus, capsys):
+def test_a_runs_history_reads_from_its_state_or_its_results_and_plots(tmp_path, short_corpus, capsys):
     cfg = preset("tiny_awd", hidden_size=16, max_train_tokens=3000, epochs=2, asgd_start=2, asgd_nonmono=None)
     results = train(cfg, tmp_path / "run", progress=False)
     from_state = curves.read_history(tmp_path / "run")

@@ -43,22 +43,22 @@ def test_mismatched_logits_are_refused():
         soft_target_loss(torch.zeros(3, 5), torch.zeros(3, 6), 2.0)
 
 
-def test_distillation_pulls_the_student_towards_the_teacher_and_cross_entropy_does_not(tmp_path, corpus):
-    cfg = preset("tiny", max_train_tokens=8000, epochs=1, lr=0.5)
-    teacher = build_model(preset("tiny", seed=7), corpus.vocab)
+def test_distillation_pulls_the_student_towards_the_teacher_and_cross_entropy_does_not(tmp_path, corpus, short_corpus):
+    cfg = preset("tiny", epochs=1, lr=0.5)  # trained on short_corpus's 4,000 tokens
+    teacher = build_model(preset("tiny", seed=7), short_corpus.vocab)
     counts = torch.bincount(corpus.train, minlength=len(corpus.vocab)).float() + 1
     with torch.no_grad():  # a teacher that the data alone would not teach: rare words most likely
         teacher.decoder.bias.copy_(-counts.log())
-    window = corpus.valid[:400].view(20, 20)
+    window = short_corpus.valid[:400].view(20, 20)
 
     def gap_after(alpha: float) -> float:
-        student = build_model(cfg, corpus.vocab)
+        student = build_model(cfg, short_corpus.vocab)
         train(cfg, tmp_path / str(alpha), model=student, progress=False,
               distill=Distillation(teacher, alpha=alpha, temperature=1.0))
         with torch.no_grad():
             return soft_target_loss(student(window)[0], teacher(window)[0], 1.0).item()
 
-    untrained = build_model(cfg, corpus.vocab)
+    untrained = build_model(cfg, short_corpus.vocab)
     with torch.no_grad():
         before = soft_target_loss(untrained(window)[0], teacher(window)[0], 1.0).item()
     assert gap_after(1.0) < before < gap_after(0.0)

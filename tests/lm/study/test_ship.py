@@ -13,7 +13,7 @@ from lm.study.ship import NOT_ON_DISK, ship, verify
 from lm.train import train
 
 
-def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):
+def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus, short_corpus):  # trained on short_corpus
     cfg = preset("tiny", max_train_tokens=2000, epochs=1)
     train(cfg, tmp_path / "train", progress=False)
     model = load(tmp_path / "train")
@@ -46,7 +46,7 @@ def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus):
         load(path)
 
 
-def test_a_rerun_ships_with_its_own_figures(tmp_path, corpus):
+def test_a_rerun_ships_with_its_own_figures(tmp_path, corpus, short_corpus):  # trained on short_corpus
     """A front model produced again (another machine, another run) differs from the study's row:
     the manifest gives the shipped file's own perplexities and commit, the study's beside them."""
     cfg = preset("tiny", max_train_tokens=2000, epochs=1)
