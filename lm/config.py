@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .regularize import Regularization
+from .regularize import Regularization, check_settings
 
 
 def dense() -> dict:
@@ -69,12 +69,8 @@ class TrainConfig:
     asgd_nonmono: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} is a dropout probability in [0, 1), got {getattr(self, name)}")
-        for name in ("ar", "tar", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_settings(self, ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop"),
+                       ("ar", "tar", "weight_decay"))
         for name in ("asgd_start", "asgd_nonmono"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

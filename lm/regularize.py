@@ -53,13 +53,18 @@ class Regularization:
     tar: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("input", "hidden", "output", "embedding", "weight"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"Regularization.{name} is a dropout probability in [0, 1), got {p}")
-        for name in ("ar", "tar"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Regularization.{name} must be >= 0, got {getattr(self, name)}")
+        check_settings(self, ("input", "hidden", "output", "embedding", "weight"), ("ar", "tar"), "Regularization.")
+
+
+def check_settings(settings, probabilities: tuple[str, ...], weights: tuple[str, ...], prefix: str = "") -> None:
+    """Refuse a dropout probability of ``settings`` (one of the attributes ``probabilities``) outside
+    [0, 1), or a penalty weight (``weights``) below 0, naming the attribute (after ``prefix``)."""
+    for name in probabilities:
+        if not 0.0 <= getattr(settings, name) < 1.0:
+            raise ValueError(f"{prefix}{name} is a dropout probability in [0, 1), got {getattr(settings, name)}")
+    for name in weights:
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{prefix}{name} must be >= 0, got {getattr(settings, name)}")
 
 
 def locked_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
