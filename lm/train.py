@@ -106,12 +106,13 @@ def step_loss(net: nn.Module, inputs: Tensor, targets: Tensor, state, regulariza
     return loss, value, detach(state)
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, batch: int, clip: float,
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, steps: int, clip: float,
              average: AveragedModel | None = None) -> None:
-    """Zaremba et al.'s update: the loss summed over time and averaged over the ``batch`` streams, the
-    gradient's norm clipped to ``clip``, then the ASGD ``average`` (if any) updated with the new weights."""
+    """Zaremba et al.'s update on ``loss``, the mean over a window's tokens: the loss summed over the
+    window's ``steps`` time steps and averaged over its streams (the mean times ``steps``), the gradient's
+    norm clipped to ``clip``, then the ASGD ``average`` (if any) updated with the new weights."""
     optimizer.zero_grad(set_to_none=True)
-    (loss * batch).backward()
+    (loss * steps).backward()
     nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     if average is not None:
