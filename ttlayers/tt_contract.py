@@ -53,6 +53,14 @@ from torch import Tensor
 
 Shape = tuple[int, ...]
 
+
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo``, which the public
+    decorator does first and which takes longer than the rest of ``import ttlayers`` together (about 1.8 s):
+    dynamo reads only the mark that its decorator sets (tests/ttlayers/test_export.py holds the two equal)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
 WRITE_COST = 400  # FLOPs charged per element written (fitted on CPU, see the module docstring)
 STEP_COST = 1_400_000  # FLOPs charged per operation a route launches (measured, see the module docstring)
 READ_COST = 8  # FLOPs charged per element of an already built W that a matmul reads from the cache
@@ -201,7 +209,7 @@ def weight_contraction(out_shape: Shape, in_shape: Shape, ranks: Shape) -> Contr
     return Contraction.plan(",".join(cores) + "->" + out_modes + in_modes, _view_shapes(out_shape, in_shape, ranks))
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _weight_contraction(out_shape: Shape, in_shape: Shape, ranks: Shape) -> Contraction:
     """``weight_contraction``, which traced code (``torch.compile``) calls eagerly: the plan
     enters the graph as a constant, and no path search or cache is traced."""
@@ -272,7 +280,7 @@ def linear_plan(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, wei
     return LinearPlan(dense_cost <= tt.cost, tt.cost, dense_cost, tt.flops, dense_flops, min_flops, tt)
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def planned(batch: int, out_shape: Shape, in_shape: Shape, ranks: Shape, weight_built: bool,
             calls: int = 1) -> LinearPlan:
     """``linear_plan``, which traced code (``torch.compile``) calls eagerly: the plan enters the

@@ -2,6 +2,8 @@
 dynamic batch and sequence length, and ONNX (torch.onnx.export(dynamo=True)) run by onnxruntime
 (the ``export`` extra; those tests are skipped without it)."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -10,6 +12,7 @@ from torch import nn
 from torch.export import Dim
 
 from ttlayers import LSTM, LowRankLinear, LSTMLayer, TTEmbedding, TTLinear, tt_lstm
+from ttlayers.tt_contract import _assume_constant_result, _weight_contraction, planned
 
 FEATURES, HIDDEN, VOCAB = 12, 10, 60
 SIZES = [(1, 1), (3, 2), (7, 5)]  # (sequence length, batch) at which exported models are run
@@ -99,6 +102,20 @@ def test_compile_meets_no_lru_cache_and_breaks_no_graph():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     assert not [w for w in caught if "lru_cache" in str(w.message)]
     torch._dynamo.reset()
+
+
+def test_plans_carry_the_mark_of_torch_assume_constant_result():
+    """Our decorator sets exactly what torch's public one does (which imports dynamo to do it)."""
+    marked = torch.compiler.assume_constant_result(lambda: None)
+    assert vars(marked) and vars(_assume_constant_result(lambda: None)) == vars(marked)
+    for fn in (planned, _weight_contraction):
+        assert {k: getattr(fn, k, None) for k in vars(marked)} == vars(marked)
+
+
+def test_import_leaves_dynamo_unloaded():
+    code = "import sys, torch, ttlayers; m = ttlayers.TTLinear(12, 14, 3); m(torch.randn(2, 12)).sum().backward(); " \
+           "print('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", MODELS)
