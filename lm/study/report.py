@@ -20,25 +20,34 @@ MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numb
 DATA_DIR = Path(__file__).parent
 
 
+GATES = {"lstm": 4, "gru": 3}  # the gated maps of a recurrent cell, each hidden x (input + hidden)
+
+
 @dataclass(frozen=True)
 class Weights:
-    """The weight matrices of an LSTM language model: a ``vocab`` x ``embedding`` table, ``layers``
-    LSTM layers of ``hidden`` units, and a ``hidden`` x ``vocab`` softmax (none if ``tied``)."""
+    """The weight matrices of a recurrent language model: a ``vocab`` x ``embedding`` table, ``layers``
+    layers of ``hidden`` units of the ``cell`` (``"lstm"`` or ``"gru"``), and a ``hidden`` x ``vocab``
+    softmax (none if ``tied``)."""
 
     vocab: int
     embedding: int
     hidden: int
     layers: int
     tied: bool = False
+    cell: str = "lstm"
+
+    def __post_init__(self) -> None:
+        if self.cell not in GATES:
+            raise ValueError(f"cell must be one of {sorted(GATES)}, got {self.cell!r}")
 
 
 def weight_count(w: Weights) -> int:
     """The numbers in ``w``'s weight matrices: the embedding table, each layer's input and recurrent maps
-    ``4 hidden x (input + hidden)``, and the softmax unless tied. Biases are left out: a published
-    quantized size counted this way is a lower bound (for Xu et al.'s 1x300 LSTM, 6,720,000 weights,
-    and its 15,400 biases would add 0.06 MB in float32)."""
-    lstm = sum(4 * w.hidden * ((w.embedding if k == 0 else w.hidden) + w.hidden) for k in range(w.layers))
-    return w.vocab * w.embedding + lstm + (0 if w.tied else w.hidden * w.vocab)
+    ``gates hidden x (input + hidden)`` (4 gates in an LSTM, 3 in a GRU), and the softmax unless tied.
+    Biases and per-row scales are left out: a published quantized size counted this way is a lower bound
+    (for Xu et al.'s 1x300 LSTM, 6,720,000 weights, and its 15,400 biases would add 0.06 MB in float32)."""
+    cells = sum(GATES[w.cell] * w.hidden * ((w.embedding if k == 0 else w.hidden) + w.hidden) for k in range(w.layers))
+    return w.vocab * w.embedding + cells + (0 if w.tied else w.hidden * w.vocab)
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,11 @@ def _read(path: Path, key: str, cls: type, nested: dict[str, type]) -> list:
         for name, sub in nested.items():
             if name in table:
                 _typed(table[name], dict, f"{where}: field {name!r}")
-                values[name] = sub(**_fields(sub, table[name], f"{where}: field {name!r}"))
+                given = _fields(sub, table[name], f"{where}: field {name!r}")
+                try:
+                    values[name] = sub(**given)
+                except ValueError as e:
+                    raise ValueError(f"{where}: field {name!r}: {e}") from None
         try:
             out.append(cls(**values))
         except ValueError as e:
@@ -175,7 +188,7 @@ def judge(t: Target, rows: list[dict], published: list[dict]) -> dict | None:
                                               for r in front)]
         return {**out, "model": "front", "measured": f"{len(beaten)}/{len(published)} published points dominated",
                 "met": "yes" if len(beaten) == len(published) else "no",
-                "gap": ", ".join(p["model"] for p in published if p not in beaten)}
+                "gap": "; ".join(p["model"] for p in published if p not in beaten)}
     if t.method is not None:
         r = by.get(t.method)
         if r is None:
@@ -346,42 +359,74 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
     return save_figure(fig, path, dpi=130)
 
 
+NAME_SHIFT = 1.05  # a name starts this factor right of its point (log sizes), clear of the marker
+ZOOM_MB = 5.0  # the plot's right panel: the models of at most this size, where the targets and most published points lie
+
+
 def plot(rows: list[dict], path: str | Path, title: str, published: list[dict] | None = None) -> Path:
     """Size-versus-perplexity scatter (log size): every row coloured by family, our Pareto front, the
     ``published`` points (default: ``PAPER``) one marker per source; only the front and the published
-    points are named, so that the plot can be read."""
+    points are named, so that the plot can be read: the left panel holds every point and names those over
+    ``ZOOM_MB``, the right one enlarges the points of at most ``ZOOM_MB`` (up to 15 PPL over the published
+    ones there) and names them, the names moved apart where they would overlap (adjustText)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patches
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    from adjustText import adjust_text
 
     published = PAPER if published is None else published
-    fig, ax = plt.subplots(figsize=(11, 6))
+    front = pareto_front(rows)
     families = sorted({r["family"] for r in rows})
     cmap = plt.get_cmap("tab20")  # one colour a family, up to 20
-    for k, fam in enumerate(families):
-        pts = [r for r in rows if r["family"] == fam]
-        ax.scatter([r["size_mb"] for r in pts], [r["test_ppl"] for r in pts], color=cmap(k % 20), label=fam, zorder=3)
-    front = pareto_front(rows)
-    for r in front:
-        ax.annotate(r["name"], (r["size_mb"], r["test_ppl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.step([r["size_mb"] for r in front], [r["test_ppl"] for r in front], where="post", color="k", lw=1,
-            label="our Pareto front", zorder=2)
     sources = list(dict.fromkeys(p["source"].split(" (")[0] for p in published))  # the authors
-    for source, (marker, colour) in zip(sources, [("*", "crimson"), ("P", "darkorange"), ("X", "purple"),
-                                                  ("D", "teal"), ("v", "olive")] * 4):
-        pts = [p for p in published if p["source"].startswith(source)]
-        ax.scatter([p["size_mb"] for p in pts], [p["test_ppl"] for p in pts], marker=marker, s=120, color=colour,
-                   edgecolor="k", label=f"{source} (published)", zorder=4)
-        for p in pts:
-            ax.annotate(p.get("label", p["model"]), (p["size_mb"], p["test_ppl"]), fontsize=6, color=colour,
-                        xytext=(3, -9), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("artifact size (MB, 10^6 bytes, log scale)")
-    ax.set_ylabel("test perplexity")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
+    styles = dict(zip(sources, [("*", "crimson"), ("P", "darkorange"), ("X", "purple"), ("D", "teal"),
+                                ("v", "olive")] * 4))
+    small = [x for x in rows + published if x["size_mb"] <= ZOOM_MB]
+    if small:  # the enlarged panel: its sizes, and perplexities up to a margin over its published points
+        xlim = (min(x["size_mb"] for x in small) / 1.15, ZOOM_MB * 1.05)
+        marks = [p["test_ppl"] for p in published if p["size_mb"] <= ZOOM_MB] or [x["test_ppl"] for x in small]
+        ylim = (min(x["test_ppl"] for x in small) - 3, max(marks) + 15)
+
+    def zoomed(x: dict) -> bool:
+        return bool(small) and x["size_mb"] <= ZOOM_MB and x["test_ppl"] <= ylim[1]
+
+    fig, axes = plt.subplots(1, 2 if small else 1, figsize=(16 if small else 11, 6.5), squeeze=False)
+    for ax, named in zip(axes[0], [lambda x: not zoomed(x), zoomed]):
+        for k, fam in enumerate(families):
+            pts = [r for r in rows if r["family"] == fam]
+            ax.scatter([r["size_mb"] for r in pts], [r["test_ppl"] for r in pts], color=cmap(k % 20), label=fam,
+                       zorder=3)
+        ax.step([r["size_mb"] for r in front], [r["test_ppl"] for r in front], where="post", color="k", lw=1,
+                label="our Pareto front", zorder=2)
+        texts = [ax.text(r["size_mb"] * NAME_SHIFT, r["test_ppl"], r["name"], fontsize=6, zorder=5)
+                 for r in front if named(r)]
+        for source, (marker, colour) in styles.items():
+            pts = [p for p in published if p["source"].startswith(source)]
+            ax.scatter([p["size_mb"] for p in pts], [p["test_ppl"] for p in pts], marker=marker, s=120, color=colour,
+                       edgecolor="k", label=f"{source} (published)", zorder=4)
+            texts += [ax.text(p["size_mb"] * NAME_SHIFT, p["test_ppl"], p.get("label", p["model"]), fontsize=6,
+                              color=colour, zorder=5) for p in pts if named(p)]
+        ax.set_xscale("log")
+        ax.set_xlabel("artifact size (MB, 10^6 bytes, log scale)")
+        ax.set_ylabel("test perplexity")
+        ax.grid(True, which="both", alpha=0.3)
+        if small and ax is axes[0][1]:
+            ax.set_xlim(*xlim)
+            ax.set_ylim(*ylim)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.set_title(f"<= {ZOOM_MB:g} MB and <= {ylim[1]:.0f} PPL, enlarged", fontsize=10)
+        elif small:
+            ax.add_patch(matplotlib.patches.Rectangle((xlim[0], ylim[0]), xlim[1] - xlim[0], ylim[1] - ylim[0],
+                                                      color="0.9", zorder=0))
+            ax.set_title("every model (the shaded part enlarged on the right)", fontsize=10)
+        if texts:
+            adjust_text(texts, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
+    fig.suptitle(title)
     return save_figure(fig, path, dpi=130)
 
 

@@ -37,7 +37,7 @@ def test_targets_and_page(tmp_path):
     controlled = {x["target"].split(" ")[0]: x for x in targets(rows + [row("dense_ft", 18.6, 101.0)], "small")}
     assert controlled["(control)"]["met"] == "no"
     assert controlled["(control)"]["gap"] == "+7.00 PPL at <= 4.7 MB"  # no row at all is better than dense_ft
-    assert t["Pareto"]["measured"].startswith("6/12")  # Table 1, the TT-LSTM and HitNet; not the medium-class or Xu points
+    assert t["Pareto"]["measured"].startswith("6/18")  # Table 1, the TT-LSTM and HitNet; not the medium-class, Xu or Bai points
     payload = {"rows": rows, "preset": "small", "commit": "abc", "date": "today", "seed": 1, "eval": "exact",
                "plot": "p.png", "targets": targets(rows, "small")}
     page = markdown(payload)
@@ -77,7 +77,9 @@ def test_front_merges_the_presets_and_judges_the_cross_preset_targets(tmp_path):
                                                   "medium_awd:dense"]
     t = {x["target"].split(" ")[0]: x for x in front["targets"]}
     assert t["moonshot:"]["met"] == "yes" and t["moonshot:"]["model"] == "medium:lr_q8"
-    assert t["Pareto"]["measured"] == "12/12 published points dominated"  # Xu et al.'s and HitNet's too, by medium_awd:lr_q2
+    # every 1x300 point too, by medium_awd:lr_q2, but Bai et al.'s 1-bit LSTM, smaller than any row
+    assert t["Pareto"]["measured"] == "17/18 published points dominated"
+    assert t["Pareto"]["gap"] == "LSTM 1x300, alternating 1-bit weights without rescaling"
     issue15 = [x for x in front["targets"] if x["target"].startswith(("<= 2.5 MB", "<= 1 MB", "dense medium"))]
     assert [(x["model"], x["met"], x["gap"]) for x in issue15] == [
         ("medium_awd:lr_q2", "no", "+2.00 PPL at <= 2.5 MB; +1.700 MB at <= 85.00 PPL (medium:lr_q8)"),
@@ -95,14 +97,23 @@ def test_published_points_are_data_with_sources_and_computed_sizes(tmp_path):
     # embedding 10000x300, the LSTM's 4*300 x (300 + 300), the softmax 300x10000
     assert weight_count(xu) == 3_000_000 + 720_000 + 3_000_000
     assert weight_count(Weights(10_000, 300, 300, 1, tied=True)) == 3_720_000
+    assert weight_count(Weights(10_000, 300, 300, 1, cell="gru")) == 3_000_000 + 540_000 + 3_000_000  # 3 gates
+    assert weight_count(Weights(10_000, 200, 300, 2)) == 2_000_000 + 4 * 300 * 500 + 4 * 300 * 600 + 3_000_000
     points = {p["key"]: p for p in PAPER}
-    assert {k: (p["size_mb"], p["test_ppl"]) for k, p in points.items() if k.startswith("xu")} == {
+    assert {k: (p["size_mb"], p["test_ppl"]) for k, p in points.items() if k.startswith("xu_w")} == {
         "xu_w3a3": (2.52, 87.9), "xu_w2a3": (1.68, 91.9), "xu_w2a2": (1.68, 95.8)}
     assert (points["hitnet_ternary"]["size_mb"], points["hitnet_ternary"]["test_ppl"]) == (1.68, 110.3)
+    assert {k: (round(p["size_mb"], 4), p["test_ppl"]) for k, p in points.items() if k.startswith(("xu_gru", "bai"))} == {
+        "xu_gru_w3a3": (2.4525, 92.9), "xu_gru_w2a3": (1.635, 97.0), "xu_gru_w2a2": (1.635, 101.2),
+        "bai_alt_w1": (0.84, 116.7), "bai_alt_w2": (1.68, 94.3), "bai_alt_w3": (2.52, 87.3)}
     assert all(p["source"] for p in PAPER) and points["medium"]["size_mb"] == 79.1
     bad = tmp_path / "published.toml"
     bad.write_text('[[points]]\nkey = "x"\nmodel = "m"\nsource = "s"\ntest_ppl = 90.0\nsize_mb = 1.0\nbits = 2\n')
     with pytest.raises(ValueError, match=r"published\.toml: \[\[points\]\] #1: weights and bits go together"):
+        load_published(bad)
+    bad.write_text('[[points]]\nkey = "x"\nmodel = "m"\nsource = "s"\ntest_ppl = 90.0\nbits = 2\n'
+                   'weights = { vocab = 10, embedding = 2, hidden = 2, layers = 1, cell = "rnn" }\n')
+    with pytest.raises(ValueError, match=r"#1: field 'weights': cell must be one of \['gru', 'lstm'\], got 'rnn'"):
         load_published(bad)
 
 
@@ -149,15 +160,23 @@ def test_no_target_or_published_number_is_typed_in_the_report_code():
         assert number not in source, number
 
 
-def test_the_plot_names_only_the_front_and_the_published_points(tmp_path, monkeypatch):
+def test_the_plot_names_only_the_front_and_the_published_points_each_once(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
     names = []
-    real = Axes.annotate
-    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: names.append(text) or real(self, text, *a, **k))
-    rows = [row("a", 1.0, 100.0), row("b", 2.0, 90.0), row("dominated", 3.0, 120.0), row("c", 4.0, 80.0)]
+    real = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: names.append((self, s)) or real(self, x, y, s, *a, **k))
+    rows = [row("a", 1.0, 100.0), row("b", 2.0, 90.0), row("dominated", 3.0, 120.0), row("c", 4.0, 80.0),
+            row("big", 50.0, 70.0), row("bad", 0.5, 400.0)]
     plot(rows, tmp_path / "p.png", "t")
-    assert sorted(names) == sorted(["a", "b", "c"] + [p["label"] for p in PAPER])
+    texts = [s for _, s in names]
+    assert sorted(texts) == sorted(["a", "b", "c", "big", "bad"] + [p["label"] for p in PAPER])  # each named once
+    left, right = dict.fromkeys(ax for ax, _ in names)  # the axes in the order they name their points
+    zoom = {s for ax, s in names if ax is right}
+    # the right panel names what it shows: <= 5 MB, up to 15 PPL over its worst published point (Table 1's 8-bit 118.2)
+    assert {"a", "b", "c", "HitNet ternary", "Bai ALT W1"} <= zoom and not {"big", "bad", "medium 650-650"} & zoom
+    assert right.get_xlim()[1] == pytest.approx(5.25) and right.get_ylim()[1] == pytest.approx(
+        max(p["test_ppl"] for p in PAPER if p["size_mb"] <= 5) + 15)
 
 
 def test_report_only_rerenders_the_committed_reports_from_their_rows(tmp_path):
