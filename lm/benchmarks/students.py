@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     def row(name: str, model, lr: float, epochs: int, distill: Distillation | None) -> dict:
         with parametrize.cached():  # a QAT weight quantized once, not at every call
             start = perplexity(model.eval(), valid)
-        step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs), data,
+        step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs, finetune.regularization), data,
                                              distill=distill, taught=taught))
         r = {"model": name, "parameters": count_parameters(model), "valid_ppl_start": start, "ms_per_step": 1e3 * step,
              "min_per_epoch": step * per_epoch / 60, "epochs": epochs, "hours": step * per_epoch * epochs / 3600}

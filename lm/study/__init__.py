@@ -10,7 +10,6 @@
 """
 
 import warnings
-from dataclasses import asdict
 
 from .methods import Method, load_finetune, load_methods, presets
 from .runner import Study, StudyConfig, methods_for, run_study, scratch_model
@@ -23,5 +22,5 @@ def __getattr__(name: str) -> object:
     if name == "FINETUNE":
         warnings.warn("lm.study.FINETUNE is deprecated; use lm.study.methods.load_finetune(preset)", DeprecationWarning,
                       stacklevel=2)
-        return {p: asdict(load_finetune(p)) for p in presets()}
+        return {p: load_finetune(p).to_dict() for p in presets()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

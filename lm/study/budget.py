@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -137,12 +137,12 @@ def compress_to_budget(checkpoint: str | os.PathLike, budget_mb: float, out_dir:
     best = min(candidates, key=lambda c: c["search_ppl"])
     model = best.pop("model")
     finetune = None if best["family"] == "dense" else Finetune(
-        finetune_epochs or recipe.epochs, recipe.lr, max(dense.config.dropout, recipe.dropout))
+        finetune_epochs or recipe.epochs, recipe.lr, max(dense.config.dropout, recipe.dropout), recipe.regularization)
     done = pipeline.run(model, out, valid=corpus.valid, test=corpus.test, finetune=finetune, base=base,
                         quant=best["quant"], data_dir=data_dir, progress=progress)
     result = {
         **stamp({"checkpoint": str(checkpoint), "budget_mb": budget_mb, "search_tokens": search_tokens,
-                 "finetune": asdict(recipe), "finetune_epochs": finetune_epochs}, base.seed),
+                 "finetune": recipe.to_dict(), "finetune_epochs": finetune_epochs}, base.seed),
         "chosen": best, "artifact": str(done.artifact.path), "size_bytes": done.artifact.bytes,
         "size_mb": done.artifact.bytes / MB, "parameters": count_parameters(done.decoded),
         "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,

@@ -22,8 +22,10 @@ from __future__ import annotations
 import sys
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
+from ..regularize import Regularization
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -126,11 +128,22 @@ class Shape:
 @dataclass(frozen=True)
 class Finetune:
     """A fine-tuning run: SGD from ``lr``, halved every epoch, for ``epochs``, with ``dropout`` on the
-    non-recurrent connections (the model's own dropout is restored afterwards)."""
+    non-recurrent connections (the model's own dropout is restored afterwards), and ``regularization``:
+    the preset's regularisers (``lm.regularize``) at these strengths instead of the preset's own (None:
+    the preset's). A study file gives every field of it, so that none is switched off by omission."""
 
     epochs: int
     lr: float
     dropout: float
+    regularization: Regularization | None = None
+
+    def to_dict(self) -> dict:
+        """The recipe as the study's results record it (part of their cache keys): without ``regularization``
+        when it is None, so that the recipes written before the field existed keep their keys."""
+        out = asdict(self)
+        if self.regularization is None:
+            del out["regularization"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,18 @@ def read_finetune(path: str | Path) -> Finetune:
     if table is None:
         raise ValueError(f"{where}: missing")
     _typed(table, dict, where)
-    return Finetune(**_fields(Finetune, table, where))
+    kwargs = _fields(Finetune, table, where, nested={"regularization"})
+    if "regularization" in table:
+        given, place = table["regularization"], f"{where}: field 'regularization'"
+        _typed(given, dict, place)
+        missing = [f.name for f in fields(Regularization) if f.name not in given]
+        if missing:
+            raise ValueError(f"{place}: missing field {missing[0]!r} (give every regulariser's strength)")
+        try:
+            kwargs["regularization"] = Regularization(**_fields(Regularization, given, place))
+        except ValueError as e:
+            raise ValueError(f"{place}: {e}") from None
+    return Finetune(**kwargs)
 
 
 def _read(path: str | Path) -> dict:

@@ -21,6 +21,7 @@ from ..config import TrainConfig
 from ..distill import Distillation
 from ..evaluate import perplexity
 from ..model import LanguageModel
+from ..regularize import Regularization
 from ..train import train
 from .methods import Finetune, Prune
 
@@ -36,9 +37,16 @@ class Outcome:
     test_ppl: float
 
 
-def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: int) -> TrainConfig:
-    """``base`` (a preset) set to fine-tune ``model``: from ``lr``, halved every epoch."""
-    return replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1)
+def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: int,
+                    regularization: Regularization | None = None) -> TrainConfig:
+    """``base`` (a preset) set to fine-tune ``model``: from ``lr``, halved every epoch, with ``regularization``'s
+    strengths in place of ``base``'s own (None: ``base``'s)."""
+    cfg = replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1)
+    if regularization is None:
+        return cfg
+    r = regularization
+    return replace(cfg, dropout_input=r.input, dropout_hidden=r.hidden, dropout_output=r.output,
+                   dropout_embedding=r.embedding, weight_drop=r.weight, ar=r.ar, tar=r.tar)
 
 
 def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tensor, layers: dict | None = None,
@@ -72,12 +80,13 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
     if finetune is not None and gradual:
         for epoch, amount in enumerate(pruning.gradual_amounts(prune.amount, finetune.epochs)):
             pruning.prune_model(model, amount, prune.layers)
-            cfg = finetune_config(base, model, finetune.lr * 0.5 ** epoch, epochs=1)
+            cfg = finetune_config(base, model, finetune.lr * 0.5 ** epoch, epochs=1,
+                                  regularization=finetune.regularization)
             train(cfg, out / "train" / f"epoch{epoch + 1}", data_dir=data_dir, progress=progress, model=model,
                   distill=distill)
     elif finetune is not None:
-        train(finetune_config(base, model, finetune.lr, finetune.epochs), out / "train", data_dir=data_dir,
-              resume=True, progress=progress, model=model, distill=distill, save_every=save_every)
+        train(finetune_config(base, model, finetune.lr, finetune.epochs, finetune.regularization), out / "train",
+              data_dir=data_dir, resume=True, progress=progress, model=model, distill=distill, save_every=save_every)
     pruning.finalize(model)  # this prune's, or one the caller made
     if qat_bits:
         qat.bake(model)

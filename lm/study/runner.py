@@ -37,6 +37,7 @@ from ..config import ModelConfig, TrainConfig, preset
 from ..data import Corpus
 from ..distill import Distillation
 from ..model import LanguageModel, count_parameters
+from ..regularize import Regularization
 from ..results import ROOT, git_commit, stamp, write_json
 from ..train import train
 from . import pipeline, report
@@ -99,7 +100,7 @@ class Study:
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.cfg = preset(config.preset, **config.overrides)
-        self.finetune = {**asdict(load_finetune(config.preset)), **(config.finetune or {})}
+        self.finetune = {**load_finetune(config.preset).to_dict(), **(config.finetune or {})}
         self.run_dir = Path(config.run_dir)
         self.corpus = Corpus.load(config.data_dir)
         self.all_methods = load_methods(config.preset)
@@ -172,7 +173,9 @@ class Study:
             return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
         if m.base and m.train == "none":
             return pipeline.run(start, out, **common)
-        finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"])
+        regularization = self.finetune.get("regularization")
+        finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"],
+                            Regularization(**regularization) if regularization else None)
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start

@@ -2,7 +2,6 @@
 
 import json
 import tomllib
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ FROZEN = json.loads((Path(__file__).parent / "fixtures" / "study_recipes.json").
 @pytest.mark.parametrize("preset", sorted(FROZEN["recipe"]))
 def test_every_method_keeps_its_cache_key_byte_for_byte(preset):
     study = object.__new__(Study)  # recipe() reads only the config and the fine-tuning recipe
-    study.config, study.finetune = StudyConfig(preset=preset), asdict(load_finetune(preset))  # as Study() sets them
+    study.config, study.finetune = StudyConfig(preset=preset), load_finetune(preset).to_dict()  # as Study() sets them
     methods = load_methods(preset)
     assert [m.name for m in methods] == list(FROZEN["recipe"][preset])
     for m in methods:
@@ -36,7 +35,7 @@ def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_rele
         old = study_package.FINETUNE
     for preset, recipes in FROZEN["recipe"].items():
         frozen = json.loads(recipes["dense_ft"])["finetune"]
-        assert json.dumps(old[preset]) == json.dumps(asdict(load_finetune(preset))) == json.dumps(frozen)
+        assert json.dumps(old[preset]) == json.dumps(load_finetune(preset).to_dict()) == json.dumps(frozen)
 
 
 def test_methods_for_keeps_its_name_for_a_release():
@@ -143,3 +142,37 @@ def test_methods_refuse_parts_the_study_would_ignore(fields, message):
         Method("bad", "dense", "a recipe with a part that would be ignored", **fields)
     for name in ("tiny", "small", "medium", "large"):
         assert len(load_methods(name)) == len(FROZEN["recipe"][name])  # every shipped method passes the checks
+
+
+def test_a_finetune_regularization_replaces_the_presets_strengths_and_names_every_one(tmp_path):
+    from types import SimpleNamespace
+
+    from lm.regularize import Regularization
+    from lm.study.methods import read_finetune
+    from lm.study.pipeline import finetune_config
+
+    light = load_finetune("medium_awd").regularization
+    assert light == Regularization(input=0.1, hidden=0.1, output=0.1, embedding=0.0, weight=0.1, ar=2.0, tar=1.0)
+    base = preset("medium_awd")
+    model = SimpleNamespace(config=base.model)
+    tuned = finetune_config(base, model, 0.5, 3, light)
+    assert (tuned.dropout_input, tuned.dropout_hidden, tuned.dropout_output, tuned.dropout_embedding, tuned.weight_drop,
+            tuned.ar, tuned.tar) == (0.1, 0.1, 0.1, 0.0, 0.1, 2.0, 1.0)
+    assert (tuned.weight_decay, tuned.epochs, tuned.lr) == (base.weight_decay, 3, 0.5)
+    kept = finetune_config(base, model, 0.5, 3)  # no regularization: the preset's own
+    assert (kept.dropout_input, kept.weight_drop) == (base.dropout_input, base.weight_drop) == (0.4, 0.5)
+    assert load_finetune("medium_awd").to_dict()["regularization"]["weight"] == 0.1
+    assert "regularization" not in load_finetune("medium").to_dict()  # the older recipes keep their cache keys
+    head = "[finetune]\nepochs = 1\nlr = 0.5\ndropout = 0.0\n"
+    every = "input = 0.1, hidden = 0.1, output = 0.1, embedding = 0.0, weight = 0.1, ar = 2.0"
+    path = tmp_path / "study.toml"
+    for body, message in [
+        (f"regularization = {{ {every} }}", r"field 'regularization': missing field 'tar' \(give every"),
+        (f"regularization = {{ {every}, tar = 1.0, drop = 0.1 }}", "field 'regularization': unknown key 'drop'"),
+        (f"regularization = {{ {every.replace('input = 0.1', 'input = 1.5')}, tar = 1.0 }}",
+         r"field 'regularization': Regularization\.input is a dropout probability in \[0, 1\)"),
+        ('regularization = "light"', "field 'regularization': expected"),
+    ]:
+        path.write_text(head + body + "\n")
+        with pytest.raises(ValueError, match=r"study\.toml: \[finetune\]: " + message):
+            read_finetune(path)
