@@ -32,7 +32,7 @@ from ..regularize import Regularization
 from ..results import RESULTS, stamp, write_json
 from ..study.methods import load_finetune, load_methods
 from ..study.pipeline import finetune_config
-from .train_speed import train_steps
+from .train_speed import train_steps, train_stream
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = Corpus.load(args.data_dir)
     teacher = load(args.checkpoint).eval()
     valid = corpus.valid[: args.valid_tokens] if args.valid_tokens else corpus.valid
-    train = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
-    start = compress_model(teacher, counts=torch.bincount(train, minlength=teacher.config.vocab_size),
+    start = compress_model(teacher, counts=torch.bincount(train_stream(cfg, corpus), minlength=teacher.config.vocab_size),
                            **method.compress_kwargs())
     data = batchify(corpus.train[: args.steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
     taught = teacher_features(teacher, data, cfg.bptt)

@@ -40,7 +40,7 @@ from ..model import count_parameters
 from ..results import RESULTS, stamp, write_json
 from ..study.methods import load_finetune, load_methods
 from ..study.pipeline import finetune_config
-from .train_speed import epoch_tokens, train_steps
+from .train_speed import epoch_tokens, train_steps, train_stream
 
 
 def student_methods(preset: str, names: list[str] | None = None) -> list[tuple]:
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     if teacher.vocab is not None and teacher.vocab != corpus.vocab:
         raise ValueError(f"{args.checkpoint} was trained on another vocabulary")
     valid = corpus.valid[: args.valid_tokens] if args.valid_tokens else corpus.valid
-    train = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
-    counts = torch.bincount(train, minlength=teacher.config.vocab_size)
+    counts = torch.bincount(train_stream(cfg, corpus), minlength=teacher.config.vocab_size)
     data = batchify(corpus.train[: args.steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
     taught = teacher_features(teacher, data, cfg.bptt)
     per_epoch = epoch_tokens(cfg, corpus) / (cfg.bptt * cfg.batch_size)  # steps

@@ -48,10 +48,14 @@ def train_steps(model: LanguageModel, cfg: TrainConfig, data: Tensor, average: A
     return seconds
 
 
+def train_stream(cfg: TrainConfig, corpus: Corpus) -> Tensor:
+    """The training words ``cfg`` trains on: the corpus's, cut to ``cfg.max_train_tokens`` where set."""
+    return corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
+
+
 def epoch_tokens(cfg: TrainConfig, corpus: Corpus) -> int:
     """The tokens of one training epoch of ``cfg`` (``lm.train``'s batches)."""
-    stream = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
-    return (stream.numel() // cfg.batch_size - 1) * cfg.batch_size
+    return (train_stream(cfg, corpus).numel() // cfg.batch_size - 1) * cfg.batch_size
 
 
 def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
