@@ -22,43 +22,33 @@ from dataclasses import asdict
 
 import torch
 
-from ..checkpoint import load
 from ..compression.surgery import compress_model
-from ..config import preset as load_preset
-from ..data import Corpus, batchify
-from ..distill import Distillation, teacher_features
+from ..distill import Distillation
 from ..evaluate import perplexity
 from ..regularize import Regularization
-from ..results import RESULTS, stamp, write_json
+from ..results import stamp, write_json
 from ..study.methods import load_finetune, load_methods
 from ..study.pipeline import finetune_config
-from .train_speed import train_steps, train_stream
+from .teacher_setup import TeacherSetup, check_teacher_arguments, results_path, teacher_arguments
+from .train_speed import train_steps
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="medium_awd")
-    p.add_argument("--checkpoint", required=True, help="the trained dense teacher (model.safetensors)")
+    teacher_arguments(p, steps=400, what="distillation steps from each learning rate")
     p.add_argument("--method", default="lr_tied_kd", help="a method of the study that compresses and distils")
-    p.add_argument("--steps", type=int, default=400, help="distillation steps from each learning rate")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.5], help="the constant learning rates tried")
-    p.add_argument("--valid-tokens", type=int, default=20_000, help="validation words scored (0: all)")
-    p.add_argument("--data-dir", default=None, help="PTB (default: $PTB_DIR)")
-    p.add_argument("--out", default=None, help="default: results/bench_finetune_regularization_<preset>.json")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.valid_tokens < 0 or any(lr <= 0 for lr in args.lrs):
-        p.error("--steps must be >= 1, --valid-tokens >= 0 and every --lrs > 0")
-    cfg, finetune = load_preset(args.preset), load_finetune(args.preset)
+    check_teacher_arguments(p, args)
+    if any(lr <= 0 for lr in args.lrs):
+        p.error("every --lrs must be > 0")
+    finetune = load_finetune(args.preset)
     method = next((m for m in load_methods(args.preset) if m.name == args.method), None)
     if method is None or not method.compress or not method.distill:
         p.error(f"--method {args.method!r}: not a method of the {args.preset} study that compresses and distils")
-    corpus = Corpus.load(args.data_dir)
-    teacher = load(args.checkpoint).eval()
-    valid = corpus.valid[: args.valid_tokens] if args.valid_tokens else corpus.valid
-    start = compress_model(teacher, counts=torch.bincount(train_stream(cfg, corpus), minlength=teacher.config.vocab_size),
-                           **method.compress_kwargs())
-    data = batchify(corpus.train[: args.steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
-    taught = teacher_features(teacher, data, cfg.bptt)
+    setup = TeacherSetup.from_args(args)
+    cfg, teacher, valid = setup.cfg, setup.teacher, setup.valid
+    start = compress_model(teacher, counts=setup.counts, **method.compress_kwargs())
     kd = Distillation(teacher, method.distill.alpha, method.distill.temperature)
     variants = {"preset": None, "finetune": finetune.regularization, "none": Regularization()}
     rows = []
@@ -69,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.manual_seed(cfg.seed)
             student = copy.deepcopy(start)
             tuned = finetune_config(cfg, student, lr, 1, regularization)
-            train_steps(student, tuned, data, distill=kd, taught=taught)
+            train_steps(student, tuned, setup.data, distill=kd, taught=setup.taught)
             row = {"regularization": name, "strengths": asdict(tuned.regularization() or Regularization()),
                    "weight_decay": tuned.weight_decay, "lr": lr, "valid_ppl": perplexity(student.eval(), valid)}
             print(row, flush=True)
@@ -77,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {**stamp({**vars(args), "threads": torch.get_num_threads()}, cfg.seed), "valid_tokens": valid.numel(),
                "teacher_valid_ppl": perplexity(teacher, valid), "start_valid_ppl": perplexity(start.eval(), valid),
                "rows": rows}
-    write_json(args.out or RESULTS / f"bench_finetune_regularization_{args.preset}.json", payload)
+    write_json(results_path(args, "bench_finetune_regularization"), payload)
     return payload
 
 

@@ -29,18 +29,16 @@ import statistics
 import torch
 from torch.nn.utils import parametrize
 
-from ..checkpoint import load
 from ..compression import qat
 from ..compression.surgery import compress_model
-from ..config import preset as load_preset
-from ..data import Corpus, batchify
-from ..distill import Distillation, teacher_features
+from ..distill import Distillation
 from ..evaluate import perplexity
 from ..model import count_parameters
-from ..results import RESULTS, stamp, write_json
+from ..results import stamp, write_json
 from ..study.methods import load_finetune, load_methods
 from ..study.pipeline import finetune_config
-from .train_speed import epoch_tokens, train_steps, train_stream
+from .teacher_setup import TeacherSetup, check_teacher_arguments, results_path, teacher_arguments
+from .train_speed import epoch_tokens, train_steps
 
 
 def student_methods(preset: str, names: list[str] | None = None) -> list[tuple]:
@@ -62,35 +60,22 @@ def student_methods(preset: str, names: list[str] | None = None) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="medium_awd")
-    p.add_argument("--checkpoint", required=True, help="the trained dense teacher (model.safetensors)")
+    teacher_arguments(p, steps=10, what="training steps timed per model")
     p.add_argument("--methods", nargs="+", help="default: every method that compresses the teacher")
-    p.add_argument("--valid-tokens", type=int, default=20_000, help="validation words scored (0: all)")
-    p.add_argument("--steps", type=int, default=10, help="training steps timed per model")
-    p.add_argument("--data-dir", default=None, help="PTB (default: $PTB_DIR)")
-    p.add_argument("--out", default=None, help="default: results/bench_students_<preset>.json")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.valid_tokens < 0:
-        p.error("--steps must be >= 1 and --valid-tokens >= 0")
+    check_teacher_arguments(p, args)
     torch.manual_seed(0)
-    cfg = load_preset(args.preset)
     methods = student_methods(args.preset, args.methods)
     finetune = load_finetune(args.preset)
-    corpus = Corpus.load(args.data_dir)
-    teacher = load(args.checkpoint).eval()
-    if teacher.vocab is not None and teacher.vocab != corpus.vocab:
-        raise ValueError(f"{args.checkpoint} was trained on another vocabulary")
-    valid = corpus.valid[: args.valid_tokens] if args.valid_tokens else corpus.valid
-    counts = torch.bincount(train_stream(cfg, corpus), minlength=teacher.config.vocab_size)
-    data = batchify(corpus.train[: args.steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
-    taught = teacher_features(teacher, data, cfg.bptt)
-    per_epoch = epoch_tokens(cfg, corpus) / (cfg.bptt * cfg.batch_size)  # steps
+    setup = TeacherSetup.from_args(args)
+    cfg, teacher, valid = setup.cfg, setup.teacher, setup.valid
+    per_epoch = epoch_tokens(cfg, setup.corpus) / (cfg.bptt * cfg.batch_size)  # steps
 
     def row(name: str, model, lr: float, epochs: int, distill: Distillation | None) -> dict:
         with parametrize.cached():  # a QAT weight quantized once, not at every call
             start = perplexity(model.eval(), valid)
-        step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs, finetune.regularization), data,
-                                             distill=distill, taught=taught))
+        step = statistics.median(train_steps(model, finetune_config(cfg, model, lr, epochs, finetune.regularization),
+                                             setup.data, distill=distill, taught=setup.taught))
         r = {"model": name, "parameters": count_parameters(model), "valid_ppl_start": start, "ms_per_step": 1e3 * step,
              "min_per_epoch": step * per_epoch / 60, "epochs": epochs, "hours": step * per_epoch * epochs / 3600}
         print(r, flush=True)
@@ -98,14 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [row("teacher", copy.deepcopy(teacher), cfg.lr, cfg.epochs, None)]  # its own training, for scale
     for m, start in methods:
-        student = compress_model(teacher, counts=counts, **start.compress_kwargs())
+        student = compress_model(teacher, counts=setup.counts, **start.compress_kwargs())
         if m.qat_bits:  # its base untrained here: the step's cost, and what the grids alone cost at the start
             qat.enable_qat(student, m.qat_bits, m.qat_every or qat.RANGE_EVERY)
         kd = Distillation(teacher, m.distill.alpha, m.distill.temperature) if m.distill else None
         rows.append(row(m.name, student, m.lr or finetune.lr, m.epochs or finetune.epochs, kd))
     payload = {**stamp({**vars(args), "threads": torch.get_num_threads()}, 0), "valid_tokens": valid.numel(),
                "rows": rows, "students_hours": sum(r["hours"] for r in rows[1:])}  # one thread, every run in turn
-    write_json(args.out or RESULTS / f"bench_students_{args.preset}.json", payload)
+    write_json(results_path(args, "bench_students"), payload)
     return payload
 
 

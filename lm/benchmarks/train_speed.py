@@ -53,6 +53,12 @@ def train_stream(cfg: TrainConfig, corpus: Corpus) -> Tensor:
     return corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
 
 
+def train_prefix(cfg: TrainConfig, corpus: Corpus, steps: int) -> Tensor:
+    """The first ``steps`` bptt windows of the training words ``cfg`` trains on, batchified:
+    shape (steps * bptt + 1, batch_size), fewer rows where the words run out."""
+    return batchify(train_stream(cfg, corpus)[: steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
+
+
 def epoch_tokens(cfg: TrainConfig, corpus: Corpus) -> int:
     """The tokens of one training epoch of ``cfg`` (``lm.train``'s batches)."""
     return (train_stream(cfg, corpus).numel() // cfg.batch_size - 1) * cfg.batch_size
@@ -64,7 +70,7 @@ def time_steps(name: str, corpus: Corpus, steps: int, averaged: bool) -> dict:
     cfg = preset(name)
     model = build_model(cfg, corpus.vocab)
     average = AveragedModel(model, use_buffers=False) if averaged else None
-    data = batchify(corpus.train[: steps * cfg.bptt * cfg.batch_size + cfg.batch_size], cfg.batch_size)
+    data = train_prefix(cfg, corpus, steps)
     wall = time.perf_counter()
     cpu = sum(train_steps(model, cfg, data, average))
     wall = time.perf_counter() - wall
