@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from .data import bptt_windows
@@ -54,13 +55,44 @@ def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Te
 
     student, teacher: logits (..., vocab) of the same shape; zero exactly where the two
     agree up to a constant per token. No gradient flows to the teacher.
+
+    Computed a few rows at a time on the CPU, where the rows' softmaxes stay in cache (on a
+    GPU, all at once), with its gradient ``T (softmax(student / T) - softmax(teacher / T)) / tokens``
+    written in the same pass, instead of several whole-tensor passes over (tokens, vocab) and autograd's.
     """
     if student.shape != teacher.shape:
         raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
     vocab = student.shape[-1]
-    log_p = torch.log_softmax(student.reshape(-1, vocab) / temperature, -1)
-    log_q = torch.log_softmax(teacher.detach().reshape(-1, vocab) / temperature, -1)
-    return temperature**2 * nn.functional.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return _SoftTargetLoss.apply(student.reshape(-1, vocab), teacher.detach().reshape(-1, vocab), temperature)
+
+
+class _SoftTargetLoss(torch.autograd.Function):
+    """``soft_target_loss`` on (tokens, vocab) logits; the gradient with respect to the student's logits is
+    computed in the forward pass and kept (in place of the student's log-softmax that autograd would keep)."""
+
+    CACHE_ELEMENTS = 1 << 16  # logits per block of rows on the CPU (256 KB in float32)
+
+    @staticmethod
+    def forward(ctx, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        tokens, vocab = student.shape
+        rows = max(1, _SoftTargetLoss.CACHE_ELEMENTS // vocab) if student.device.type == "cpu" else tokens
+        grad = torch.empty_like(student)
+        total = student.new_zeros(())
+        for i in range(0, tokens, rows):
+            log_p = torch.log_softmax(student[i : i + rows] / temperature, -1)
+            log_q = torch.log_softmax(teacher[i : i + rows] / temperature, -1)
+            q = log_q.exp()
+            total += torch.sum(q * (log_q - log_p))
+            torch.sub(log_p.exp_(), q, out=grad[i : i + rows])
+        ctx.save_for_backward(grad)
+        ctx.scale = temperature / tokens
+        return total * (temperature**2 / tokens)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * (grad_output * ctx.scale), None, None
 
 
 @torch.no_grad()

@@ -23,6 +23,41 @@ def test_soft_target_loss_is_the_scaled_kl_divergence(tokens, vocab, temperature
     assert soft_target_loss(teacher + shift, teacher, temperature).abs() < 1e-12
 
 
+def reference_soft_target_loss(student, teacher, temperature):
+    """The loss written as whole-tensor torch operations, its gradient by autograd."""
+    vocab = student.shape[-1]
+    log_p = torch.log_softmax(student.reshape(-1, vocab) / temperature, -1)
+    log_q = torch.log_softmax(teacher.reshape(-1, vocab) / temperature, -1)
+    return temperature**2 * torch.nn.functional.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (3, 4, 11), (13, 257)])
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e3])
+@pytest.mark.parametrize("block", [1, 300, 1 << 16])  # logits per block of rows: one row, several with a ragged end, all
+def test_soft_target_loss_and_its_gradient_match_autograd_through_whole_tensor_operations(dtype, shape, scale, block,
+                                                                                           monkeypatch):
+    monkeypatch.setattr("lm.distill._SoftTargetLoss.CACHE_ELEMENTS", block)
+    g = torch.Generator().manual_seed(hash((shape, scale)) % 2**31)
+    student = (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    teacher = (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+    expected_student = student.detach().clone().requires_grad_()
+    weight = 3.5  # the loss scaled, as sgd_step scales it by the window's steps
+    (weight * soft_target_loss(student, teacher, 2.0)).backward()
+    expected = reference_soft_target_loss(expected_student, teacher, 2.0)
+    (weight * expected).backward()
+    tol = {"rtol": 1e-4, "atol": 1e-5 * max(scale, 1.0)} if dtype == torch.float32 else {}
+    torch.testing.assert_close(soft_target_loss(student, teacher, 2.0), expected.detach(), **tol)
+    torch.testing.assert_close(student.grad, expected_student.grad, **tol)
+
+
+def test_the_soft_target_gradient_passes_gradcheck(monkeypatch):
+    monkeypatch.setattr("lm.distill._SoftTargetLoss.CACHE_ELEMENTS", 20)
+    student = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(7, 6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: soft_target_loss(s, teacher, 1.7), (student,))
+
+
 def test_no_gradient_reaches_the_teacher_and_alpha_zero_is_cross_entropy():
     student, teacher = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
     ce = torch.nn.functional.cross_entropy(student, torch.arange(6) % 5)
