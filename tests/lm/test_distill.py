@@ -1,5 +1,7 @@
 """Knowledge distillation: the soft-target loss and fine-tuning from a teacher."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,6 +11,8 @@ from lm.config import preset
 from lm.data import Corpus, batchify, bptt_windows
 from lm.distill import Distillation, soft_target_loss, teacher_features
 from lm.train import TrainingDiverged, build_model, train
+
+DEVICE = os.environ.get("TTLAYERS_TEST_DEVICE", "cuda")  # as tests/project/test_cuda.py
 
 
 @settings(max_examples=30, deadline=None)
@@ -56,6 +60,21 @@ def test_the_soft_target_gradient_passes_gradcheck(monkeypatch):
     student = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(7, 6, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda s: soft_target_loss(s, teacher, 1.7), (student,))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_soft_target_loss_on_the_test_device_is_the_cpus():
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(37, 500, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(37, 500, generator=g, dtype=torch.float64)
+    on_device = student.detach().to(DEVICE).requires_grad_()
+    loss, device_loss = soft_target_loss(student, teacher, 2.0), soft_target_loss(on_device, teacher.to(DEVICE), 2.0)
+    (loss * 3).backward()
+    (device_loss * 3).backward()
+    assert device_loss.device.type == torch.device(DEVICE).type and on_device.grad.device == device_loss.device
+    torch.testing.assert_close(device_loss.cpu(), loss.detach())
+    torch.testing.assert_close(on_device.grad.cpu(), student.grad)
 
 
 def test_no_gradient_reaches_the_teacher_and_alpha_zero_is_cross_entropy():
