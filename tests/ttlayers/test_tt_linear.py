@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ttlayers import TTLinear, factorize
-from ttlayers import tt_contract
 from ttlayers.tt_contract import linear_plan
 
 SETTINGS = settings(max_examples=30, deadline=None)

@@ -33,9 +33,9 @@ def test_every_method_keeps_its_cache_key_byte_for_byte(preset):
 def test_the_fine_tuning_recipes_keep_their_values_and_their_old_name_for_a_release():
     with pytest.warns(DeprecationWarning, match="load_finetune"):
         old = study_package.FINETUNE
-    for preset, recipes in FROZEN["recipe"].items():
+    for name, recipes in FROZEN["recipe"].items():
         frozen = json.loads(recipes["dense_ft"])["finetune"]
-        assert json.dumps(old[preset]) == json.dumps(load_finetune(preset).to_dict()) == json.dumps(frozen)
+        assert json.dumps(old[name]) == json.dumps(load_finetune(name).to_dict()) == json.dumps(frozen)
 
 
 def test_methods_for_keeps_its_name_for_a_release():
