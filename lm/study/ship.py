@@ -9,8 +9,10 @@ perplexity of the first ``CHECK_TOKENS`` tokens of PTB's test split, measured on
 file). Where the run that produced the shipped file is not the study's (a re-run on another
 machine), the entry's ``valid_ppl``/``test_ppl``/``commit`` are that run's, from its
 ``result.json``, and the study's own figures stay beside them as ``study_*``. A front model
-whose run directory no longer holds its artifact is listed with ``"file": null`` and a note,
-to be shipped when the study next produces it.
+whose run directory no longer holds its artifact keeps the entry and file it was shipped with
+(a new machine has the repository's ``models/`` but not the runs), checked by its sha256; one
+shipped nowhere is listed with ``"file": null`` and a note, to be shipped when the study next
+produces it. Files of models that left the front are removed from ``models/``.
 ``verify`` is what ``tests/project/test_models.py`` runs on every shipped entry.
 """
 
@@ -75,6 +77,8 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
     and write ``out/manifest.json``; returns the manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    shipped = {e["name"]: e for e in _manifest(out)["models"]
+               if e["file"] and (out / e["file"]).is_file() and sha256(out / e["file"]) == e["sha256"]}
     entries = []
     for r in front_models(front, max_mb):
         entry = {"name": r["name"], "file": None, "sha256": None, "size_bytes": None,
@@ -93,10 +97,24 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
             shutil.copyfile(source, target)
             entry.update(file=target.name, sha256=sha256(target), size_bytes=target.stat().st_size, note=None,
                          check={"split": "test", "tokens": CHECK_TOKENS, "ppl": check_ppl(load(target), corpus)})
+        elif r["name"] in shipped:
+            entry = {k: v for k, v in shipped[r["name"]].items() if not k.startswith("study_")}
+            entry["study_size_bytes"] = r["size_bytes"]
+            if (entry["valid_ppl"], entry["test_ppl"]) != (r["valid_ppl"], r["test_ppl"]):
+                entry.update(study_valid_ppl=r["valid_ppl"], study_test_ppl=r["test_ppl"], study_commit=r["commit"])
         entries.append(entry)
     manifest = {"source": "results/study_front.json", "max_mb": max_mb, "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    kept = {e["file"] for e in entries}
+    for old in out.glob("*.safetensors"):
+        if old.name not in kept:
+            old.unlink()
     return manifest
+
+
+def _manifest(out: Path) -> dict:
+    path = out / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {"models": []}
 
 
 def verify(entry: dict, models_dir: str | os.PathLike, corpus: Corpus) -> None:

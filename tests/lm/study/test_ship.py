@@ -67,6 +67,32 @@ def test_a_rerun_ships_with_its_own_figures(tmp_path, corpus, short_corpus):  # 
     assert entry["commit"] == "abc1234" and "study_test_ppl" not in entry
 
 
+def test_a_new_machine_keeps_what_was_shipped(tmp_path, corpus, short_corpus):  # trained on short_corpus
+    """Without the run directories (a new machine has models/ but not runs/), shipping again keeps
+    each front model's shipped file and entry; a model that left the front leaves models/."""
+    cfg = preset("tiny", max_train_tokens=2000, epochs=1)
+    train(cfg, tmp_path / "train", progress=False)
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    info = export(load(tmp_path / "train"), runs / "q8" / ARTIFACT_FILE, "q8")
+    row = {"name": "small:q8", "size_bytes": info.bytes, "size_mb": info.bytes / 1e6, "valid_ppl": 900.0, "test_ppl": 800.0}
+    front = {"sources": [{"preset": "small", "commit": "abc1234"}], "rows": [row]}
+    first = ship(front, {"small": runs}, models, corpus)["models"][0]
+    assert ship(front, {}, models, corpus)["models"] == [first]
+    verify(first, models, corpus)
+    # the study re-ran with other figures: the file keeps its own, the study's stand beside them
+    rerun = {**front, "rows": [{**row, "test_ppl": 790.0}]}
+    entry = ship(rerun, {}, models, corpus)["models"][0]
+    assert (entry["file"], entry["test_ppl"], entry["study_test_ppl"]) == (first["file"], 800.0, 790.0)
+    # a damaged file is not kept
+    (models / first["file"]).write_bytes(b"damaged")
+    assert ship(front, {}, models, corpus)["models"][0]["note"] == NOT_ON_DISK
+    # a model that leaves the front leaves models/
+    ship(front, {"small": runs}, models, corpus)
+    smaller = {"name": "small:lr_all_ft_q8", "size_bytes": 10, "size_mb": 1e-5, "valid_ppl": 800.0, "test_ppl": 700.0}
+    assert [e["name"] for e in ship({**front, "rows": [row, smaller]}, {}, models, corpus)["models"]] == ["small:lr_all_ft_q8"]
+    assert not list(models.glob("*.safetensors"))
+
+
 def test_without_ptb_nothing_is_copied(tmp_path, monkeypatch):
     """The check perplexity needs PTB: without it, ship fails before it copies any file into models/."""
     import lm.study.ship as ship_module
