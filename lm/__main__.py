@@ -125,8 +125,9 @@ FIELD_RULES = {
     "clip": (positive_float, "a finite number > 0"),
     "lr_decay": (lambda t: _number(t, float, 0, low_open=True, high=1), "a number in (0, 1]"),
     "dropout": (lambda t: _number(t, float, 0, high=1, high_open=True), "a probability in [0, 1)"),
+    "min_gain": (lambda t: _number(t, float, 0, high=1, high_open=True), "a number in [0, 1), or None"),
 }
-NULLABLE = {"max_train_tokens", "embedding_size"}
+NULLABLE = {"max_train_tokens", "embedding_size", "min_gain"}
 
 
 def override(text: str) -> tuple[str, object]:

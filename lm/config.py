@@ -67,6 +67,9 @@ class TrainConfig:
     # is worse than the best of those more than asgd_nonmono epochs before it (NT-ASGD), whichever comes first
     asgd_start: int | None = None
     asgd_nonmono: int | None = None
+    # stop after an epoch that lowered the validation perplexity by less than this fraction of the epoch's
+    # before (the curve no longer moves), before `epochs`; None: train every epoch
+    min_gain: float | None = None
 
     def __post_init__(self) -> None:
         check_settings(self, ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop"),
@@ -75,6 +78,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if self.min_gain is not None and (isinstance(self.min_gain, bool) or not isinstance(self.min_gain, (int, float))
+                                          or not 0 <= self.min_gain < 1):
+            raise ValueError(f"min_gain must be None or a number in [0, 1), got {self.min_gain!r}")
 
     def regularization(self) -> Regularization | None:
         """The training-time regularisers, or None when all are off (the model's plain forward)."""
@@ -102,7 +108,7 @@ class TrainConfig:
 
 # TrainConfig fields added after runs were cached: to_dict leaves them out at their defaults
 OPTIONAL = frozenset({"dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop", "ar",
-                      "tar", "weight_decay", "asgd_start", "asgd_nonmono"})
+                      "tar", "weight_decay", "asgd_start", "asgd_nonmono", "min_gain"})
 
 PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(

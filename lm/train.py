@@ -1,5 +1,6 @@
 """Training with Zaremba et al.'s recipe: SGD, truncated BPTT over contiguous streams,
-gradient clipping, per-epoch learning-rate decay, a checkpoint every epoch; optionally
+gradient clipping, per-epoch learning-rate decay, a checkpoint every epoch, an early stop once the
+validation curve no longer moves (``min_gain``); optionally
 with Merity et al.'s regularisers (``lm.regularize``) and averaged SGD (ASGD: the weights
 averaged over every step from a fixed epoch, or from the one after validation stopped
 improving (NT-ASGD); evaluation and the saved model then use the average).
@@ -32,6 +33,13 @@ from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
 from .regularize import Regularization, nt_asgd_triggered
 from .results import stamp, write_json
+
+
+def curve_stalled(history: list[dict], min_gain: float | None) -> bool:
+    """Whether the last epoch of ``history`` lowered the validation perplexity by less than ``min_gain`` (a
+    fraction) of the epoch's before it: the early stop of ``TrainConfig.min_gain`` (never with None)."""
+    return (min_gain is not None and len(history) >= 2
+            and history[-1]["valid_ppl"] > (1 - min_gain) * history[-2]["valid_ppl"])
 
 
 class TrainingDiverged(RuntimeError):
@@ -136,7 +144,9 @@ def train(
     Writes ``out_dir/model.safetensors`` (the checkpoint: the averaged weights once ASGD averages)
     and ``out_dir/train_state.safetensors`` (the SGD weights, and the average if any; ``lm.checkpoint``,
     both written atomically) after every epoch; ``resume=True`` continues from the last finished epoch, with the same config
-    but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). ``distill``
+    but for ``epochs`` (a run may be extended, or cut at an epoch it has finished). With ``cfg.min_gain``,
+    training ends before ``epochs`` after an epoch that lowered the validation perplexity by less than that
+    fraction (``curve_stalled``); a resumed run that had stopped so stays stopped. ``distill``
     adds a teacher's soft targets to the loss (``lm.distill``); the reported training
     perplexity stays the cross-entropy's.
 
@@ -192,11 +202,14 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # a copy, so that the caller's teacher keeps its device and mode; its LSTM runs once, here (lm.distill)
     teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
+    finished = start_epoch >= cfg.epochs or curve_stalled(history, cfg.min_gain)
     taught = (teacher_features(teacher, train_data, cfg.bptt, progress and rank == 0, cache=distill.cache)
-              if teacher is not None and start_epoch < cfg.epochs else None)  # none for a finished run
+              if teacher is not None and not finished else None)  # none for a finished run
 
     steps = math.ceil((train_data.shape[0] - 1) / cfg.bptt)
     for epoch in range(start_epoch, cfg.epochs):
+        if curve_stalled(history, cfg.min_gain):
+            break
         lr = cfg.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -130,19 +130,27 @@ class Finetune:
     """A fine-tuning run: SGD from ``lr``, halved every epoch, for ``epochs``, with ``dropout`` on the
     non-recurrent connections (the model's own dropout is restored afterwards), and ``regularization``:
     the preset's regularisers (``lm.regularize``) at these strengths instead of the preset's own (None:
-    the preset's). A study file gives every field of it, so that none is switched off by omission."""
+    the preset's); ``min_gain``: ``epochs`` is then the most, the run ending after an epoch that lowered the
+    validation perplexity by less than that fraction (``TrainConfig.min_gain``; None: every epoch). A study
+    file gives every field but these two, so that none is switched off by omission."""
 
     epochs: int
     lr: float
     dropout: float
     regularization: Regularization | None = None
+    min_gain: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_gain is not None and not 0 <= self.min_gain < 1:
+            raise ValueError(f"min_gain must be None or a number in [0, 1), got {self.min_gain!r}")
 
     def to_dict(self) -> dict:
         """The recipe as the study's results record it (part of their cache keys): without ``regularization``
-        when it is None, so that the recipes written before the field existed keep their keys."""
+        and ``min_gain`` when None, so that the recipes written before those fields existed keep their keys."""
         out = asdict(self)
-        if self.regularization is None:
-            del out["regularization"]
+        for name in ("regularization", "min_gain"):
+            if out[name] is None:
+                del out[name]
         return out
 
 
@@ -289,7 +297,10 @@ def read_finetune(path: str | Path) -> Finetune:
             kwargs["regularization"] = Regularization(**_fields(Regularization, given, place))
         except ValueError as e:
             raise ValueError(f"{place}: {e}") from None
-    return Finetune(**kwargs)
+    try:
+        return Finetune(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _read(path: str | Path) -> dict:

@@ -38,10 +38,11 @@ class Outcome:
 
 
 def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: int,
-                    regularization: Regularization | None = None) -> TrainConfig:
-    """``base`` (a preset) set to fine-tune ``model``: from ``lr``, halved every epoch, with ``regularization``'s
-    strengths in place of ``base``'s own (None: ``base``'s)."""
-    cfg = replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1)
+                    regularization: Regularization | None = None, min_gain: float | None = None) -> TrainConfig:
+    """``base`` (a preset) set to fine-tune ``model``: from ``lr``, halved every epoch, for at most ``epochs`` (ending
+    once an epoch gains less than ``min_gain``: ``TrainConfig.min_gain``), with ``regularization``'s strengths in
+    place of ``base``'s own (None: ``base``'s)."""
+    cfg = replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1, min_gain=min_gain)
     if regularization is None:
         return cfg
     r = regularization
@@ -78,6 +79,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
     if prune is not None and not gradual:
         pruning.prune_model(model, prune.amount, prune.layers)
     if finetune is not None and gradual:
+        if finetune.min_gain is not None:
+            raise ValueError("a gradual prune runs every fine-tuning epoch (one per pruning step): no min_gain")
         for epoch, amount in enumerate(pruning.gradual_amounts(prune.amount, finetune.epochs)):
             pruning.prune_model(model, amount, prune.layers)
             cfg = finetune_config(base, model, finetune.lr * 0.5 ** epoch, epochs=1,
@@ -85,8 +88,9 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
             train(cfg, out / "train" / f"epoch{epoch + 1}", data_dir=data_dir, progress=progress, model=model,
                   distill=distill)
     elif finetune is not None:
-        train(finetune_config(base, model, finetune.lr, finetune.epochs, finetune.regularization), out / "train",
-              data_dir=data_dir, resume=True, progress=progress, model=model, distill=distill, save_every=save_every)
+        cfg = finetune_config(base, model, finetune.lr, finetune.epochs, finetune.regularization, finetune.min_gain)
+        train(cfg, out / "train", data_dir=data_dir, resume=True, progress=progress, model=model, distill=distill,
+              save_every=save_every)
     pruning.finalize(model)  # this prune's, or one the caller made
     if qat_bits:
         qat.bake(model)

@@ -175,7 +175,7 @@ class Study:
             return pipeline.run(start, out, **common)
         regularization = self.finetune.get("regularization")
         finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"],
-                            Regularization(**regularization) if regularization else None)
+                            Regularization(**regularization) if regularization else None, self.finetune.get("min_gain"))
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start
@@ -285,14 +285,16 @@ class Study:
         todo = [m for m in self.methods if self.cached(m) is None]
         for i, m in enumerate(self.methods, 1):
             left = sum(self.epochs(t) for t in todo if t.name not in done)  # this method's included
-            estimate = (f"; {left} training epochs left, about {_clock(spent / trained * left)} at this run's "
+            most = "at most " if self.finetune.get("min_gain") is not None else ""  # fine-tunes may stop early
+            estimate = (f"; {most}{left} training epochs left, about {_clock(spent / trained * left)} at this run's "
                         f"{_clock(spent / trained)} per epoch so far" if trained and left else
-                        f"; {left} training epochs left" if left else "")
+                        f"; {most}{left} training epochs left" if left else "")
             self.log(f"method {i} of {len(self.methods)}: {m.name} (elapsed {_clock(time.time() - start)}{estimate})")
             tic = time.time()
             done[m.name] = self.run_method(m, dense)
             if m in todo and self.epochs(m):
-                spent, trained = spent + time.time() - tic, trained + self.epochs(m)
+                history = self.history(m)  # the epochs it trained: fewer than its recipe's when it stopped early
+                spent, trained = spent + time.time() - tic, trained + (len(history["epochs"]) if history else self.epochs(m))
         rows = [{**r, **({"history": h} if (h := self.history(m)) else {})}
                 for m in self.all_methods if (r := done.get(m.name) or self.cached(m))]
         self.log("timing every artifact side by side (1 thread, batch 1)")

@@ -30,7 +30,9 @@ def test_new_fields_stay_out_of_old_configs_dicts():
         assert set(PRESETS[name].to_dict()) == before
         assert TrainConfig.from_dict(PRESETS[name].to_dict()) == PRESETS[name]
     awd = PRESETS["medium_awd"].to_dict()
-    assert OPTIONAL <= set(awd) and TrainConfig.from_dict(awd) == PRESETS["medium_awd"]
+    assert OPTIONAL - {"min_gain"} <= set(awd) and TrainConfig.from_dict(awd) == PRESETS["medium_awd"]
+    assert "min_gain" not in awd  # added after the medium_awd teacher was saved: its train state still resumes
+    assert preset("tiny", min_gain=0.01).to_dict()["min_gain"] == 0.01
     with pytest.raises(ValueError, match="dropout_hidden"):
         preset("tiny", dropout_hidden=1.0)
     with pytest.raises(ValueError, match="asgd_nonmono"):
@@ -56,6 +58,9 @@ def test_medium_awd_is_the_regularised_tied_medium_model():
     ("asgd_start", 0, "asgd_start must be None or an int >= 1, got 0"),
     ("asgd_start", 2.0, "asgd_start must be None or an int >= 1, got 2.0"),
     ("asgd_nonmono", -3, "asgd_nonmono must be None or an int >= 1, got -3"),
+    ("min_gain", 1.0, r"min_gain must be None or a number in \[0, 1\), got 1.0"),
+    ("min_gain", -0.01, "min_gain must be None or a number in"),
+    ("min_gain", True, "min_gain must be None or a number in"),
 ])
 def test_a_bad_field_names_itself_and_what_is_allowed(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -65,7 +70,8 @@ def test_a_bad_field_names_itself_and_what_is_allowed(field, value, message):
 
 
 @pytest.mark.parametrize("field, value", [("dropout_hidden", 0.0), ("dropout_hidden", 0.999), ("ar", 0.0),
-                                          ("asgd_start", 1), ("asgd_nonmono", None)])
+                                          ("asgd_start", 1), ("asgd_nonmono", None),
+                                          ("min_gain", 0.0), ("min_gain", 0.999), ("min_gain", None)])
 def test_the_edges_of_the_allowed_ranges_are_accepted(field, value):
     assert getattr(TrainConfig(**{field: value}), field) == value
 
@@ -85,3 +91,4 @@ def test_overrides_go_to_the_model_or_the_recipe_and_leave_the_preset_alone():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_survives_to_dict_and_from_dict(name):
     assert TrainConfig.from_dict(PRESETS[name].to_dict()) == PRESETS[name]
+

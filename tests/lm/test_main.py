@@ -36,6 +36,7 @@ BAD_INPUTS = [
     ("train --set hidden_size=abc", "argument --set: hidden_size must be a whole number >= 1, got 'abc'"),
     ("train --set hidden_size=2.5", "argument --set: hidden_size must be a whole number >= 1, got '2.5'"),
     ("train --set dropout=1.5", "argument --set: dropout must be a probability in [0, 1), got '1.5'"),
+    ("train --set min_gain=1", "argument --set: min_gain must be a number in [0, 1), or None, got '1'"),
     ("train --set lr=nan", "argument --set: lr must be a finite number > 0, got 'nan'"),
     ("train --set lr=-1", "argument --set: lr must be a finite number > 0, got '-1'"),
     ("train --set lr_decay=0", "argument --set: lr_decay must be a number in (0, 1], got '0'"),

@@ -24,7 +24,7 @@ from lm.checkpoint import load_train_state
 from lm.config import PRESETS, TrainConfig, preset
 from lm.distill import Distillation
 from lm.evaluate import perplexity
-from lm.train import TrainingDiverged, build_model, train
+from lm.train import TrainingDiverged, build_model, curve_stalled, train
 
 SHORT = ["--preset", "tiny", "--max-train-tokens", "20000", "--quiet"]
 
@@ -263,3 +263,21 @@ def test_tiny_awd_trains_from_the_command_line(tmp_path, short_corpus, capsys):
     main(["eval", str(out / "model.safetensors"), "--splits", "test"])
     assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
     assert asdict(lm.load(out / "model.safetensors").config) == asdict(PRESETS["tiny_awd"].model)
+
+
+def test_curve_stalled_compares_the_last_epoch_with_the_one_before():
+    h = [{"valid_ppl": 100.0}, {"valid_ppl": 99.6}]
+    assert curve_stalled(h, 0.005) and not curve_stalled(h, 0.003)  # gained 0.4%
+    assert curve_stalled([{"valid_ppl": 100.0}, {"valid_ppl": 101.0}], 0.0)  # a rise stops even at 0
+    assert not curve_stalled(h[:1], 0.5) and not curve_stalled(h, None)
+
+
+def test_min_gain_ends_training_once_the_curve_stops_moving_and_a_resume_keeps_it_ended(tmp_path, short_corpus):
+    cfg = tiny_awd(epochs=4, asgd_start=None, asgd_nonmono=None, min_gain=0.9)  # no epoch gains 90%
+    results = train(cfg, tmp_path, progress=False)
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    assert load_train_state(tmp_path / "train_state.safetensors")["epoch"] == 1
+    again = train(replace(cfg, epochs=6), tmp_path, resume=True, progress=False)  # extended: still stopped
+    assert again["history"] == results["history"] and again["test_ppl"] == results["test_ppl"]
+    every = train(replace(cfg, min_gain=None), tmp_path / "every", progress=False)
+    assert len(every["history"]) == 4

@@ -163,6 +163,8 @@ def test_a_finetune_regularization_replaces_the_presets_strengths_and_names_ever
     assert (kept.dropout_input, kept.weight_drop) == (base.dropout_input, base.weight_drop) == (0.4, 0.5)
     assert load_finetune("medium_awd").to_dict()["regularization"]["weight"] == 0.1
     assert "regularization" not in load_finetune("medium").to_dict()  # the older recipes keep their cache keys
+    assert "min_gain" not in load_finetune("medium").to_dict()
+    assert finetune_config(base, model, 0.5, 6, light, 0.005).min_gain == 0.005
     head = "[finetune]\nepochs = 1\nlr = 0.5\ndropout = 0.0\n"
     every = "input = 0.1, hidden = 0.1, output = 0.1, embedding = 0.0, weight = 0.1, ar = 2.0"
     path = tmp_path / "study.toml"
@@ -172,6 +174,8 @@ def test_a_finetune_regularization_replaces_the_presets_strengths_and_names_ever
         (f"regularization = {{ {every.replace('input = 0.1', 'input = 1.5')}, tar = 1.0 }}",
          r"field 'regularization': Regularization\.input is a dropout probability in \[0, 1\)"),
         ('regularization = "light"', "field 'regularization': expected"),
+        ("min_gain = 1.5", r"min_gain must be None or a number in \[0, 1\), got 1.5"),
+        ('min_gain = "1%"', "field 'min_gain': expected"),
     ]:
         path.write_text(head + body + "\n")
         with pytest.raises(ValueError, match=r"study\.toml: \[finetune\]: " + message):

@@ -281,19 +281,22 @@ def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, 
 
 
 def test_progress_counts_the_training_epochs_left_by_recipe(tmp_path, short_corpus, monkeypatch):
-    # the medium_awd study: a 6-epoch distillation, its 3-epoch QATs and storage-only rows; the estimate is
-    # the epochs left at this run's minutes per epoch, not the methods left at its mean minutes per method
+    # the medium_awd study: a distillation and its QATs of at most 6 epochs each (min_gain may end them sooner),
+    # and storage-only rows; the estimate is the epochs left at this run's minutes per epoch trained (the
+    # epochs in a finished run's history), not the methods left at its mean minutes per method
     s = study.Study(study.StudyConfig(preset="medium_awd", run_dir=str(tmp_path),
                                       methods=["q4", "lr_tied_kd_qat4", "lr_tied_kd_qat2"]))
     assert [(m.name, s.epochs(m)) for m in s.methods] == [
-        ("dense", 0), ("q4", 0), ("lr_tied_kd", 6), ("lr_tied_kd_qat4", 3), ("lr_tied_kd_qat2", 3)]
+        ("dense", 0), ("q4", 0), ("lr_tied_kd", 6), ("lr_tied_kd_qat4", 6), ("lr_tied_kd_qat2", 6)]
+    trained = {"lr_tied_kd": 4}  # stopped early: 4 of its 6 epochs
     clock, logs = [0.0], []
     monkeypatch.setattr(study.time, "time", lambda: clock[0])
     monkeypatch.setattr(s, "dense_model", lambda: None)
     monkeypatch.setattr(s, "log", logs.append)
+    monkeypatch.setattr(s, "history", lambda m: {"epochs": [{}] * trained[m.name]} if m.name in trained else None)
 
     def run_method(m, dense):
-        clock[0] += 60.0 * s.epochs(m) + 5  # a minute an epoch, 5 s to export and score
+        clock[0] += 60.0 * trained.get(m.name, s.epochs(m)) + 5  # a minute an epoch, 5 s to export and score
         return {"name": m.name}
 
     class Stop(Exception):
@@ -304,10 +307,10 @@ def test_progress_counts_the_training_epochs_left_by_recipe(tmp_path, short_corp
     with pytest.raises(Stop):
         s.run()
     progress = [line for line in logs if line.startswith("method ")]
-    assert progress[0] == "method 1 of 5: dense (elapsed 0m00s; 12 training epochs left)"
-    assert progress[2] == "method 3 of 5: lr_tied_kd (elapsed 0m10s; 12 training epochs left)"  # nothing trained yet
-    assert progress[3] == "method 4 of 5: lr_tied_kd_qat4 (elapsed 6m15s; 6 training epochs left, about 6m05s " \
-                          "at this run's 1m00s per epoch so far)"
+    assert progress[0] == "method 1 of 5: dense (elapsed 0m00s; at most 18 training epochs left)"
+    assert progress[2] == "method 3 of 5: lr_tied_kd (elapsed 0m10s; at most 18 training epochs left)"  # none trained yet
+    assert progress[3] == "method 4 of 5: lr_tied_kd_qat4 (elapsed 4m15s; at most 12 training epochs left, about " \
+                          "12m15s at this run's 1m01s per epoch so far)"
 
 
 def test_an_n_bit_row_is_also_scored_with_int8_activations_in_onnxruntime(tmp_path, short_corpus):
