@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import modelfile
+from .allocator import retain_freed_memory
 from .checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, load, model_from_file, resolve
 from .config import PRESETS, ModelConfig, TrainConfig, preset
 from .data import Corpus, DataError
@@ -530,6 +531,7 @@ def _check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     _check(args)
+    retain_freed_memory()  # every command's (tokens, vocab) buffers reused from step to step (lm.allocator)
     try:
         args.func(args)
     except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:

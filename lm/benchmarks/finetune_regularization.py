@@ -22,6 +22,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..allocator import retain_freed_memory
 from ..compression.surgery import compress_model
 from ..distill import Distillation
 from ..evaluate import perplexity
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method", default="lr_tied_kd", help="a method of the study that compresses and distils")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.5], help="the constant learning rates tried")
     args = p.parse_args(argv)
+    retain_freed_memory()  # as the lm command trains
     check_teacher_arguments(p, args)
     if any(lr <= 0 for lr in args.lrs):
         p.error("every --lrs must be > 0")

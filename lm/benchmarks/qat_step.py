@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..allocator import retain_freed_memory
 from ..compression.lowbit import fake_quantize
 from ..compression.qat import FakeQuantize, bake, enable_qat
 from ..config import preset
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--valid-tokens", type=int, default=20_000)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
+    retain_freed_memory()  # as the lm command trains
     provenance = stamp({k: v for k, v in vars(args).items() if k != "data_dir"}, 0)  # the commit measured
     corpus = Corpus.load(args.data_dir)
     payload = {**provenance,

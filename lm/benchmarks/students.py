@@ -27,15 +27,17 @@ import copy
 import statistics
 
 import torch
+from torch import Tensor
 from torch.nn.utils import parametrize
 
+from ..allocator import retain_freed_memory
 from ..compression import qat
 from ..compression.surgery import compress_model
 from ..distill import Distillation
 from ..evaluate import perplexity
-from ..model import count_parameters
+from ..model import LanguageModel, count_parameters
 from ..results import stamp, write_json
-from ..study.methods import load_finetune, load_methods
+from ..study.methods import Method, load_finetune, load_methods
 from ..study.pipeline import finetune_config
 from .teacher_setup import TeacherSetup, check_teacher_arguments, results_path, teacher_arguments
 from .train_speed import epoch_tokens, train_steps
@@ -58,11 +60,21 @@ def student_methods(preset: str, names: list[str] | None = None) -> list[tuple]:
     return pairs
 
 
+def untrained_student(teacher: LanguageModel, counts: Tensor, method: Method, start: Method) -> LanguageModel:
+    """``method``'s student before any training: ``teacher`` compressed as ``start`` compresses it (``counts``: the
+    training words' frequencies), in quantization-aware training at ``method``'s width if it has one."""
+    student = compress_model(teacher, counts=counts, **start.compress_kwargs())
+    if method.qat_bits:
+        qat.enable_qat(student, method.qat_bits, method.qat_every or qat.RANGE_EVERY)
+    return student
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     teacher_arguments(p, steps=10, what="training steps timed per model")
     p.add_argument("--methods", nargs="+", help="default: every method that compresses the teacher")
     args = p.parse_args(argv)
+    retain_freed_memory()  # as the lm command trains
     check_teacher_arguments(p, args)
     torch.manual_seed(0)
     methods = student_methods(args.preset, args.methods)
@@ -83,9 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [row("teacher", copy.deepcopy(teacher), cfg.lr, cfg.epochs, None)]  # its own training, for scale
     for m, start in methods:
-        student = compress_model(teacher, counts=setup.counts, **start.compress_kwargs())
-        if m.qat_bits:  # its base untrained here: the step's cost, and what the grids alone cost at the start
-            qat.enable_qat(student, m.qat_bits, m.qat_every or qat.RANGE_EVERY)
+        # a QAT method's base untrained here: the step's cost, and what the grids alone cost at the start
+        student = untrained_student(teacher, setup.counts, m, start)
         kd = Distillation(teacher, m.distill.alpha, m.distill.temperature) if m.distill else None
         rows.append(row(m.name, student, m.lr or finetune.lr, m.epochs or finetune.epochs, kd))
     payload = {**stamp({**vars(args), "threads": torch.get_num_threads()}, 0), "valid_tokens": valid.numel(),

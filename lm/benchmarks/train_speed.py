@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from ..allocator import retain_freed_memory
 from ..config import TrainConfig, preset
 from ..data import Corpus, batchify, bptt_windows
 from ..distill import Distillation
@@ -88,6 +89,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--out", default=str(RESULTS / "bench_train.json"))
     args = p.parse_args()
+    retain_freed_memory()  # as the lm command trains
     corpus = Corpus.load()
     rows = []
     for name in args.presets:
