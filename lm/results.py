@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,6 +64,15 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def write_report(out: str | os.PathLike, payload: dict, markdown: Callable[[dict], str]) -> str:
+    """A benchmark's results: ``payload`` as ``<out>.json`` and ``markdown(payload)`` as ``<out>.md`` (``out``
+    without suffix); returns the markdown."""
+    text = markdown(payload)
+    write_json(f"{out}.json", payload)
+    Path(f"{out}.md").write_text(text)
+    return text
 
 
 def lm_table() -> str:

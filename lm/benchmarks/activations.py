@@ -35,7 +35,7 @@ from ..deploy.onnx_export import artifact_bits, export_onnx
 from ..deploy.runtime import OnnxRuntime, stream_losses
 from ..evaluate import token_losses
 from ..model import LanguageModel
-from ..results import RESULTS, stamp, write_json
+from ..results import RESULTS, stamp, write_report
 from ..study.latency import runtime_latency
 
 ACTIVATIONS = ("float32", "int8")
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tokens < 0 or args.repeats < 1 or args.latency_tokens < 1:
         p.error("--tokens must be >= 0, --repeats and --latency-tokens >= 1")
     payload = run(args.models, args.requantize, args.tokens, args.repeats, args.latency_tokens, args.data_dir)
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), payload)
-    out.with_suffix(".md").write_text(markdown(payload))
-    print(markdown(payload))
+    print(write_report(args.out, payload, markdown))
     return payload
 
 

@@ -33,7 +33,7 @@ from ..allocator import retain_freed_memory
 from ..config import preset
 from ..data import Corpus
 from ..distill import Distillation, teacher_features
-from ..results import RESULTS, stamp, write_json
+from ..results import RESULTS, stamp, write_report
 from ..study.methods import load_finetune
 from ..study.pipeline import finetune_config
 from ..train import build_model
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         r["cpu_vs_default"] = r["cpu_ms"] / default[r["step"]]
     config = {"steps_of": args.steps_of, "steps": args.steps, "repeats": args.repeats, "threads": 1}
     payload = {**stamp(config, 0), "rows": rows}
-    write_json(f"{args.out}.json", payload)
-    with open(f"{args.out}.md", "w") as f:
-        f.write(render(payload))
+    write_report(args.out, payload, render)
     return payload
 
 

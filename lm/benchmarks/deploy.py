@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -35,7 +34,7 @@ from ..compression.surgery import compress_model
 from ..config import preset
 from ..data import DataError, EOS, build_vocab, find_ptb, read_words
 from ..model import LanguageModel
-from ..results import ROOT, stamp, write_json
+from ..results import ROOT, stamp, write_report
 from ..study import scratch_model
 from ..study.latency import compare
 from ..study.methods import load_methods
@@ -158,10 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "deploy"), help="writes <out>.json and <out>.md")
     args = p.parse_args(argv)
     payload = run(args.preset, args.tokens, args.repeats)
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), payload)
-    out.with_suffix(".md").write_text(markdown(payload))
-    print(markdown(payload))
+    print(write_report(args.out, payload, markdown))
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ Writes results/latency_floor.json and results/latency_floor.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-import numpy as np
 import torch
 
 from ..config import PRESETS
 from ..model import LanguageModel
-from ..results import RESULTS, stamp, write_json
+from ..results import RESULTS, stamp, write_report
 from ..study.latency import compare
 
 TARGET = 0.5  # the study's onnxruntime targets: at most this fraction of the reference's time
@@ -45,6 +43,7 @@ def step_bytes(model: LanguageModel) -> dict[str, int]:
     if not model.config.tie_weights:  # one row of the table, int8 in an int8 export
         matrices += next(p for p in model.embedding.parameters() if p.dim() == 2).shape[1]
     return {"float32": 4 * (matrices + vectors), "int8": matrices + 4 * vectors}
+
 
 def read_seconds(nbytes: int, reads: int = 21) -> float:
     """The least time of ``reads`` reads of ``nbytes`` of float32, each by ``torch.sum`` and by ``numpy.dot``."""
@@ -115,9 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     config = {"presets": args.presets, "tokens": args.tokens, "repeats": args.repeats, "threads": 1, "batch": 1}
     payload = {**stamp(config, 0), "rows": measure(args.presets, args.tokens, args.repeats)}
-    write_json(f"{args.out}.json", payload)
-    with open(f"{args.out}.md", "w") as f:
-        f.write(render(payload))
+    write_report(args.out, payload, render)
     return payload
 
 
