@@ -9,6 +9,8 @@ data the tests are skipped locally but fail on CI, where .ci/run sets PTB_DIR.
 
 ``tiny_lm``: a builder of small seeded language models, for the tests that need a model but no
 training.
+
+The suite runs with freed memory retained (``lm.allocator``), as the ``lm`` command does.
 """
 
 import os
@@ -18,10 +20,12 @@ import pytest
 import torch
 from hypothesis import settings
 
+from lm.allocator import retain_freed_memory
 from lm.config import ModelConfig
 from lm.data import Corpus, DataError
 from lm.model import LanguageModel
 
+retain_freed_memory()
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI", "").lower() == "true":
     settings.load_profile("ci")
