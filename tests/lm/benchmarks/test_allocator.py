@@ -23,21 +23,24 @@ def test_an_unknown_method_is_refused(short_corpus):
 def test_the_settings_alternate_and_the_report_shows_each(short_corpus, tmp_path, monkeypatch):
     order = []
 
-    def measure(step, setting, steps, data_dir):
-        order.append((step, setting))
-        return {"faults": 10.0 if setting == "default" else 1.0, "cpu_ms": 2.0 if setting == "default" else 1.5,
-                "wall_ms": 3.0}
+    def measure(step, setting, steps, data_dir, threads):
+        order.append((step, threads, setting))
+        return {"faults": 10.0 if setting == "default" else 1.0, "cpu_ms": 2.0 * threads,
+                "wall_ms": 3.0 if setting == "default" else 1.5}
 
     monkeypatch.setattr(allocator, "in_process", measure)
-    payload = allocator.main(["--steps-of", "tiny", "tiny_awd", "--steps", "1", "--repeats", "2",
+    payload = allocator.main(["--steps-of", "tiny", "tiny_awd", "--steps", "1", "--repeats", "2", "--threads", "1", "2",
                               "--out", str(tmp_path / "bench")])
-    # each repeat measures both settings of every step, the first setting switching from repeat to repeat
-    assert order == [("tiny", "default"), ("tiny", "retained"), ("tiny_awd", "default"), ("tiny_awd", "retained"),
-                     ("tiny", "retained"), ("tiny", "default"), ("tiny_awd", "retained"), ("tiny_awd", "default")]
-    rows = {(r["step"], r["setting"]): r for r in payload["rows"]}
-    assert rows["tiny", "retained"]["cpu_vs_default"] == 0.75 and rows["tiny", "default"]["cpu_vs_default"] == 1
+    # each repeat measures both settings of every step and thread count, the first setting switching from repeat to
+    # repeat
+    first = [(s, t, setting) for s in ("tiny", "tiny_awd") for t in (1, 2) for setting in ("default", "retained")]
+    assert order == first + [(s, t, setting) for s, t, setting in
+                             [(s, t, x) for s in ("tiny", "tiny_awd") for t in (1, 2) for x in ("retained", "default")]]
+    rows = {(r["step"], r["threads"], r["setting"]): r for r in payload["rows"]}
+    assert len(rows) == 8 and rows["tiny", 2, "retained"]["wall_vs_default"] == 0.5
+    assert rows["tiny", 1, "default"]["wall_vs_default"] == 1 and rows["tiny", 2, "default"]["cpu_ms"] == 4.0
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == payload["rows"]
-    assert "| tiny | retained | 1 | 1.5 | 3.0 | 0.75 |" in (tmp_path / "bench.md").read_text()
+    assert "| tiny | 2 | retained | 1 | 4.0 | 1.5 | 0.50 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_a_child_prints_its_measurement(short_corpus, capsys):
@@ -48,7 +51,7 @@ def test_a_child_prints_its_measurement(short_corpus, capsys):
 def test_bad_counts_are_refused(capsys):
     with pytest.raises(SystemExit):
         allocator.main(["--steps", "0"])
-    assert "--steps and --repeats must be >= 1" in capsys.readouterr().err
+    assert "--steps, --repeats and --threads must be >= 1" in capsys.readouterr().err
 
 
 def test_a_qat_methods_step_trains_its_student_in_qat(short_corpus, monkeypatch):
