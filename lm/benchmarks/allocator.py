@@ -4,8 +4,9 @@ by side: the page faults, CPU and wall time of a step, on one thread and on more
     python -m lm.benchmarks.allocator --threads 1 2
 
 Each measurement runs in its own process (the setting lasts a process's life), the two settings alternating,
-``--repeats`` times each; a process trains ``--steps`` windows after two of warm-up, on the start of PTB's
-training split, and counts its minor page faults (``getrusage``). The steps:
+``--repeats`` times each; a process trains ``--steps`` windows after six of warm-up (the heap grows to a step's
+needs over the first few), on the start of PTB's training split, and counts its minor page faults
+(``getrusage``). The steps:
 
 * ``<preset>``: a training step of the preset (``lm.train``'s, with its regularisation), untrained weights;
 * ``<preset>:<method>``: a step of a study method's fine-tune, its student compressed from the preset's
@@ -42,7 +43,7 @@ from .students import student_methods, untrained_student
 from .train_speed import train_prefix, train_steps, train_stream
 
 SETTINGS = ("default", "retained")
-WARMUP = 2
+WARMUP = 6
 
 
 def measure_step(step: str, steps: int, data_dir: str | None = None) -> dict:
@@ -54,6 +55,9 @@ def measure_step(step: str, steps: int, data_dir: str | None = None) -> dict:
     corpus = Corpus.load(data_dir)
     model = build_model(cfg, corpus.vocab)
     data = train_prefix(cfg, corpus, WARMUP + steps)
+    if (data.shape[0] - 1) // cfg.bptt < WARMUP + steps:
+        raise ValueError(f"{step}: the training words hold {(data.shape[0] - 1) // cfg.bptt} whole windows, fewer than "
+                         f"{WARMUP} of warm-up and {steps} timed")
     distill = taught = None
     if method:
         (m, start), = student_methods(name, [method])

@@ -20,6 +20,11 @@ def test_an_unknown_method_is_refused(short_corpus):
         allocator.measure_step("tiny_awd:no_such_method", steps=1)
 
 
+def test_a_training_split_too_short_for_the_steps_is_refused(short_corpus):
+    with pytest.raises(ValueError, match="fewer than 6 of warm-up and 20 timed"):
+        allocator.measure_step("tiny", steps=20)
+
+
 def test_the_settings_alternate_and_the_report_shows_each(short_corpus, tmp_path, monkeypatch):
     order = []
 
