@@ -11,8 +11,9 @@ to ``4 * hidden_size`` (``nn.Linear``, ``LowRankLinear``, ``TTLinear``...). With
 ``proj_size > 0`` (``torch.nn.LSTM``'s projections, Sak et al. 2014) the state is
 projected, ``h_t = projection(o * tanh(c_t))`` of size ``proj_size``, and that
 projection feeds both the recurrence and the next layer. When every map of the
-stack is a plain ``nn.Linear`` the fused ``torch.lstm`` kernel runs the whole
-stack. A layer whose maps plan their route (``PlannedMap``, such as ``TTLinear``) runs the
+stack is a plain ``nn.Linear`` (or one whose weight ``torch.nn.utils.parametrize`` computes,
+e.g. fake-quantized for quantization-aware training) the fused ``torch.lstm`` kernel runs the
+whole stack. A layer whose maps plan their route (``PlannedMap``, such as ``TTLinear``) runs the
 same kernel on the maps' built weights when the recurrent map's plan for the whole call
 prefers its dense weight (the gradients still reach the cores through the build). A single
 time step (token-by-token inference) skips the kernel and multiplies by those weights
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._higher_order_ops.scan import scan  # torch.export's loop with a dynamic trip count
+from torch.nn.utils import parametrize
 
 from ._tt_layout import check_float_input
 
@@ -118,7 +120,7 @@ class LSTMLayer(nn.Module):
         """``nn.LSTM``'s init: every dense weight and bias uniform in ±1/sqrt(hidden_size)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for m in self.maps():
-            if type(m) is nn.Linear:
+            if is_plain_linear(m):
                 for p in m.parameters():
                     nn.init.uniform_(p, -bound, bound)
             elif hasattr(m, "reset_parameters"):
@@ -126,8 +128,8 @@ class LSTMLayer(nn.Module):
 
     @property
     def is_dense(self) -> bool:
-        """True when every map is a plain ``nn.Linear`` (the fused kernel applies)."""
-        return all(type(m) is nn.Linear for m in self.maps()) and (not self.proj_size or self.projection.bias is None)
+        """True when every map is a plain ``nn.Linear`` (``is_plain_linear``: the fused kernel applies)."""
+        return all(is_plain_linear(m) for m in self.maps()) and (not self.proj_size or self.projection.bias is None)
 
     def flat_weights(self) -> list[Tensor]:
         """``[w_ih, w_hh(, b_ih, b_hh)(, w_hr)]`` in ``torch.lstm``'s order (dense layers only)."""
@@ -212,17 +214,26 @@ class LSTMLayer(nn.Module):
         return f"{self.input_size}, {self.hidden_size}" + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
+def is_plain_linear(m: nn.Module) -> bool:
+    """Whether ``m`` computes ``F.linear(x, m.weight, m.bias)``: an ``nn.Linear`` itself, or the
+    class ``torch.nn.utils.parametrize`` derives from it when a parametrization computes its
+    weight (read through ``m.weight`` like a plain one). A subclass of ``nn.Linear`` may change
+    ``forward`` and is not one."""
+    cls = type(m)
+    return cls is nn.Linear or (parametrize.is_parametrized(m) and cls.__bases__ == (nn.Linear,))
+
+
 def _planned_weight(m: nn.Module, batch: int, calls: int) -> Tensor | None:
     """An ``nn.Linear``'s weight, or a ``PlannedMap``'s dense weight when its plan for ``calls``
     products of ``batch`` rows prefers it; None otherwise."""
-    if type(m) is nn.Linear:
+    if is_plain_linear(m):
         return m.weight
     return m.dense_weight() if isinstance(m, PlannedMap) and m.uses_dense_weight(batch, calls) else None
 
 
 def _current_weight(m: nn.Module) -> Tensor | None:
     """An ``nn.Linear``'s weight, or a ``PlannedMap``'s dense weight; None otherwise."""
-    if type(m) is nn.Linear:
+    if is_plain_linear(m):
         return m.weight
     return m.dense_weight() if isinstance(m, PlannedMap) else None
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .lstm import LSTM, LSTMLayer
+from .lstm import LSTM, LSTMLayer, is_plain_linear
 from .tt_linear import TTLinear
 
 
@@ -37,7 +37,7 @@ def _as_lstm(lstm: nn.Module) -> LSTM:
 
 def _weight(module: nn.Module) -> Tensor:
     """The dense (out, in) weight of a map: ``.weight`` of ``nn.Linear``, else ``dense_weight()``."""
-    return (module.weight if type(module) is nn.Linear else module.dense_weight()).detach()
+    return (module.weight if is_plain_linear(module) else module.dense_weight()).detach()
 
 
 def _copy_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
@@ -104,7 +104,7 @@ def tt_lstm(lstm: nn.Module, rank: int | Sequence[int] | None = None, rel_eps: f
         raise ValueError(f"tt_lstm needs an LSTM without projections, got proj_size={lstm.proj_size}")
     layers = []
     for layer in lstm.layers:
-        maps = [m if type(m) is nn.Linear else _copy_linear(_weight(m), m.bias) for m in (layer.input_map, layer.recurrent_map)]
+        maps = [m if is_plain_linear(m) else _copy_linear(_weight(m), m.bias) for m in (layer.input_map, layer.recurrent_map)]
         tt_maps = [TTLinear.from_linear(m, rank=rank, rel_eps=rel_eps) for m in maps]
         layers.append(LSTMLayer(layer.input_size, layer.hidden_size, *tt_maps))
     return LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout, lstm.batch_first, lstm.bias, layers=layers)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ttlayers import LSTM, LowRankLinear, TTLinear, tt_lstm
-from ttlayers.lstm import LSTMLayer
+from ttlayers.lstm import LSTMLayer, is_plain_linear
 
 
 def run_both(ref: nn.LSTM, ours: LSTM, batch_first: bool, with_state: bool, dtype):
@@ -138,6 +138,41 @@ def test_tt_lstm_runs_the_fused_kernel_on_built_weights_with_the_loops_gradients
     assert calls == [4, 4]  # one fused call per layer, [w_ih, w_hh, b_ih, b_hh]; the loop made none
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+class Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_parametrized_linear_maps_keep_the_fused_kernel_and_match_nn_lstm(proj_size, monkeypatch):
+    """A weight computed by torch.nn.utils.parametrize (QAT's fake quantizer, here a doubling) leaves a
+    map a plain nn.Linear: the whole stack runs in one fused call, with nn.LSTM's outputs on the computed
+    weights and the gradients reaching the stored ones through the parametrization. A subclass of
+    nn.Linear, whose forward may differ, is not plain."""
+    torch.manual_seed(3)
+    ref = nn.LSTM(4, 6, num_layers=2, proj_size=proj_size, dtype=torch.float64)
+    ours = LSTM.from_torch(ref)
+    for layer in ours.layers:
+        for m in layer.maps():
+            nn.utils.parametrize.register_parametrization(m, "weight", Doubled())
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("weight"):
+                p.mul_(2)
+    assert all(is_plain_linear(m) for layer in ours.layers for m in layer.maps())
+    assert not is_plain_linear(type("Sub", (nn.Linear,), {})(2, 3))
+    kernel, calls = torch.lstm, []
+    monkeypatch.setattr(torch, "lstm", lambda *args: calls.append(1) or kernel(*args))
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    expected, got = ref(x), ours(x)
+    assert calls == [1]  # one call for the whole stack (nn.LSTM calls the kernel through _VF)
+    assert_same(expected, got)
+    (expected[0].square().sum() + expected[1][1].sum()).backward()
+    (got[0].square().sum() + got[1][1].sum()).backward()
+    original = ours.layers[1].recurrent_map.parametrizations.weight.original
+    torch.testing.assert_close(original.grad, 2 * ref.weight_hh_l1.grad)  # d(2W)/dW = 2
 
 
 def test_dense_state_dict_keys_are_unchanged_and_round_trip():
