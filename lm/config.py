@@ -84,8 +84,8 @@ class TrainConfig:
 
     def regularization(self) -> Regularization | None:
         """The training-time regularisers, or None when all are off (the model's plain forward)."""
-        r = Regularization(self.dropout_input, self.dropout_hidden, self.dropout_output, self.dropout_embedding,
-                           self.weight_drop, self.ar, self.tar)
+        r = Regularization(input=self.dropout_input, hidden=self.dropout_hidden, output=self.dropout_output,
+                           embedding=self.dropout_embedding, weight=self.weight_drop, ar=self.ar, tar=self.tar)
         return None if r == Regularization() else r
 
     def lr_at(self, epoch: int) -> float:

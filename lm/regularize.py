@@ -23,6 +23,7 @@ LSTM Language Models", ICLR 2018.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,18 +59,24 @@ class Regularization:
 
 def check_settings(settings, probabilities: tuple[str, ...], weights: tuple[str, ...], prefix: str = "") -> None:
     """Refuse a dropout probability of ``settings`` (one of the attributes ``probabilities``) outside
-    [0, 1), or a penalty weight (``weights``) below 0, naming the attribute (after ``prefix``)."""
+    [0, 1), or a penalty weight (``weights``) below 0 or not finite, naming the attribute (after ``prefix``)."""
     for name in probabilities:
         if not 0.0 <= getattr(settings, name) < 1.0:
             raise ValueError(f"{prefix}{name} is a dropout probability in [0, 1), got {getattr(settings, name)}")
     for name in weights:
-        if getattr(settings, name) < 0:
-            raise ValueError(f"{prefix}{name} must be >= 0, got {getattr(settings, name)}")
+        if not (getattr(settings, name) >= 0 and math.isfinite(getattr(settings, name))):
+            raise ValueError(f"{prefix}{name} must be a finite number >= 0, got {getattr(settings, name)}")
+
+
+def _check_probability(p: float, what: str) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what} takes a dropout probability in [0, 1), got {p}")
 
 
 def locked_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Dropout with one mask per sequence: x (seq_len, batch, features), the mask
     (1, batch, features) shared by every time step, kept entries scaled by 1 / (1 - p)."""
+    _check_probability(p, "locked_dropout")
     if not training or p == 0.0:
         return x
     if x.dim() != 3:
@@ -86,6 +93,7 @@ def embedding_dropout(embedded: Tensor, tokens: Tensor, vocab_size: int, p: floa
     Scaling the looked-up rows by ``mask[tokens]`` equals looking up in the masked matrix
     (values and gradients), for any embedding module, without building that matrix.
     """
+    _check_probability(p, "embedding_dropout")
     if not training or p == 0.0:
         return embedded
     mask = embedded.new_empty(vocab_size, 1).bernoulli_(1 - p).div_(1 - p)
@@ -109,6 +117,7 @@ def weight_dropped_layer(layer: LSTMLayer, x: Tensor, state: State, p: float) ->
     by 1 / (1 - p); the input map, biases and projection as they are. Runs ``torch.lstm``'s
     fused kernel on the dense weights (built from the factors of low-rank and TT maps).
     """
+    _check_probability(p, "weight_dropped_layer")
     w_hh = F.dropout(dense_weight(layer.recurrent_map), p, training=True)
     weights = [dense_weight(layer.input_map), w_hh]
     b_ih, b_hh = getattr(layer.input_map, "bias", None), getattr(layer.recurrent_map, "bias", None)

@@ -97,7 +97,8 @@ def step_loss(net: nn.Module, inputs: Tensor, targets: Tensor, state, regulariza
 
     Returns
     -------
-    The loss to train on (cross-entropy, plus the activation penalties, mixed with the soft targets),
+    The loss to train on (the cross-entropy, mixed with the soft targets when distilling, plus the
+    activation penalties),
     the cross-entropy as a float (what training reports), and the new state, detached.
     """
     with parametrize.cached():  # a parametrized weight (QAT's) computed once per step, not per time step
@@ -107,10 +108,10 @@ def step_loss(net: nn.Module, inputs: Tensor, targets: Tensor, state, regulariza
             logits, state, penalty = net(inputs, state, regularization)
     loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
     value = loss.item()
-    if regularization is not None and (regularization.ar or regularization.tar):
-        loss = loss + penalty
     if soft is not None:
         loss = distill.loss(loss, logits, soft)
+    if regularization is not None and (regularization.ar or regularization.tar):
+        loss = loss + penalty  # at the weights asked for, distilled or not
     return loss, value, detach(state)
 
 

@@ -46,15 +46,27 @@ def test_medium_awd_is_the_regularised_tied_medium_model():
     assert min(r.input, r.hidden, r.output, r.embedding, r.weight) > 0 and cfg.asgd_nonmono
 
 
+def test_regularization_maps_every_field_to_its_own_regulariser():
+    cfg = preset("tiny", dropout_input=0.1, dropout_hidden=0.2, dropout_output=0.3, dropout_embedding=0.4,
+                 weight_drop=0.5, ar=6.0, tar=7.0)
+    r = cfg.regularization()
+    assert (r.input, r.hidden, r.output, r.embedding, r.weight, r.ar, r.tar) == (0.1, 0.2, 0.3, 0.4, 0.5, 6.0, 7.0)
+    assert preset("tiny").regularization() is None  # all off: the model's plain forward
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("dropout_input", 1.0, r"dropout_input is a dropout probability in \[0, 1\), got 1.0"),
     ("dropout_hidden", -0.1, r"dropout_hidden is a dropout probability in \[0, 1\), got -0.1"),
     ("dropout_output", 1.5, "dropout_output is a dropout probability"),
     ("dropout_embedding", 1.0, "dropout_embedding is a dropout probability"),
     ("weight_drop", -1e-9, "weight_drop is a dropout probability"),
-    ("ar", -1.0, "ar must be >= 0, got -1.0"),
-    ("tar", -0.5, "tar must be >= 0, got -0.5"),
-    ("weight_decay", -1e-6, "weight_decay must be >= 0"),
+    ("ar", -1.0, "ar must be a finite number >= 0, got -1.0"),
+    ("ar", float("nan"), "ar must be a finite number >= 0, got nan"),
+    ("tar", -0.5, "tar must be a finite number >= 0, got -0.5"),
+    ("tar", float("inf"), "tar must be a finite number >= 0, got inf"),
+    ("weight_decay", -1e-6, "weight_decay must be a finite number >= 0"),
+    ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0"),
+    ("dropout_input", float("nan"), "dropout_input is a dropout probability"),
     ("asgd_start", 0, "asgd_start must be None or an int >= 1, got 0"),
     ("asgd_start", 2.0, "asgd_start must be None or an int >= 1, got 2.0"),
     ("asgd_nonmono", -3, "asgd_nonmono must be None or an int >= 1, got -3"),

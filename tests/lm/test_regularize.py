@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lm.model import LanguageModel
-from lm.regularize import Regularization, dense_weight, nt_asgd_triggered
+from lm.regularize import (Regularization, dense_weight, embedding_dropout, locked_dropout, nt_asgd_triggered,
+                           weight_dropped_layer)
 from ttlayers import LowRankLinear, TTLinear
 from ttlayers.lstm import LSTM, LSTMLayer
 
@@ -158,3 +159,18 @@ def test_nt_asgd_trigger_is_merity_s():
     assert not nt_asgd_triggered([5, 11], 1)  # too few evaluations
     with pytest.raises(ValueError, match="nonmono"):
         nt_asgd_triggered([1, 2], 0)
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, float("nan")])
+def test_the_regularisers_refuse_a_probability_outside_0_1(p, tiny_lm):
+    """p = 1 would scale the kept entries by 1/0 (NaN outputs); a negative p would fail inside bernoulli_."""
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"locked_dropout takes a dropout probability in \[0, 1\)"):
+        locked_dropout(x, p)
+    with pytest.raises(ValueError, match="embedding_dropout takes a dropout probability"):
+        embedding_dropout(x, torch.zeros(4, 2, dtype=torch.long), 5, p)
+    layer = tiny_lm(vocab=50, hidden=3).lstm.layers[0]
+    with pytest.raises(ValueError, match="weight_dropped_layer takes a dropout probability"):
+        weight_dropped_layer(layer, x, (torch.zeros(2, 3), torch.zeros(2, 3)), p)
+    with pytest.raises(ValueError, match=r"Regularization.ar must be a finite number >= 0, got nan"):
+        Regularization(ar=float("nan"))

@@ -22,9 +22,10 @@ import lm.train
 from lm.__main__ import main
 from lm.checkpoint import load_train_state
 from lm.config import PRESETS, TrainConfig, preset
-from lm.distill import Distillation
+from lm.distill import Distillation, soft_target_loss
 from lm.evaluate import perplexity
-from lm.train import TrainingDiverged, build_model, curve_stalled, train
+from lm.regularize import Regularization
+from lm.train import TrainingDiverged, build_model, curve_stalled, step_loss, train
 
 SHORT = ["--preset", "tiny", "--max-train-tokens", "20000", "--quiet"]
 
@@ -281,3 +282,33 @@ def test_min_gain_ends_training_once_the_curve_stops_moving_and_a_resume_keeps_i
     assert again["history"] == results["history"] and again["test_ppl"] == results["test_ppl"]
     every = train(replace(cfg, min_gain=None), tmp_path / "every", progress=False)
     assert len(every["history"]) == 4
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_step_loss_adds_the_activation_penalties_at_their_own_weights_distilled_or_not(tiny_lm, distilled):
+    """The loss trained on is the cross-entropy (mixed with the soft targets when distilling) plus the
+    AR/TAR penalties at the weights asked for: distillation's mix does not scale them."""
+    model = tiny_lm(vocab=50, hidden=16, init=0.3).train()
+    inputs, targets = torch.randint(0, 50, (2, 6, 3), generator=torch.Generator().manual_seed(1))
+    reg = Regularization(ar=2.0, tar=1.0)  # no dropout: both forwards below are the same
+    distill = Distillation(tiny_lm(vocab=50, hidden=16), alpha=0.25, temperature=2.0) if distilled else None
+    soft = torch.randn(6, 3, 50, generator=torch.Generator().manual_seed(2)) if distilled else None
+    loss, value, _ = step_loss(model, inputs, targets, None, reg, distill, soft)
+    logits, _, penalty = model(inputs, None, reg)
+    assert penalty.item() > 0
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 50), targets.reshape(-1))
+    assert value == pytest.approx(expected.item())
+    if distilled:
+        expected = 0.75 * expected + 0.25 * soft_target_loss(logits, soft, 2.0)
+    torch.testing.assert_close(loss, expected + penalty)
+
+
+def test_weight_decay_reaches_the_optimizer(tmp_path, short_corpus):
+    """An epoch with an L2 penalty ends with smaller weights than the same epoch without it."""
+    cfg = preset("tiny", hidden_size=16, max_train_tokens=3000, epochs=1)
+    norms = {}
+    for decay in (0.0, 0.05):
+        model = build_model(cfg, short_corpus.vocab)
+        train(replace(cfg, weight_decay=decay), tmp_path / str(decay), model=model, progress=False)
+        norms[decay] = torch.cat([p.detach().flatten() for p in model.parameters()]).norm().item()
+    assert norms[0.05] < 0.9 * norms[0.0]
