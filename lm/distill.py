@@ -3,7 +3,8 @@
 The student's loss mixes the usual cross-entropy with the teacher's softened
 next-word distribution: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``,
 where ``_T`` is a softmax at temperature ``T`` (the ``T^2`` keeps the gradient scale of
-the soft term independent of ``T``).
+the soft term independent of ``T``). Training adds the AR/TAR penalties to the mix at their own
+weights (``lm.train.step_loss``).
 
 The teacher is in eval mode, so its logits for a training window do not change from one
 epoch to the next: ``teacher_features`` runs its LSTM once over the training stream, and each

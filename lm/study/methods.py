@@ -19,12 +19,14 @@ into the model config's per-bond ``ranks``.
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..compression.export import QUANT
 from ..regularize import Regularization
 
 if sys.version_info >= (3, 11):
@@ -141,6 +143,12 @@ class Finetune:
     min_gain: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
         if self.min_gain is not None and not 0 <= self.min_gain < 1:
             raise ValueError(f"min_gain must be None or a number in [0, 1), got {self.min_gain!r}")
 
@@ -195,6 +203,8 @@ class Method:
         """Refuse recipes whose parts the study would silently ignore."""
         if self.train not in TRAIN:
             raise ValueError(f"{self.name}: train must be 'none', 'finetune' or 'scratch', got {self.train!r}")
+        if self.quant not in QUANT:
+            raise ValueError(f"{self.name}: quant must be one of {QUANT}, got {self.quant!r}")
         if self.base and (self.compress or self.prune or self.train == "scratch" or self.shape):
             raise ValueError(f"{self.name}: a method built on base {self.base!r} exports it (quant) or fine-tunes "
                              "it (train='finetune', distill); it cannot compress, prune, reshape or train from scratch")

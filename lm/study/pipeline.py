@@ -39,10 +39,12 @@ class Outcome:
 
 def finetune_config(base: TrainConfig, model: LanguageModel, lr: float, epochs: int,
                     regularization: Regularization | None = None, min_gain: float | None = None) -> TrainConfig:
-    """``base`` (a preset) set to fine-tune ``model``: from ``lr``, halved every epoch, for at most ``epochs`` (ending
-    once an epoch gains less than ``min_gain``: ``TrainConfig.min_gain``), with ``regularization``'s strengths in
-    place of ``base``'s own (None: ``base``'s)."""
-    cfg = replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1, min_gain=min_gain)
+    """``base`` (a preset) set to fine-tune ``model``: plain SGD from ``lr``, halved every epoch, for at most
+    ``epochs`` (ending once an epoch gains less than ``min_gain``: ``TrainConfig.min_gain``), with
+    ``regularization``'s strengths in place of ``base``'s own (None: ``base``'s). The preset's averaged-SGD
+    switch belongs to its own schedule and is left out."""
+    cfg = replace(base, model=model.config, epochs=epochs, lr=lr, lr_decay=0.5, decay_start=1, min_gain=min_gain,
+                  asgd_start=None, asgd_nonmono=None)
     if regularization is None:
         return cfg
     r = regularization

@@ -173,9 +173,12 @@ class Study:
             return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
         if m.base and m.train == "none":
             return pipeline.run(start, out, **common)
-        regularization = self.finetune.get("regularization")
-        finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"],
-                            Regularization(**regularization) if regularization else None, self.finetune.get("min_gain"))
+        finetune = None
+        if m.train == "finetune":
+            regularization = self.finetune.get("regularization")
+            finetune = Finetune(self.epochs(m), m.lr or self.finetune["lr"], self.finetune["dropout"],
+                                Regularization(**regularization) if regularization else None,
+                                self.finetune.get("min_gain"))
         kd = None
         if m.distill:
             teacher = dense if m.distill.teacher == "dense" else start
@@ -183,7 +186,7 @@ class Study:
                               cache=self.run_dir / "teacher_outputs")  # one teacher's outputs serve every student
         return pipeline.run(start if m.compress else copy.deepcopy(start), out, layers=m.compress_kwargs(),
                             counts=self.counts() if m.compress else None, prune=m.prune,
-                            finetune=finetune if m.train == "finetune" else None, base=self.cfg, distill=kd,
+                            finetune=finetune, base=self.cfg, distill=kd,
                             qat_bits=m.qat_bits, **({"qat_every": m.qat_every} if m.qat_every else {}),
                             save_every=self.config.save_every, **common)
 
@@ -328,11 +331,12 @@ def run_study(config: StudyConfig) -> dict:
 
 
 def methods_for(cfg: TrainConfig) -> list[Method]:
-    """Deprecated (one release): ``lm.study.methods.load_methods(preset)``; the preset is the one of ``cfg``'s hidden size."""
+    """Deprecated (one release): ``lm.study.methods.load_methods(preset)``; the preset is the one whose model
+    ``cfg``'s is (``medium`` and ``medium_awd`` share a hidden size, not a model)."""
     warnings.warn("lm.study.methods_for(cfg) is deprecated; use lm.study.methods.load_methods(preset)", DeprecationWarning,
                   stacklevel=2)
-    name = next((p for p in presets() if preset(p).model.hidden_size == cfg.model.hidden_size), None)
+    name = next((p for p in presets() if preset(p).model == cfg.model), None)
     if name is None:
-        raise ValueError(f"no study file for hidden size {cfg.model.hidden_size}; use lm.study.methods.load_methods(preset)")
+        raise ValueError(f"no study file for the model {cfg.model}; use lm.study.methods.load_methods(preset)")
     return load_methods(name)
 

@@ -42,6 +42,9 @@ def test_methods_for_keeps_its_name_for_a_release():
     with pytest.warns(DeprecationWarning, match="load_methods"):
         old = study_package.methods_for(preset("medium"))
     assert old == load_methods("medium")
+    for name in ("medium_awd", "tiny_awd"):  # the same hidden size as medium's and tiny's, another model
+        with pytest.warns(DeprecationWarning):
+            assert study_package.methods_for(preset(name)) == load_methods(name)
 
 
 def test_the_config_files_are_package_data():
@@ -136,6 +139,8 @@ def test_the_good_file_reads_and_an_unknown_preset_lists_those_with_methods(tmp_
     ({"train": "finetune", "quant": "q2", "qat_bits": 2, "prune": Prune(0.5, ["decoder"])}, "no pruning"),
     ({"train": "finetune", "qat_every": 8}, "qat_every sets how often"),
     ({"train": "finetune", "quant": "q2", "qat_bits": 2, "qat_every": 0}, "must be >= 1"),
+    ({"quant": "q5"}, "quant must be one of"),
+    ({"train": "finetune", "quant": "q5", "qat_bits": 5}, "quant must be one of"),  # refused before any training
 ])
 def test_methods_refuse_parts_the_study_would_ignore(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -159,6 +164,7 @@ def test_a_finetune_regularization_replaces_the_presets_strengths_and_names_ever
     assert (tuned.dropout_input, tuned.dropout_hidden, tuned.dropout_output, tuned.dropout_embedding, tuned.weight_drop,
             tuned.ar, tuned.tar) == (0.1, 0.1, 0.1, 0.0, 0.1, 2.0, 1.0)
     assert (tuned.weight_decay, tuned.epochs, tuned.lr) == (base.weight_decay, 3, 0.5)
+    assert base.asgd_start and base.asgd_nonmono and tuned.asgd_start is None and tuned.asgd_nonmono is None  # plain SGD
     kept = finetune_config(base, model, 0.5, 3)  # no regularization: the preset's own
     assert (kept.dropout_input, kept.weight_drop) == (base.dropout_input, base.weight_drop) == (0.4, 0.5)
     assert load_finetune("medium_awd").to_dict()["regularization"]["weight"] == 0.1
@@ -178,5 +184,13 @@ def test_a_finetune_regularization_replaces_the_presets_strengths_and_names_ever
         ('min_gain = "1%"', "field 'min_gain': expected"),
     ]:
         path.write_text(head + body + "\n")
+        with pytest.raises(ValueError, match=r"study\.toml: \[finetune\]: " + message):
+            read_finetune(path)
+    for wrong, message in [("epochs = 0", r"epochs must be an int >= 1, got 0"),
+                           ("lr = -0.5", r"lr must be a finite number > 0, got -0.5"),
+                           ("lr = nan", r"lr must be a finite number > 0, got nan"),
+                           ("dropout = 1.5", r"dropout must be a probability in \[0, 1\), got 1.5")]:
+        key = wrong.split(" =")[0]
+        path.write_text("\n".join(wrong if line.startswith(key + " =") else line for line in head.splitlines()) + "\n")
         with pytest.raises(ValueError, match=r"study\.toml: \[finetune\]: " + message):
             read_finetune(path)

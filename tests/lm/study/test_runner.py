@@ -9,6 +9,7 @@ import json
 import re
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from lm.__main__ import main
 from lm.compression.export import artifact_size, load_artifact
 from lm.compression.surgery import compress_model
 from lm.compression.lowbit import dequantize_rows, quantize_rows
-from lm.compression.qat import row_axes
+from lm.compression.qat import is_qat, row_axes
 from lm.study.report import MB, pareto_front
 from lm.config import preset
 from lm.distill import Distillation
@@ -186,10 +187,16 @@ def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path
         told.update(nbits)
         return real(models, nbits=nbits, **kwargs)
 
-    real = study.compare
+    def train(cfg, out_dir, **kwargs):
+        trained_in_qat[Path(out_dir).parent.name] = is_qat(kwargs["model"])
+        return real_train(cfg, out_dir, **kwargs)
+
+    real, real_train, trained_in_qat = study.compare, pipeline.train, {}
     monkeypatch.setattr(study, "compare", compare)
+    monkeypatch.setattr(pipeline, "train", train)
     _, payload, rows = run_tiny_study(tmp_path, names)
     assert told == {"lr_tied_ft_qat2": 2, "lr_tied_ft_q2": 2}  # exported packed too where onnx runs (not here)
+    assert trained_in_qat == {"lr_tied_ft": False, "lr_tied_ft_qat2": True}  # q2 only stores lr_tied_ft in 2 bits
     for name, bits in zip(names, (2, 2)):
         model = load_artifact(tmp_path / "runs" / name / "artifact.safetensors")
         axes = row_axes(model)
