@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -91,8 +92,11 @@ def compress(
         skip: qualified names of layers (or of modules containing them) to leave dense.
 
     Exact types only are replaced (``type(m) is nn.Linear``: subclasses such as attention
-    projections are left alone). A weight shared by two layers (tied) is factored twice,
-    untying it, with a warning. Returns a :class:`CompressionReport`.
+    projections are left alone). A layer registered under several names is factored once and the
+    one replacement put at each; a weight shared by two layers (tied) is factored twice,
+    untying it, with a warning. Each replacement keeps its layer's mode (``training``) and, for a
+    layer with every parameter frozen, is frozen too. If a layer cannot be factored, the error
+    names it and ``module`` is left as it was. Returns a :class:`CompressionReport`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -113,21 +117,56 @@ def compress(
     def skipped(name: str) -> bool:
         return any(name == s or name.startswith(s + ".") for s in skip)
 
-    for name, child in list(module.named_modules()):
-        if type(child) is nn.LSTM and not skipped(name):
-            _replace(module, name, LSTM.from_torch(child))
-    targets = [(n, m) for n, m in module.named_modules()
-               if not skipped(n) and (type(m) is nn.Linear or (type(m) is nn.Embedding and method == "tt"))]
-    _warn_tied(targets)
+    replaced = []  # (name, the module it replaced), undone if a later layer fails
+
+    def put(names: list[str], old: nn.Module, new: nn.Module) -> None:
+        new.train(old.training)
+        if not any(p.requires_grad for p in old.parameters()):
+            new.requires_grad_(False)
+        for name in names:
+            replaced.append((name, _replace(module, name, new)))
+
     report = CompressionReport(before, 0)
-    for name, child in targets:
-        layer_rank = _lookup(ranks, name)
-        new = _factor(child, method, rank if layer_rank is None else layer_rank, None if layer_rank is not None else rel_eps,
-                      None if layer_rank is not None else ratio, name)
-        _replace(module, name, new)
-        report.layers.append(_layer_report(name, child, new))
+    try:
+        for names, child in _by_module(module, lambda n, m: type(m) is nn.LSTM and not skipped(n)):
+            with _naming(names[0]):
+                put(names, child, LSTM.from_torch(child))
+        targets = _by_module(module, lambda n, m: not skipped(n) and (
+            type(m) is nn.Linear or (type(m) is nn.Embedding and method == "tt")))
+        _warn_tied([(names[0], m) for names, m in targets])
+        for names, child in targets:
+            name = names[0]
+            layer_rank = _lookup(ranks, name)
+            with _naming(name):
+                new = _factor(child, method, rank if layer_rank is None else layer_rank,
+                              None if layer_rank is not None else rel_eps, None if layer_rank is not None else ratio)
+            put(names, child, new)
+            report.layers.append(_layer_report(name, child, new))
+    except BaseException:
+        for name, old in reversed(replaced):
+            _replace(module, name, old)
+        raise
     report.params_after = count_parameters(module)
     return report
+
+
+@contextmanager
+def _naming(name: str):
+    """Prefix a ``ValueError`` or ``TypeError`` raised inside with the layer's name."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"layer {name!r}: {err}") from None
+
+
+def _by_module(root: nn.Module, wanted) -> list[tuple[list[str], nn.Module]]:
+    """``(names, module)`` for each module ``m`` under ``root`` with ``wanted(name, m)``, with every
+    name it is registered under, in ``named_modules`` order."""
+    found: dict[int, tuple[list[str], nn.Module]] = {}
+    for name, m in root.named_modules(remove_duplicate=False):
+        if wanted(name, m):
+            found.setdefault(id(m), ([], m))[0].append(name)
+    return list(found.values())
 
 
 def _lookup(ranks: Mapping[str, object], name: str):
@@ -140,13 +179,13 @@ def _lookup(ranks: Mapping[str, object], name: str):
     return None
 
 
-def _factor(layer: nn.Module, method: str, rank, rel_eps, ratio, name: str) -> nn.Module:
+def _factor(layer: nn.Module, method: str, rank, rel_eps, ratio) -> nn.Module:
     rows, cols = layer.weight.shape
     if method == "low_rank":
         if ratio is not None:
             rank = max(1, math.floor(rows * cols / ratio / (rows + cols)))
         if rank is None:
-            raise ValueError(f"method='low_rank' needs a rank or a ratio (layer {name!r})")
+            raise ValueError("method='low_rank' needs a rank or a ratio")
         return LowRankLinear.from_linear(layer, min(rank, rows, cols))
     if ratio is not None:
         rank = _rank_for_ratio(rows, cols, ratio)
@@ -171,10 +210,13 @@ def _rank_for_ratio(rows: int, cols: int, ratio: float) -> int:
     return low
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+def _replace(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` under ``root``; returns the module it replaced."""
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, attr)
     setattr(parent, attr, new)
+    return old
 
 
 def _warn_tied(targets) -> None:

@@ -293,6 +293,15 @@ class LSTM(nn.Module):
         if any((layer.hidden_size, layer.proj_size) != (hidden_size, proj_size) for layer in layers):
             raise ValueError(f"every layer must have hidden_size={hidden_size} and proj_size={proj_size}, got "
                              f"{[(layer.hidden_size, layer.proj_size) for layer in layers]}")
+        fed = [input_size] + [layer.output_size for layer in layers[:-1]]
+        if [layer.input_size for layer in layers] != fed:
+            raise ValueError(f"the layers read {[layer.input_size for layer in layers]} input features, but are fed "
+                             f"{fed} (the input's, then each layer's output)")
+        for k, layer in enumerate(layers):
+            has = {m.bias is not None for m in (layer.input_map, layer.recurrent_map) if hasattr(m, "bias")}
+            if has and has != {bias}:
+                raise ValueError(f"layer {k}'s maps {'have' if True in has else 'lack'} biases"
+                                 f"{' in part' if len(has) > 1 else ''}, but the LSTM has bias={bias}")
         self.proj_size = proj_size
         self.layers = nn.ModuleList(layers)
 
@@ -300,6 +309,11 @@ class LSTM(nn.Module):
     def output_size(self) -> int:
         """Features of the output and of h: ``proj_size`` if set, else ``hidden_size``."""
         return self.proj_size or self.hidden_size
+
+    def reset_parameters(self) -> None:
+        """Every layer's ``reset_parameters`` (``nn.LSTM``'s init for dense maps)."""
+        for layer in self.layers:
+            layer.reset_parameters()
 
     @classmethod
     def from_torch(cls, lstm: nn.LSTM) -> "LSTM":
@@ -341,6 +355,11 @@ class LSTM(nn.Module):
         if tuple(h0.shape) != expected_h or tuple(c0.shape) != expected_c:
             raise ValueError(f"hx must be tensors of shapes {expected_h} and {expected_c}, "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
+        if any((t.dtype, t.device) != (x.dtype, x.device) for t in (h0, c0)):
+            raise TypeError(f"hx must have the input's dtype and device ({x.dtype}, {x.device}), got "
+                            f"({h0.dtype}, {h0.device}) and ({c0.dtype}, {c0.device})")
+        if x.shape[0] == 0:
+            raise ValueError("LSTM expects a sequence length of at least 1, got 0")
 
         if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_compiling():
             weights = [w for layer in self.layers for w in layer.flat_weights()]

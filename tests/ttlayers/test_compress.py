@@ -105,3 +105,35 @@ def test_bad_arguments_name_the_problem():
         compress(make(), "low_rank")
     with pytest.raises(ValueError, match="submodules"):
         compress(nn.Linear(4, 4))
+
+
+def test_replacements_keep_the_mode_and_the_freezing_of_what_they_replace():
+    model = make().eval()
+    model.decoder.requires_grad_(False)
+    compress(model, "low_rank", rank=3)
+    assert not any(m.training for m in model.modules())  # an eval model stays deterministic (the LSTM's dropout)
+    assert not any(p.requires_grad for p in model.decoder.parameters())
+    assert all(p.requires_grad for p in model.lstm.parameters())
+
+
+def test_a_layer_registered_twice_is_factored_once_and_replaced_at_both_names():
+    shared = nn.Linear(16, 16, dtype=torch.float64)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+    report = compress(model, "tt", rank=64)  # full rank: exact
+    assert type(model[0]) is TTLinear and model[2] is model[0]
+    assert len(report.layers) == 1 and report.params_after == count_parameters(model)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_a_layer_that_cannot_be_factored_is_named_and_nothing_is_replaced():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16).half())
+    with pytest.raises(ValueError, match="layer '1': matrix must be float32 or float64"):
+        compress(model, "tt", rank=2)
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear]
+    lstms = nn.Sequential(nn.LSTM(4, 8), nn.LSTM(8, 8, bidirectional=True))
+    with pytest.raises(ValueError, match="layer '1': from_torch supports unidirectional"):
+        compress(lstms, "tt", rank=2)
+    assert [type(m) for m in lstms] == [nn.LSTM, nn.LSTM]

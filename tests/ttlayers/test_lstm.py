@@ -198,6 +198,30 @@ def test_bad_input_names_the_problem():
         LSTM(4, 6, 1, proj_size=6)
     with pytest.raises(TypeError, match="LSTM holds torch.float32 parameters"):
         ours(torch.randn(3, 2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="hx must have the input's dtype and device"):
+        ours(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64), torch.zeros(2, 2, 6)))
+    with pytest.raises(ValueError, match="sequence length of at least 1, got 0"):
+        ours(torch.randn(0, 2, 4))
+
+
+def test_prebuilt_layers_must_fit_the_stack():
+    """Layers that do not chain, or whose biases the stack's fused kernel would misread (NaN outputs), are refused."""
+    with pytest.raises(ValueError, match=r"read \[4, 4\] input features, but are fed \[4, 8\]"):
+        LSTM(4, 8, 2, layers=[LSTMLayer(4, 8), LSTMLayer(4, 8)])
+    with pytest.raises(ValueError, match="layer 0's maps have biases, but the LSTM has bias=False"):
+        LSTM(4, 8, 2, bias=False, layers=[LSTMLayer(4, 8), LSTMLayer(8, 8)])
+    with pytest.raises(ValueError, match="layer 0's maps lack biases, but the LSTM has bias=True"):
+        LSTM(4, 8, layers=[LSTMLayer(4, 8, bias=False)])
+    fitting = LSTM(4, 8, 2, bias=False, layers=[LSTMLayer(4, 8, bias=False), LSTMLayer(8, 8, bias=False)])
+    assert torch.isfinite(fitting(torch.randn(3, 2, 4))[0]).all()
+
+
+def test_reset_parameters_redraws_every_layer_within_nn_lstm_bound():
+    ours = LSTM(4, 16, 2)
+    before = [p.clone() for p in ours.parameters()]
+    ours.reset_parameters()
+    for old, new in zip(before, ours.parameters()):
+        assert not torch.equal(old, new) and new.abs().max() <= 0.25  # 1 / sqrt(16)
 
 
 def test_a_map_that_declares_the_planned_map_protocol_is_planned_for_all_steps():
