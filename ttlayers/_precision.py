@@ -94,8 +94,11 @@ def from_work(cores: list[torch.Tensor], exponent: int, dtype: torch.dtype, hold
     cores cannot all fit raises a ``ValueError``.
     """
     info = np.finfo(torch.empty(0, dtype=dtype).numpy().dtype)
-    # a core's largest entry must be a normal number (as the input's was): its exponent from low to high
+    # a core's largest entry must be a normal number (as the input's was): its exponent from low to high;
+    # a single core (d = 1) is the input itself, as small as it was
     low, high = info.minexp + 1, info.maxexp - 1
+    if len(cores) == 1:
+        low = min(low, exponent)
 
     def fits(core, power):
         return not bool(core.abs().max() > 0) or low <= core_exponent(core) + power <= high

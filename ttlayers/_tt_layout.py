@@ -7,6 +7,7 @@ when a size factors badly, ``factorize`` returns a slightly larger padded size.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -18,10 +19,10 @@ DEFAULT_N_CORES = 3
 
 
 def check_features(value, name: str) -> int:
-    """A positive int feature count."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive int feature count (any ``numbers.Integral``, numpy's too, as a Python int)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_float_input(input, dtype, layer: str) -> None:
@@ -45,8 +46,9 @@ def mode_shapes(rows: int, cols: int, row_shape: Sequence[int] | None, col_shape
             out.append(factorize(size, d))
             continue
         shape = tuple(shape)
-        if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        if not shape or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
             raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {shape}")
+        shape = tuple(int(s) for s in shape)
         if math.prod(shape) < size:
             raise ValueError(f"{name} {shape} holds {math.prod(shape)} entries, fewer than the {size} it must hold")
         out.append(shape)

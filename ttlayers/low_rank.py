@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,9 @@ class LowRankLinear(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.in_features = check_features(in_features, "in_features")
         self.out_features = check_features(out_features, "out_features")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must be an int in [1, min(in_features, out_features)] = [1, {min(in_features, out_features)}], got {rank!r}")
-        self.rank = rank
+        self.rank = int(rank)
         self.u = nn.Parameter(torch.empty(out_features, rank, **factory))
         self.v = nn.Parameter(torch.empty(rank, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None

@@ -60,6 +60,11 @@ class TTEmbedding(TTMatrixModule):
         capped at ``rank``, ``||E - E_tt||_F <= rel_eps ||E||_F``, neither: exact)."""
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        unsupported = [f"{name}={getattr(embedding, name)!r}" for name, off in
+                       (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False))
+                       if getattr(embedding, name) != off]
+        if unsupported:
+            raise ValueError(f"TTEmbedding has no {', '.join(unsupported)} (the embedding's lookups would change)")
         return cls.decomposed(embedding.weight, (embedding.num_embeddings, embedding.embedding_dim), rank, rel_eps,
                               num_shape=num_shape, dim_shape=dim_shape, padding_idx=embedding.padding_idx)
 
@@ -129,8 +134,10 @@ class TTEmbedding(TTMatrixModule):
         return out.reshape(out.shape[0], self.cores[1].shape[0], math.prod(self.dim_shape[1:]))
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"TTEmbedding expects a torch.Tensor of integer indices, got {type(input).__name__}")
         if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
+            raise TypeError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
         flat = input.reshape(-1).long()
         if torch.compiler.is_compiling():  # no value-dependent route or check in a traced graph
             out = self.rows(flat).reshape(*input.shape, self.embedding_dim)

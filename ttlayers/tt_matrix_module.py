@@ -50,7 +50,7 @@ class TTMatrixModule(nn.Module):
         super().__init__()
         self.n_rows = check_features(n_rows, names[0])
         self.n_cols = check_features(n_cols, names[1])
-        self.row_shape, self.col_shape = mode_shapes(n_rows, n_cols, row_shape, col_shape, names[2], names[3])
+        self.row_shape, self.col_shape = mode_shapes(self.n_rows, self.n_cols, row_shape, col_shape, names[2], names[3])
         ranks = capped_ranks(rank, self.row_shape, self.col_shape)
         self.cores = nn.ParameterList(
             nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], device=device, dtype=dtype))
@@ -113,13 +113,15 @@ class TTMatrixModule(nn.Module):
         """Replace the cores by the TT-SVD of ``matrix`` (n_rows, n_cols) (``ttlayers.tt_matrix_svd``):
         ranks capped at ``rank`` (called ``rank_name`` in errors), error
         ``||M - M_tt||_F <= rel_eps ||M||_F``; neither gives an exact copy, and a warning says
-        when that copy holds more entries than ``matrix``. The cores keep ``matrix``'s dtype
-        and device."""
+        when that copy holds more entries than ``matrix``. The new cores keep the layer's dtype,
+        device and ``requires_grad`` (``decomposed`` builds the layer in ``matrix``'s)."""
         check_rank(rank, len(self.row_shape) - 1, rank_name)
         matrix = matrix.detach()
         padded = F.pad(matrix, (0, math.prod(self.col_shape) - self.n_cols, 0, math.prod(self.row_shape) - self.n_rows))
         tt = tt_matrix_svd(padded, self.row_shape, self.col_shape, max_rank=rank, rel_eps=rel_eps)
-        self.cores = nn.ParameterList(nn.Parameter(c.to(matrix.dtype).contiguous()) for c in tt.factors)
+        like = self.cores[0]
+        self.cores = nn.ParameterList(nn.Parameter(c.to(like.device, like.dtype).contiguous(), like.requires_grad)
+                                      for c in tt.factors)
         self._forget()
         if rank is None and rel_eps is None and self.compression() < 1:
             warnings.warn(f"the exact TT-matrix of this {self.n_rows} x {self.n_cols} matrix holds "
@@ -137,8 +139,12 @@ class TTMatrixModule(nn.Module):
 
     def cached(self, build: Callable[[], Tensor]) -> Tensor:
         """``build()`` (a tensor computed from the cores), kept until any core is replaced, moved,
-        cast or modified in place (``cores_key``); built anew, untracked, after a change. Not
-        used while tracing (``torch.compile``, ``torch.export``), where ``build()`` is returned."""
+        cast or modified in place (``cores_key``), or the module's mode is set (``train``, ``eval``);
+        built anew, untracked, after a change. An edit through ``.data`` bypasses the version
+        counter that ``cores_key`` reads: set the mode again after one. Not used while tracing
+        (``torch.compile``, ``torch.export``), where ``build()`` is returned; one built under
+        ``torch.inference_mode`` is built again once outside it (an inference tensor cannot
+        enter a graph that autograd records)."""
         if torch.compiler.is_compiling():
             return build()
         self.current_cores()
@@ -146,7 +152,7 @@ class TTMatrixModule(nn.Module):
 
     def _kept(self, build: Callable[[], Tensor]) -> Tensor:
         """``cached`` for a caller that has just called ``current_cores``."""
-        if self._cache is None:
+        if self._cache is None or (self._cache.is_inference() and not torch.is_inference_mode_enabled()):
             with torch.no_grad():
                 self._cache = build()
         return self._cache

@@ -80,3 +80,10 @@ def test_bad_input_names_the_problem():
         LowRankLinear(10, 6, 2)(torch.randn(4, 9))
     with pytest.raises(TypeError, match="LowRankLinear holds torch.float32 parameters"):
         LowRankLinear(10, 6, 2)(torch.randn(4, 10, dtype=torch.float64))
+
+
+def test_numpy_integers_are_sizes_and_ranks_like_python_ones():
+    import numpy as np
+
+    layer = LowRankLinear(np.int64(16), np.int64(8), np.int32(2))
+    assert (layer.in_features, layer.out_features, layer.rank) == (16, 8, 2) and type(layer.rank) is int

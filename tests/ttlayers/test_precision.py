@@ -193,6 +193,16 @@ def test_tt_svd_scale_invariance(case, dtype, exponent_fraction, kwargs):
     assert rel_error(tt, scaled) == pytest.approx(rel_error(reference, tensor), rel=1e-3, abs=allowance(dtype, shape))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tt_svd_of_a_subnormal_vector_is_the_vector(dtype):
+    """d = 1: the one core is the input, even below the dtype's normal range (no core can hold a larger
+    share of the scale)."""
+    tiny = np.finfo(dtype).tiny
+    vector = (np.random.default_rng(3).standard_normal(7) * tiny / 64).astype(dtype)
+    assert np.abs(vector).max() < tiny
+    np.testing.assert_array_equal(np.asarray(tt_svd(vector).factors[0]).reshape(7), vector)
+
+
 def issue_matrix():
     """10 x 20000, float32, singular values 1, .03, .01, .001 (issue 13)."""
     rng = np.random.default_rng(0)

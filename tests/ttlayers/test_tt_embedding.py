@@ -115,7 +115,7 @@ def test_bad_input_names_the_problem():
         layer(torch.tensor([3, 10]))
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         layer(torch.tensor([-1]))
-    with pytest.raises(ValueError, match="integer indices"):
+    with pytest.raises(TypeError, match="integer indices"):
         layer(torch.tensor([1.0]))
     with pytest.raises(ValueError, match="rank"):
         TTEmbedding(10, 4, 0)
@@ -141,3 +141,17 @@ def test_padding_idx_looks_up_zeros_without_gradient():
     assert all(c.grad is None or not c.grad.any() for c in layer.cores)
     with pytest.raises(ValueError, match="padding_idx"):
         TTEmbedding(30, 6, 2, padding_idx=30)
+
+
+def test_an_embedding_whose_lookups_tt_cannot_reproduce_is_refused():
+    for kwargs in ({"max_norm": 1.0}, {"scale_grad_by_freq": True}, {"sparse": True}):
+        with pytest.raises(ValueError, match=f"TTEmbedding has no {next(iter(kwargs))}="):
+            TTEmbedding.from_embedding(nn.Embedding(27, 8, **kwargs), rank=2)
+
+
+def test_indices_that_are_not_an_integer_tensor_are_a_type_error():
+    layer = TTEmbedding(24, 8, 2)
+    with pytest.raises(TypeError, match="a torch.Tensor of integer indices, got list"):
+        layer([1, 2])
+    with pytest.raises(TypeError, match="integer indices, got dtype torch.float32"):
+        layer(torch.tensor([1.0]))

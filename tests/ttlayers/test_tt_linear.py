@@ -277,3 +277,30 @@ def test_the_old_weight_accessors_warn_and_agree_with_dense_weight():
     with pytest.warns(DeprecationWarning, match="uses_dense_weight"):
         built = layer.built_weight(1000, 1)
     assert (built is None) != layer.uses_dense_weight(1000, 1)
+
+
+def test_numpy_integers_are_sizes_like_python_ones():
+    import numpy as np
+
+    layer = TTLinear(np.int64(16), np.int32(12), np.int64(2), in_shape=np.array([4, 4]))
+    assert (layer.in_features, layer.out_features, layer.in_shape) == (16, 12, (4, 4))
+    assert all(type(n) is int for n in (layer.in_features, layer.out_features, *layer.in_shape))
+
+
+def test_a_weight_kept_under_inference_mode_does_not_break_later_gradients():
+    layer = TTLinear(64, 64, 2).eval().requires_grad_(False)
+    with torch.inference_mode():
+        kept = layer(torch.randn(300, 64))  # large batch: the built W route, kept
+    x = torch.randn(300, 64, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.dense_weight().sum(0).expand(300, 64))
+    assert kept.is_inference()
+
+
+def test_decompose_keeps_the_layers_dtype_device_and_freezing():
+    layer = TTLinear(16, 16, 2, dtype=torch.float64).requires_grad_(False)
+    matrix = torch.randn(16, 16)  # float32
+    layer.decompose(matrix, None, None)  # exact
+    assert all(c.dtype == torch.float64 and not c.requires_grad for c in layer.cores)
+    torch.testing.assert_close(layer.dense_weight(), matrix.double(), atol=1e-5, rtol=1e-5)
+    assert TTLinear.from_linear(nn.Linear(16, 16, dtype=torch.float64), rank=2).cores[0].dtype == torch.float64
