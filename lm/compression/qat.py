@@ -8,12 +8,13 @@ no module swapped: the fused LSTM kernel, the low-rank and TT contractions all s
 quantized tensors. ``bake(model)`` takes the model out of QAT, writing the quantized
 values into the float weights, which an artifact stores as packed codes exactly.
 
-The rows' clipping ratios come from a search (``lowbit.clip_ratios``) that costs several
-passes over the weight; searched at every forward it made a QAT step several times as costly
-as a float step (``python -m lm.benchmarks.qat_step``, ``results/bench_qat_step.json``). So
-each ``FakeQuantize`` keeps the ratios and searches them again only every ``every`` optimizer
-steps (``RANGE_EVERY``), and once more at ``bake``; in between, each row's range follows the weight (its extremes and mean at the kept ratio), so that no value is clipped by a
-stale range, and the gradient is straight through within the range, zero outside it.
+The rows' clipping ratios come from a search (``lowbit.clip_ratios``) that costs several passes
+over the weight; searched at every forward it made a QAT step several times as costly as a
+float step (``python -m lm.benchmarks.qat_step``, ``results/bench_qat_step.json``). So each
+``FakeQuantize`` keeps the ratios and searches them again only every ``every`` optimizer steps
+(``RANGE_EVERY``), and once more at ``bake``; in between, each row's range follows the weight
+(its extremes and mean at the kept ratio), so that no value is clipped by a stale range, and
+the gradient is straight through within the range, zero outside it.
 
 Which tensors, and what a row is (``row_axes``):
 
