@@ -26,10 +26,11 @@ def check_features(value, name: str) -> int:
 
 
 def check_float_input(input, dtype, layer: str) -> None:
-    """Raise a ``TypeError`` unless ``input`` is a tensor of the layer's floating ``dtype``."""
+    """Raise a ``TypeError`` unless ``input`` is a tensor of the layer's floating ``dtype``, or, under
+    ``torch.autocast`` for its device, of any floating dtype (autocast casts it, as for ``nn.Linear``)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor input, got {type(input).__name__}")
-    if input.dtype != dtype:
+    if input.dtype != dtype and not (input.is_floating_point() and torch.is_autocast_enabled(input.device.type)):
         raise TypeError(f"{layer} holds {dtype} parameters and expects input of that dtype, got {input.dtype} "
                         f"(convert the input with .to({dtype}), or the layer with .to(dtype))")
 

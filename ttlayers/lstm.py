@@ -174,6 +174,7 @@ class LSTMLayer(nn.Module):
         # for training with dynamic shapes nor torch.export with a dynamic sequence length
         weights = None if torch.compiler.is_compiling() else self.built_weights(x.shape[1], x.shape[0])
         if weights is not None and x.shape[0] > 1:  # the fused kernel on the built weights
+            x, h, c = autocast_inputs(x, h, c)
             out, h_n, c_n = torch.lstm(x, (h[None], c[None]), weights, len(weights) == 4, 1, 0.0, self.training,
                                        False, False)
             return out, (h_n[0], c_n[0])
@@ -221,6 +222,17 @@ def is_plain_linear(m: nn.Module) -> bool:
     ``forward`` and is not one."""
     cls = type(m)
     return cls is nn.Linear or (parametrize.is_parametrized(m) and cls.__bases__ == (nn.Linear,))
+
+
+def autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in autocast's dtype when ``torch.autocast`` is on for their device, else as
+    given. ``torch.lstm`` casts its weights there but, on CPU, not its input and state (oneDNN then
+    fails on float32 ones, in ``nn.LSTM`` too); cast, they run as under CUDA's autocast."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _planned_weight(m: nn.Module, batch: int, calls: int) -> Tensor | None:
@@ -363,6 +375,7 @@ class LSTM(nn.Module):
 
         if all(layer.is_dense for layer in self.layers) and x.shape[0] > 1 and not torch.compiler.is_compiling():
             weights = [w for layer in self.layers for w in layer.flat_weights()]
+            x, h0, c0 = autocast_inputs(x, h0, c0)
             out, h_n, c_n = torch.lstm(
                 x, (h0, c0), weights, self.bias, self.num_layers, self.dropout, self.training, False, False
             )

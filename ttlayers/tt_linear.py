@@ -142,7 +142,7 @@ class TTLinear(TTMatrixModule):
 
         def contract(x: Tensor) -> Tensor:
             y = tt_linear_apply(F.pad(x, (0, pad)) if pad else x, cores, plan)[:, : self.out_features]
-            return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y + self.bias.to(y.dtype)  # y's dtype, under autocast too
         return contract
 
     def _weight_is_constant(self, cores: tuple[Tensor, ...]) -> bool:

@@ -144,7 +144,8 @@ class TTMatrixModule(nn.Module):
         counter that ``cores_key`` reads: set the mode again after one. Not used while tracing
         (``torch.compile``, ``torch.export``), where ``build()`` is returned; one built under
         ``torch.inference_mode`` is built again once outside it (an inference tensor cannot
-        enter a graph that autograd records)."""
+        enter a graph that autograd records). It is built in the cores' dtype under ``torch.autocast``
+        too (autocast casts it where it is used), so that it serves calls outside autocast."""
         if torch.compiler.is_compiling():
             return build()
         self.current_cores()
@@ -153,7 +154,7 @@ class TTMatrixModule(nn.Module):
     def _kept(self, build: Callable[[], Tensor]) -> Tensor:
         """``cached`` for a caller that has just called ``current_cores``."""
         if self._cache is None or (self._cache.is_inference() and not torch.is_inference_mode_enabled()):
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(self.cores[0].device.type, enabled=False):
                 self._cache = build()
         return self._cache
 
