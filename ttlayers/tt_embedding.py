@@ -138,18 +138,20 @@ class TTEmbedding(TTMatrixModule):
             raise TypeError(f"TTEmbedding expects a torch.Tensor of integer indices, got {type(input).__name__}")
         if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise TypeError(f"TTEmbedding expects integer indices, got dtype {input.dtype}")
-        flat = input.reshape(-1).long()
-        if torch.compiler.is_compiling():  # no value-dependent route or check in a traced graph
-            out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
-        else:
-            unique, inverse = torch.unique(flat, return_inverse=True)
-            if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
-                raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
-                                 f"got values from {int(unique[0])} to {int(unique[-1])}")
-            if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
+        # a lookup, in the cores' dtype under torch.autocast too, as nn.Embedding's (no bfloat16 rounding of the rows)
+        with torch.autocast(self.cores[0].device.type, enabled=False):
+            flat = input.reshape(-1).long()
+            if torch.compiler.is_compiling():  # no value-dependent route or check in a traced graph
                 out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
             else:
-                out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
+                unique, inverse = torch.unique(flat, return_inverse=True)
+                if unique.numel() and (unique[0] < 0 or unique[-1] >= self.num_embeddings):
+                    raise IndexError(f"TTEmbedding indices must be in [0, {self.num_embeddings}), "
+                                     f"got values from {int(unique[0])} to {int(unique[-1])}")
+                if 2 * unique.numel() > inverse.numel():  # few repeats: the final gather would cost more than it saves
+                    out = self.rows(flat).reshape(*input.shape, self.embedding_dim)
+                else:
+                    out = self.rows(unique).index_select(0, inverse).reshape(*input.shape, self.embedding_dim)
         if self.padding_idx is not None:  # zero, and no gradient to the cores, as nn.Embedding's padding row
             out = out.masked_fill((input == self.padding_idx).unsqueeze(-1), 0.0)
         return out

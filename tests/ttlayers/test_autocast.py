@@ -1,7 +1,7 @@
 """The layers under ``torch.autocast`` (CPU, bfloat16) behave as ``nn.Linear`` does there: any
 floating input is accepted and cast, the output is in autocast's dtype, the parameters and their
 gradients stay in float32, and nothing kept under autocast (the TT weight caches) leaks into later
-calls outside it."""
+calls outside it. TTEmbedding, as ``nn.Embedding``, looks its rows up in float32 there."""
 
 import copy
 
@@ -78,9 +78,24 @@ def test_ttembedding_under_autocast_then_outside():
         with autocast():
             inside = layer(idx)
         out, ref = layer(idx), untouched(idx)
-    assert_close_in_bf16(inside, ref, 4 ** 2)
-    assert out.dtype == torch.float32
+    # a lookup, as nn.Embedding's: in the table's dtype under autocast, without bfloat16 rounding
+    assert inside.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(inside, ref, rtol=0, atol=0)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [6, 400])  # rows by gathered slices, and from all tails at once
+def test_ttembedding_under_autocast_trains_in_float32(n):
+    torch.manual_seed(0)
+    layer = TTEmbedding(1000, 30, 4)
+    idx = torch.randint(0, 1000, (n,))
+    g = torch.randn(n, 30)
+    ref = torch.autograd.grad(layer(idx), list(layer.parameters()), g)
+    with autocast():
+        out = layer(idx)
+    assert out.dtype == torch.float32
+    for a, b in zip(torch.autograd.grad(out, list(layer.parameters()), g), ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_dtype_mismatch_outside_autocast_still_refused():
