@@ -21,6 +21,7 @@ UNTESTED = {
 # test files about one concern shared by the modules of a package, and why they are not split per module
 CROSS_CUTTING = {
     "tests/ttlayers/test_export.py": "torch.export, torch.compile and ONNX of every layer, under one harness",
+    "tests/ttlayers/test_autocast.py": "every layer under torch.autocast against float32, under one harness",
 }
 ALIAS = re.compile(r'\A"""Deprecated: moved to ')  # deprecated aliases: tested once, in tests/project/test_layering.py
 
