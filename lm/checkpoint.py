@@ -221,49 +221,55 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
 
 
 # -- training state ------------------------------------------------------------------------------
-def _flatten(obj, tensors: dict[str, Tensor]):
-    """A JSON-able tree of ``obj``; tensors move to ``tensors`` (tuples and non-string keys are tagged)."""
+def _flatten(obj, tensors: dict[str, Tensor], seen: dict | None = None):
+    """A JSON-able tree of ``obj``; tensors move to ``tensors`` (tuples and non-string keys are tagged).
+    A tensor met again (a tied weight, under both its names) is stored once and referenced twice."""
+    seen = {} if seen is None else seen
     if isinstance(obj, Tensor):
-        key = f"t{len(tensors)}"
-        tensors[key] = obj
-        return {"__tensor__": key}
+        alias = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
+        if alias not in seen:
+            seen[alias] = f"t{len(tensors)}"
+            tensors[seen[alias]] = obj
+        return {"__tensor__": seen[alias]}
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _flatten(v, tensors) for k, v in obj.items()}
-        return {"__items__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+            return {k: _flatten(v, tensors, seen) for k, v in obj.items()}
+        return {"__items__": [[_flatten(k, tensors, seen), _flatten(v, tensors, seen)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {"__tuple__": [_flatten(v, tensors) for v in obj]}
+        return {"__tuple__": [_flatten(v, tensors, seen) for v in obj]}
     if isinstance(obj, list):
-        return [_flatten(v, tensors) for v in obj]
+        return [_flatten(v, tensors, seen) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"a training state holds tensors, containers and numbers, not {type(obj).__name__}")
 
 
-def _unflatten(tree, tensors: dict[str, Tensor], name, depth: int = 0):
+def _unflatten(tree, tensors: dict[str, Tensor], used: set[str], name, depth: int = 0):
+    """``_flatten``'s inverse; the keys of ``tensors`` it references go into ``used``."""
     if depth > 32:
         raise ModelFileError(name, "training state nested too deeply")
     if isinstance(tree, list):
-        return [_unflatten(v, tensors, name, depth + 1) for v in tree]
+        return [_unflatten(v, tensors, used, name, depth + 1) for v in tree]
     if not isinstance(tree, dict):
         return tree
     tags = [k for k in tree if k.startswith("__")]
     if not tags:
-        return {k: _unflatten(v, tensors, name, depth + 1) for k, v in tree.items()}
+        return {k: _unflatten(v, tensors, used, name, depth + 1) for k, v in tree.items()}
     if len(tree) != 1:
         raise ModelFileError(name, f"malformed training state (tags {tags} among other keys)")
     tag, value = next(iter(tree.items()))
     if tag == "__tensor__" and isinstance(value, str) and value in tensors:
-        return tensors.pop(value)  # each tensor once
+        used.add(value)
+        return tensors[value]  # a tensor referenced twice (a tied weight) is one tensor again
     if tag == "__tuple__" and isinstance(value, list):
-        return tuple(_unflatten(v, tensors, name, depth + 1) for v in value)
+        return tuple(_unflatten(v, tensors, used, name, depth + 1) for v in value)
     if tag == "__items__" and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
         out = {}
         for k, v in value:
-            k = _unflatten(k, tensors, name, depth + 1)
+            k = _unflatten(k, tensors, used, name, depth + 1)
             if not isinstance(k, (str, int, float, bool)) and k is not None:
                 raise ModelFileError(name, "malformed training state (a key that is not a number or a string)")
-            out[k] = _unflatten(v, tensors, name, depth + 1)
+            out[k] = _unflatten(v, tensors, used, name, depth + 1)
         return out
     raise ModelFileError(name, f"malformed training state (bad {tag} entry)")
 
@@ -283,9 +289,10 @@ def save_train_state(state: dict, path: str | os.PathLike) -> int:
 def load_train_state(path: str | os.PathLike) -> dict:
     """The training state saved at ``path``, its structure checked (ModelFileError otherwise)."""
     f = modelfile.read(path, ("train_state",))
-    state = _unflatten(f.meta.get("state"), f.tensors, path)
-    if f.tensors:
-        raise ModelFileError(path, f"unreferenced tensors {sorted(f.tensors)[:3]}")
+    used: set[str] = set()
+    state = _unflatten(f.meta.get("state"), f.tensors, used, path)
+    if used != f.tensors.keys():
+        raise ModelFileError(path, f"unreferenced tensors {sorted(f.tensors.keys() - used)[:3]}")
     if not isinstance(state, dict):
         raise ModelFileError(path, "malformed training state (not a mapping)")
     for key, kind in TRAIN_STATE_KEYS.items():

@@ -298,6 +298,24 @@ def test_writes_are_atomic(tmp_path, monkeypatch, tiny_lm):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
+def test_a_tied_weight_is_stored_once_in_a_training_state(tiny_lm, tmp_path):
+    # the medium_awd teacher's state held its 26 MB tied embedding twice (79 MB for a 53 MB model)
+    tied, untied = tiny_lm(vocab=2000, tie_weights=True), tiny_lm(vocab=2000)
+    sizes = {}
+    for name, model in (("tied", tied), ("untied", untied)):
+        state = {**_train_state(tiny_lm), "model": model.state_dict()}
+        sizes[name] = save_train_state(state, tmp_path / name)
+        got = load_train_state(tmp_path / name)
+        assert _same(got, state)
+    table = tied.state_dict()["embedding.weight"].numel() * 4
+    assert sizes["untied"] - sizes["tied"] >= table  # the untied model's decoder weight is the extra copy
+    got = load_train_state(tmp_path / "tied")["model"]
+    assert got["embedding.weight"] is got["decoder.weight"]
+    fresh = tiny_lm(vocab=2000, tie_weights=True, init=0.01)
+    fresh.load_state_dict(got)
+    assert _same(fresh.state_dict(), tied.state_dict()) and fresh.decoder.weight is fresh.embedding.weight
+
+
 def test_a_training_state_saved_within_an_epoch_is_checked(tiny_lm, tmp_path):
     partial = {"epoch": 2, "step": 7, "total": 12.5, "count": 70, "seconds": 3.0, "state": (torch.zeros(2, 1, 8),) * 2}
     path = tmp_path / "state.safetensors"
