@@ -45,7 +45,15 @@ def encode_vocab(vocab: list[str] | None) -> dict[str, Tensor]:
     """The vocabulary as a zlib-compressed uint8 tensor (none for a model without one)."""
     if vocab is None:
         return {}
-    data = zlib.compress("\n".join(vocab).encode(), 9)
+    for word in vocab:  # what decode_vocab accepts, checked here rather than when the file is read
+        if not isinstance(word, str) or "\n" in word or len(word.encode()) > MAX_WORD_BYTES:
+            raise ValueError(f"a vocabulary word must be a string of at most {MAX_WORD_BYTES} UTF-8 bytes without "
+                             f"a newline, got {word!r:.80}")
+    text = "\n".join(vocab).encode()
+    data = zlib.compress(text, 9)
+    if len(text) > VOCAB_RATIO * len(data) + 4096:
+        raise ValueError(f"the vocabulary compresses more than {VOCAB_RATIO}-fold, which a model file refuses to "
+                         "inflate")
     return {"__vocab__": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
 
 
@@ -145,7 +153,7 @@ def dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]
     """Tied tensors stored once: (distinct tensors, alias -> stored name)."""
     tensors, aliases, seen = {}, {}, {}
     for name, t in state.items():
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -180,6 +188,10 @@ def save_model(model: LanguageModel, path: str | os.PathLike) -> int:
     checkpoint loads as a plain model; a training state keeps the parametrization to resume.
     """
     tensors, aliases = dedupe(_computed_state(model))
+    other = sorted(k for k, t in tensors.items() if t.dtype != torch.float32)
+    if other:
+        raise ValueError(f"a checkpoint holds float32 weights; {other[0]} is {tensors[other[0]].dtype} "
+                         "(save model.float())")
     meta = {"config": asdict(model.config), "aliases": aliases}
     return modelfile.write(path, "checkpoint", meta, {**tensors, **encode_vocab(model.vocab)})
 

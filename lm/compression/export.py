@@ -111,6 +111,8 @@ def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...],
     rows = shape[0] if codec == "q8c" else 1
     codes = expect(parts, ":codes", torch.uint8, shape, name)
     lo, step = expect(parts, ":scale", torch.float32, (2, rows), name)
+    if not (torch.isfinite(lo).all() and torch.isfinite(step).all() and (step >= 0).all()):
+        raise ModelFileError(name, "a scale that is not finite, or a negative step")
     if codec == "q8c":
         return dequantize(codes.view(rows, -1), lo, step).reshape(shape)
     return dequantize(codes, lo[0], step[0])
@@ -131,6 +133,8 @@ def decode_tensor(entry: dict, parts: dict[str, Tensor], name: str = "<tensor>")
         bits = LOW_BITS[codec]
         packed = expect(parts, ":codes", torch.uint8, (lowbit.packed_bytes(numel, bits),), name)
         scale = expect(parts, ":scale", torch.float16, (2, shape[axis]), name)
+        if not (torch.isfinite(scale).all() and (scale[0] <= scale[1]).all()):
+            raise ModelFileError(name, "a row range that is not finite, or whose low end exceeds its high end")
         return lowbit.decode_rows(packed, scale, bits, shape, axis)
     if not entry["sparse"]:
         return _decode_values(parts, codec, shape, name)

@@ -39,3 +39,27 @@ def test_legacy_checkpoint_converts(tmp_path, tiny_lm):
     expected = model.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(t, expected[k]) and t.dtype == expected[k].dtype for k, t in loaded.state_dict().items())
+
+
+def test_save_refuses_what_the_loader_would_refuse(tmp_path, tiny_lm):
+    # each of these saved, and the file then failed to load
+    with pytest.raises(ValueError, match="float32"):
+        save_model(tiny_lm().double(), tmp_path / "m")
+    for word in ("two\nwords", "x" * 257, 5):
+        model = tiny_lm()
+        model.vocab = [word] + model.vocab[1:]
+        with pytest.raises(ValueError, match="vocabulary word"):
+            save_model(model, tmp_path / "m")
+    model = tiny_lm(vocab=5000)
+    model.vocab = ["a" * 200 + f"{i:05d}" for i in range(5000)]  # compresses far beyond what a reader inflates
+    with pytest.raises(ValueError, match="compresses more"):
+        save_model(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_dedupe_tells_a_transposed_view_from_its_tensor():
+    from lm.checkpoint import dedupe
+
+    w = torch.randn(3, 3)
+    assert dedupe({"w": w, "wt": w.t()})[1] == {}
+    assert dedupe({"w": w, "tied": w})[1] == {"tied": "w"}

@@ -71,3 +71,23 @@ def test_tied_weights_stored_once(tiny_lm):
     assert artifact_size(m) < artifact_size(untied) - 4 * 60 * 8 + 100
     back = decode(export_bytes(m)[0])
     assert back.decoder.weight is back.embedding.weight
+
+
+@pytest.mark.parametrize("quant", ["q8", "q8c", "q4", "q2"])
+def test_a_scale_that_is_not_finite_or_out_of_order_is_refused(quant):
+    from lm.modelfile import ModelFileError
+
+    torch.manual_seed(0)
+    entry, parts = encode_tensor(torch.randn(6, 10), quant, allow_sparse=False, axis=0)
+    good = parts[":scale"]
+    torch.testing.assert_close(decode_tensor(entry, parts), decode_tensor(entry, {**parts}))
+    for bad_value in (float("nan"), float("inf")):
+        scale = good.clone()
+        scale[0, 0] = bad_value
+        with pytest.raises(ModelFileError, match="not finite"):
+            decode_tensor(entry, {**parts, ":scale": scale}, "w")
+    # the second row is a step (q8, q8c) or a row's high end (2-4 bits): negative, or below the low end
+    scale = good.clone()
+    scale[1] = -scale[1].abs() - 1 if quant.startswith("q8") else scale[0] - 1
+    with pytest.raises(ModelFileError, match="negative step|exceeds"):
+        decode_tensor(entry, {**parts, ":scale": scale}, "w")
