@@ -136,7 +136,7 @@ def build(config: dict, tensors: dict[str, Tensor], aliases: dict, vocab: list[s
     except Exception as err:  # noqa: BLE001 - any failure of an untrusted spec is the file's fault
         raise ModelFileError(name, f"the model config does not build a model ({type(err).__name__}: {err})") from None
     if not isinstance(aliases, dict) or not all(
-            isinstance(a, str) and isinstance(b, str) and b in tensors for a, b in aliases.items()):
+            isinstance(a, str) and isinstance(b, str) and b in tensors and a not in tensors for a, b in aliases.items()):
         raise ModelFileError(name, "malformed alias table")
     state = {**tensors, **{a: tensors[b] for a, b in aliases.items()}}
     if set(state) != set(shapes):

@@ -186,6 +186,9 @@ def export(model: LanguageModel, path: str | os.PathLike, quant: str | None = No
     return info
 
 
+PART_SUFFIXES = frozenset({"", ":values", ":codes", ":scale", ":mask"})  # what encode_tensor's encodings write
+
+
 def model_from_artifact(f: modelfile.ModelFile, name: str | os.PathLike) -> LanguageModel:
     """The model of an artifact ``modelfile`` has read; the table is checked against the config
     (shapes from the meta device) before any tensor is decoded."""
@@ -201,9 +204,14 @@ def model_from_artifact(f: modelfile.ModelFile, name: str | os.PathLike) -> Lang
         raise ModelFileError(name, f"the model config does not build a model ({type(err).__name__}: {err})") from None
     state, used = {}, set()
     for key, entry in table.items():
-        if not isinstance(entry, dict) or shapes.get(key) != entry.get("shape") or type(entry.get("sparse")) is not bool:
+        if (key not in shapes or not isinstance(entry, dict) or not isinstance(entry.get("shape"), list)
+                or not all(type(n) is int for n in entry["shape"]) or shapes[key] != entry["shape"]
+                or type(entry.get("sparse")) is not bool):
             raise ModelFileError(name, f"table entry {key!r} does not match the config's {shapes.get(key)}")
         parts = {k[len(key):]: t for k, t in f.tensors.items() if k == key or k.startswith(key + ":")}
+        if not set(parts) <= PART_SUFFIXES:
+            raise ModelFileError(name, f"table entry {key!r} has parts no encoding writes: "
+                                       f"{sorted(set(parts) - PART_SUFFIXES)[:3]}")
         used.update(key + suffix for suffix in parts)
         state[key] = decode_tensor(entry, parts, str(name))
     if used != set(f.tensors):

@@ -1,6 +1,7 @@
 """Model files are safe to open: fuzzed checkpoints, artifacts and training states load as the
 identical model or raise ModelFileError, within time and memory; a crafted pickle never runs."""
 
+import copy
 import json
 import os
 import pickle
@@ -296,6 +297,34 @@ def test_writes_are_atomic(tmp_path, monkeypatch, tiny_lm):
     with pytest.raises(KeyboardInterrupt):
         save_model(tiny_lm(tie_weights=True), path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def _rewritten(blob: bytes, edit) -> bytes:
+    """``blob`` read, its metadata and tensors edited by ``edit(meta, tensors)``, and written again, validly signed."""
+    f = modelfile.loads(blob)
+    meta, tensors = copy.deepcopy(f.meta), dict(f.tensors)
+    edit(meta, tensors)
+    return modelfile.dumps(f.kind, meta, tensors)
+
+
+def _float_shape(meta, tensors):
+    meta["tensors"]["embedding.weight"]["shape"] = [float(n) for n in meta["tensors"]["embedding.weight"]["shape"]]
+
+
+@pytest.mark.parametrize("kind, edit, message", [
+    # each gave a KeyError, a TypeError, or loaded a tensor the table does not describe, or another tensor
+    ("artifact_q8", lambda m, t: t.update({"embedding.weight:junk": torch.zeros(100)}), "parts no encoding writes"),
+    ("artifact_q8", _float_shape, "does not match"),
+    ("artifact_q8", lambda m, t: m["tensors"].update({"nothing": {"codec": "f32", "sparse": False}}), "does not match"),
+    ("checkpoint", lambda m, t: m["aliases"].update({"decoder.bias": "decoder.bias"}), "alias"),
+    ("checkpoint_tied", lambda m, t: m["aliases"].update({"lstm.layers.0.input_map.weight": "embedding.weight"}),
+     "alias"),
+])
+def test_a_crafted_table_is_a_model_file_error(files, tmp_path, kind, edit, message):
+    path = tmp_path / "crafted"
+    path.write_bytes(_rewritten(files[kind], edit))
+    with pytest.raises(ModelFileError, match=message):
+        lm.load(path)
 
 
 def test_a_tied_weight_is_stored_once_in_a_training_state(tiny_lm, tmp_path):
