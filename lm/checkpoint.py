@@ -246,6 +246,8 @@ def _flatten(obj, tensors: dict[str, Tensor], seen: dict | None = None):
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: _flatten(v, tensors, seen) for k, v in obj.items()}
+        if not all(k is None or isinstance(k, (str, int, float, bool)) for k in obj):  # what _unflatten accepts
+            raise TypeError(f"a training state's keys are strings and numbers, not {sorted(map(repr, obj))[0]}")
         return {"__items__": [[_flatten(k, tensors, seen), _flatten(v, tensors, seen)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
         return {"__tuple__": [_flatten(v, tensors, seen) for v in obj]}

@@ -129,6 +129,11 @@ def loads(blob: bytes, name: str | os.PathLike = "<bytes>", kinds: tuple[str, ..
     def fail(reason: str) -> ModelFileError:
         return ModelFileError(name, reason)
 
+    if isinstance(blob, (bytearray, memoryview)):
+        blob = bytes(blob)
+    if not isinstance(blob, bytes):
+        raise TypeError(f"a model file's bytes are bytes, bytearray or memoryview, not {type(blob).__name__}")
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     n = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
     try:
         if not 2 <= n <= min(MAX_HEADER_BYTES, len(blob) - 8):

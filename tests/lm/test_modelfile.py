@@ -360,3 +360,23 @@ def test_a_training_state_saved_within_an_epoch_is_checked(tiny_lm, tmp_path):
     save_train_state({**_train_state(tiny_lm), "epoch": -1}, path)  # no epoch finished and none in progress
     with pytest.raises(ModelFileError, match="malformed RNG state or epoch"):
         load_train_state(path)
+
+
+def test_loads_takes_any_bytes_like_and_a_kind_as_a_string(files):
+    # a valid bytearray was refused after its checksum passed; a kind string matched its substrings
+    blob = files["artifact_q8"]
+    for data in (bytearray(blob), memoryview(blob)):
+        assert modelfile.loads(data).kind == "artifact"
+    assert modelfile.loads(blob, kinds="artifact").kind == "artifact"
+    with pytest.raises(ModelFileError, match="expected checkpoint"):
+        modelfile.loads(blob, kinds="checkpoint")
+    with pytest.raises(ModelFileError):
+        modelfile.loads(blob, kinds="artifacts")
+    with pytest.raises(TypeError, match="bytes"):
+        modelfile.loads("not bytes")
+
+
+def test_a_training_state_refuses_at_save_a_key_its_loader_refuses(tmp_path):
+    with pytest.raises(TypeError, match="keys"):
+        save_train_state({"model": {}, "extra": {(1, 2): 3}}, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
