@@ -149,11 +149,16 @@ def build(config: dict, tensors: dict[str, Tensor], aliases: dict, vocab: list[s
     return model.eval()
 
 
+def _identity(t: Tensor) -> tuple:
+    """What makes two tensors one (a tied weight): the same view of the same memory."""
+    return t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()
+
+
 def dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tied tensors stored once: (distinct tensors, alias -> stored name)."""
     tensors, aliases, seen = {}, {}, {}
     for name, t in state.items():
-        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        key = _identity(t)
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -238,7 +243,7 @@ def _flatten(obj, tensors: dict[str, Tensor], seen: dict | None = None):
     A tensor met again (a tied weight, under both its names) is stored once and referenced twice."""
     seen = {} if seen is None else seen
     if isinstance(obj, Tensor):
-        alias = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
+        alias = _identity(obj)
         if alias not in seen:
             seen[alias] = f"t{len(tensors)}"
             tensors[seen[alias]] = obj
@@ -246,8 +251,9 @@ def _flatten(obj, tensors: dict[str, Tensor], seen: dict | None = None):
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: _flatten(v, tensors, seen) for k, v in obj.items()}
-        if not all(k is None or isinstance(k, (str, int, float, bool)) for k in obj):  # what _unflatten accepts
-            raise TypeError(f"a training state's keys are strings and numbers, not {sorted(map(repr, obj))[0]}")
+        bad = [k for k in obj if not (k is None or isinstance(k, (str, int, float, bool)))]  # what _unflatten reads
+        if bad:
+            raise TypeError(f"a training state's keys are strings and numbers, not {bad[0]!r}")
         return {"__items__": [[_flatten(k, tensors, seen), _flatten(v, tensors, seen)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
         return {"__tuple__": [_flatten(v, tensors, seen) for v in obj]}
