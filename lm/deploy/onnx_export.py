@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..compression.export import LOW_BITS
+from ..compression.export import LOW_BITS, model_from_artifact
 from ..model import LanguageModel
 from .inference import inference_form
 from .onnx_nbits import ACTIVATIONS, check_widths, dequantized_cores, rewrite_nbits
@@ -370,12 +370,18 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
 
 def artifact_bits(path: str | os.PathLike) -> int | None:
     """The width of the low-bit weights (2, 3 or 4) of the model file at ``path``, or None when it holds none
-    (a checkpoint, a float32 or 8-bit artifact); what ``export_onnx(weights="nbits", bits=...)`` needs."""
+    (a checkpoint, a float32 or 8-bit artifact); what ``export_onnx(weights="nbits", bits=...)`` needs.
+
+    An artifact's table is read only once the artifact loader (``model_from_artifact``) has checked it and
+    decoded every tensor: a malformed one raises ``ModelFileError`` naming ``path``.
+    """
     from .. import modelfile
 
     f = modelfile.read(path)
-    codecs = {e.get("codec") for e in f.meta.get("tensors", {}).values() if isinstance(e, dict)} if f.kind == "artifact" else set()
-    widths = {LOW_BITS[c] for c in codecs if c in LOW_BITS}
+    if f.kind != "artifact":
+        return None
+    model_from_artifact(f, path)  # the table's checks: a mapping of entries, each with a known codec
+    widths = {LOW_BITS[e["codec"]] for e in f.meta["tensors"].values() if e["codec"] in LOW_BITS}
     if len(widths) > 1:
         raise ValueError(f"{path} stores weights at several low-bit widths {sorted(widths)}: n-bit export needs one")
     return widths.pop() if widths else None

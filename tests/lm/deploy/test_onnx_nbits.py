@@ -104,3 +104,32 @@ def test_int8_activations_quantize_the_products_inputs_and_nothing_else(kind, bi
     for got, want in zip(approximate, exact):
         np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
     assert any(not np.allclose(got, want, rtol=1e-6, atol=1e-7) for got, want in zip(approximate, exact))
+
+
+@pytest.mark.parametrize("crafted", [
+    pytest.param(lambda table: ["embedding.weight"], id="table-a-list"),
+    pytest.param(lambda table: "q4", id="table-a-string"),
+    pytest.param(lambda table: {**table, "embedding.weight": "q4"}, id="entry-a-string"),
+    pytest.param(lambda table: {**table, "embedding.weight": {**table["embedding.weight"], "codec": ["q4"]}},
+                 id="codec-a-list"),
+    pytest.param(lambda table: {**table, "embedding.weight": {**table["embedding.weight"], "codec": {"q": 4}}},
+                 id="codec-a-dict"),
+])
+def test_artifact_bits_refuses_a_crafted_tensor_table(crafted, tiny, tmp_path, capsys):
+    """``artifact_bits`` checks an artifact's table as the loader does: a table that is not a mapping, an entry
+    that is not one, a codec that is not a string are a ``ModelFileError`` naming the file (they raised
+    AttributeError or TypeError, or were skipped), and ``lm export --weights nbits`` says so without a traceback."""
+    from lm import modelfile
+    from lm.__main__ import main
+    from lm.compression.export import export
+    from lm.deploy.onnx_export import artifact_bits
+
+    path = export(tiny("lr_tied"), tmp_path / "q4.safetensors", quant="q4").path
+    assert artifact_bits(path) == 4
+    f = modelfile.read(path)
+    modelfile.write(path, "artifact", {**f.meta, "tensors": crafted(f.meta["tensors"])}, f.tensors)
+    with pytest.raises(modelfile.ModelFileError, match=re.escape(str(path))):
+        artifact_bits(path)
+    with pytest.raises(SystemExit) as exit:
+        main(["export", str(path), "--weights", "nbits"])
+    assert exit.value.code == 2 and f"--weights nbits: {path}: " in capsys.readouterr().err
