@@ -306,6 +306,28 @@ def save_train_state(state: dict, path: str | os.PathLike) -> int:
     return modelfile.write(path, "train_state", {"state": tree}, tensors)
 
 
+def _check_train_state(state, name: str | os.PathLike) -> dict:
+    """``state`` if it is a training state as ``save_train_state`` writes it (ModelFileError naming ``name`` otherwise)."""
+    if not isinstance(state, dict):
+        raise ModelFileError(name, "malformed training state (not a mapping)")
+    for key, kind in TRAIN_STATE_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
+            raise ModelFileError(name, f"training state {key!r} is missing or not a {kind.__name__}")
+    partial = state.get("partial")
+    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or state["epoch"] < (-1 if partial else 0):
+        raise ModelFileError(name, "training state has a malformed RNG state or epoch")
+    if partial is not None and not (
+            isinstance(partial, dict) and partial.get("epoch") == state["epoch"] + 1
+            and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool) and partial[k] > 0
+                    for k in ("step", "count"))
+            and all(isinstance(partial.get(k), float) and math.isfinite(partial[k]) for k in ("total", "seconds"))):
+        raise ModelFileError(name, "training state has a malformed 'partial' (the epoch in progress)")
+    if not all(isinstance(t, Tensor) for t in state["model"].values()):
+        raise ModelFileError(name, "training state 'model' is not a state dict of tensors")
+    return state
+
+
 def load_train_state(path: str | os.PathLike) -> dict:
     """The training state saved at ``path``, its structure checked (ModelFileError otherwise)."""
     f = modelfile.read(path, ("train_state",))
@@ -313,27 +335,36 @@ def load_train_state(path: str | os.PathLike) -> dict:
     state = _unflatten(f.meta.get("state"), f.tensors, used, path)
     if used != f.tensors.keys():
         raise ModelFileError(path, f"unreferenced tensors {sorted(f.tensors.keys() - used)[:3]}")
-    if not isinstance(state, dict):
-        raise ModelFileError(path, "malformed training state (not a mapping)")
-    for key, kind in TRAIN_STATE_KEYS.items():
-        value = state.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
-            raise ModelFileError(path, f"training state {key!r} is missing or not a {kind.__name__}")
-    partial = state.get("partial")
-    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or state["epoch"] < (-1 if partial else 0):
-        raise ModelFileError(path, "training state has a malformed RNG state or epoch")
-    if partial is not None and not (
-            isinstance(partial, dict) and partial.get("epoch") == state["epoch"] + 1
-            and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool) and partial[k] > 0
-                    for k in ("step", "count"))
-            and all(isinstance(partial.get(k), float) and math.isfinite(partial[k]) for k in ("total", "seconds"))):
-        raise ModelFileError(path, "training state has a malformed 'partial' (the epoch in progress)")
-    if not all(isinstance(t, Tensor) for t in state["model"].values()):
-        raise ModelFileError(path, "training state 'model' is not a state dict of tensors")
-    return state
+    return _check_train_state(state, path)
 
 
 # -- the retired format --------------------------------------------------------------------------
+def _described(value, item: type, key: type | None = None) -> str:
+    """What ``value`` is, where a list of ``item`` (given ``key``: a mapping of ``key`` to ``item``) was expected."""
+    if key is not None and isinstance(value, dict):
+        k, v = next((k, v) for k, v in value.items() if not (isinstance(k, key) and isinstance(v, item)))
+        return f"a dict with the entry {k!r:.40}: {type(v).__name__}"
+    if key is None and isinstance(value, list):
+        v = next(v for v in value if not isinstance(v, item))
+        return f"a list holding {type(v).__name__} {v!r:.40}"
+    return type(value).__name__
+
+
+def _legacy_vocab(vocab, vocab_size: int, src: str | os.PathLike) -> list[str] | None:
+    """A legacy checkpoint's vocabulary, checked to be absent or ``vocab_size`` strings that a model file can hold."""
+    if vocab is None:
+        return None
+    if not isinstance(vocab, list) or not all(isinstance(word, str) for word in vocab):
+        raise ModelFileError(src, f"the vocabulary must be a list of strings, got {_described(vocab, str)}")
+    if len(vocab) != vocab_size:
+        raise ModelFileError(src, f"the vocabulary has {len(vocab)} words, the config says {vocab_size}")
+    try:
+        encode_vocab(vocab)
+    except ValueError as err:
+        raise ModelFileError(src, str(err)) from None
+    return vocab
+
+
 def convert_legacy(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Convert a ``torch.save`` checkpoint of an earlier lm (``{"config", "vocab", "state_dict"}``) or
     training state into this format; returns the new file's size.
@@ -346,11 +377,18 @@ def convert_legacy(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     except Exception as err:  # noqa: BLE001 - whatever torch refuses, the user must hear which file
         raise ModelFileError(src, f"not a legacy lm checkpoint torch can read safely ({type(err).__name__}: {err})") from None
     if isinstance(blob, dict) and {"config", "state_dict"} <= set(blob):
-        vocab = blob.get("vocab")
-        model = build(blob["config"], dict(blob["state_dict"]), {}, vocab, src)
-        return save_model(model, dst)
+        state = blob["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, Tensor) for k, t in state.items()):
+            raise ModelFileError(src, f"the state_dict must be a mapping of parameter names to tensors, got "
+                                      f"{_described(state, Tensor, str)}")
+        vocab = _legacy_vocab(blob.get("vocab"), model_config(blob["config"], src).vocab_size, src)
+        return save_model(build(blob["config"], state, {}, vocab, src), dst)
     if isinstance(blob, dict) and set(TRAIN_STATE_KEYS) <= set(blob):
-        return save_train_state(blob, dst)
+        _check_train_state(blob, src)
+        try:
+            return save_train_state(blob, dst)
+        except TypeError as err:  # a value _flatten cannot store (a set, a dtype ...)
+            raise ModelFileError(src, f"the training state cannot be stored: {err}") from None
     raise ModelFileError(src, "not a legacy lm checkpoint or training state")
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lm
-from lm.checkpoint import convert_legacy, save_model
+from lm.checkpoint import convert_legacy, load_train_state, save_model
+from lm.modelfile import ModelFileError
 
 
 def test_load_contract_round_trip(tmp_path, tiny_lm):
@@ -63,3 +64,48 @@ def test_dedupe_tells_a_transposed_view_from_its_tensor():
     w = torch.randn(3, 3)
     assert dedupe({"w": w, "wt": w.t()})[1] == {}
     assert dedupe({"w": w, "tied": w})[1] == {"tied": "w"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: {**d, "vocab": list(range(60))}, "the vocabulary must be a list of strings, got a list holding int 0"),
+    (lambda d: {**d, "vocab": " ".join(d["vocab"])}, "the vocabulary must be a list of strings, got str"),
+    (lambda d: {**d, "vocab": d["vocab"][:3]}, "the vocabulary has 3 words, the config says 60"),
+    (lambda d: {**d, "vocab": ["two\nwords", *d["vocab"][1:]]}, "a vocabulary word must be a string"),
+    (lambda d: {**d, "config": [60, 8]}, "the model config is missing or not a mapping (list)"),
+    (lambda d: {**d, "state_dict": list(d["state_dict"].values())},
+     "the state_dict must be a mapping of parameter names to tensors, got list"),
+    (lambda d: {**d, "state_dict": {k: 0.5 for k in d["state_dict"]}},
+     "the state_dict must be a mapping of parameter names to tensors, got a dict with the entry 'embedding.weight': "
+     "float"),
+    (lambda d: {**d, "state_dict": 7}, "the state_dict must be a mapping of parameter names to tensors, got int"),
+])
+def test_convert_legacy_names_the_file_and_what_is_wrong(tmp_path, tiny_lm, edit, message):
+    """A malformed legacy checkpoint is a ModelFileError naming it (a TypeError, or a ValueError naming no file, before)."""
+    model = tiny_lm()
+    torch.save(edit({"config": asdict(model.config), "vocab": model.vocab, "state_dict": model.state_dict()}),
+               tmp_path / "old.pt")
+    with pytest.raises(ModelFileError) as err:
+        convert_legacy(tmp_path / "old.pt", tmp_path / "new.safetensors")
+    assert str(err.value).startswith(f"{tmp_path / 'old.pt'}: ") and message in str(err.value)
+    assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_convert_legacy_checks_a_training_state_as_its_loader_does(tmp_path, tiny_lm):
+    """A legacy training state converts; one that ``load_train_state`` would refuse, or that a model file cannot
+    hold, is a ModelFileError naming it (converted and then failed to load, or a TypeError, before)."""
+    old, new = tmp_path / "old.pt", tmp_path / "new.safetensors"
+    state = {"config": {}, "model": tiny_lm().state_dict(), "optimizer": {}, "rng": torch.get_rng_state(), "epoch": 1,
+             "history": [], "elapsed": 1.0}
+    torch.save(state, old)
+    convert_legacy(old, new)
+    assert load_train_state(new)["epoch"] == 1
+    new.unlink()
+    for edit, message in [({"epoch": "1"}, "training state 'epoch' is missing or not a int"),
+                          ({"model": {"w": 1}}, "training state 'model' is not a state dict of tensors"),
+                          ({"history": [{1, 2}]}, "the training state cannot be stored: a training state holds "
+                                                  "tensors, containers and numbers, not set")]:
+        torch.save({**state, **edit}, old)
+        with pytest.raises(ModelFileError) as err:
+            convert_legacy(old, new)
+        assert str(err.value).startswith(f"{old}: ") and message in str(err.value)
+    assert not new.exists()
