@@ -233,6 +233,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
                          latency_tokens=args.latency_tokens, onnx=args.onnx, save_every=args.save_every,
+                         device=str(args.device), report=args.report,
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
@@ -242,6 +243,9 @@ def cmd_study(args: argparse.Namespace) -> None:
         payload = rerender(args.preset, config.report_dir, retime_tokens=args.latency_tokens if args.retime else None)
     else:
         payload = run_study(config)
+    if payload is None:
+        print(f"runs: {config.run_dir} (no report: time and report them with a study run on the CPU)")
+        return
     for t in payload["targets"]:
         print(f"{t['target']}: {t['met']} ({t['measured']}{', gap ' + t['gap'] if t['gap'] else ''})")
     print(f"report: {Path(config.report_dir) / f'study_{args.preset}.md'}")
@@ -417,6 +421,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true",
                    help="rewrite the report (and the front) from the rows stored in <report-dir>/study_<preset>.json, "
                         "with the current published points and targets; nothing trained or scored")
+    s.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the finished methods and write the report (--no-report: run the methods only, on "
+                        "another machine's GPU say, to be reported by a later study run on the CPU)")
     s.add_argument("--retime", action="store_true",
                    help="with --report-only: time every row again, side by side in this run (eager, torch.ao int8, "
                         "onnxruntime float32 and int8), on its architecture rebuilt from its config")
@@ -497,6 +504,8 @@ def _check(args: argparse.Namespace) -> None:
         args.config = config
     if args.command == "study" and args.retime and not args.report_only:
         args.parser.error("argument --retime: only with --report-only (a study run times its models anyway)")
+    if args.command == "study" and args.report_only and not args.report:
+        args.parser.error("argument --no-report: not with --report-only, which writes only the report")
     if args.command in ("predict", "score") and args.model.endswith(".onnx") and args.runtime != "onnx":
         args.parser.error(f"{args.model} is an ONNX file: run it with --runtime onnx")
     if args.command in ("export", "predict", "score") and (args.command == "export" or args.runtime == "onnx"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from ..checkpoint import ARTIFACT_FILE
@@ -56,7 +57,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
         counts: Tensor | None = None, prune: Prune | None = None, finetune: Finetune | None = None,
         base: TrainConfig | None = None, distill: Distillation | None = None, qat_bits: int | None = None,
         qat_every: int = qat.RANGE_EVERY, quant: str | None = None,
-        data_dir: str | Path | None = None, progress: bool = True, save_every: float | None = None) -> Outcome:
+        data_dir: str | Path | None = None, progress: bool = True, save_every: float | None = None,
+        device: str | torch.device | None = None) -> Outcome:
     """Compress ``start`` into a new model (``layers``: ``compress_model``'s keyword arguments, ``counts`` its
     word counts; without ``layers``, ``start`` itself goes on, and is changed in place), prune it,
     fine-tune it (``finetune``, on ``base``'s data and schedule, ``distill``ed; in quantization-aware
@@ -67,6 +69,8 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
     A ``gradual`` prune takes one step before each fine-tuning epoch, each epoch its own run at the
     scheduled rate (``out_dir/train/epoch<k>``); otherwise the model is pruned at once and fine-tuned
     in ``out_dir/train``, resumably (within an epoch too, every ``save_every`` minutes: ``lm.train.train``).
+    ``device``: where the fine-tuning runs and the decoded artifact is scored (None: the CPU); the export
+    itself is on the CPU.
     """
     out = Path(out_dir)
     model = compress_model(start, counts=counts, **layers) if layers else start
@@ -88,16 +92,17 @@ def run(start: LanguageModel, out_dir: str | Path, *, valid: Tensor, test: Tenso
             cfg = finetune_config(base, model, finetune.lr * 0.5 ** epoch, epochs=1,
                                   regularization=finetune.regularization)
             train(cfg, out / "train" / f"epoch{epoch + 1}", data_dir=data_dir, progress=progress, model=model,
-                  distill=distill)
+                  distill=distill, device=device or "cpu")
     elif finetune is not None:
         cfg = finetune_config(base, model, finetune.lr, finetune.epochs, finetune.regularization, finetune.min_gain)
         train(cfg, out / "train", data_dir=data_dir, resume=True, progress=progress, model=model, distill=distill,
-              save_every=save_every)
+              save_every=save_every, device=device or "cpu")
     pruning.finalize(model)  # this prune's, or one the caller made
     if qat_bits:
         qat.bake(model)
     if finetune is not None:
         set_dropout(model, dropout)
-    info = export(model.eval(), out / ARTIFACT_FILE, quant)
-    decoded = load_artifact(info.path)  # every number below is the shipped artifact's
-    return Outcome(info, decoded, perplexity(decoded, valid), perplexity(decoded, test))
+    info = export(model.cpu().eval(), out / ARTIFACT_FILE, quant)
+    decoded = load_artifact(info.path).to(device or "cpu")  # every number below is the shipped artifact's
+    valid_ppl, test_ppl = perplexity(decoded, valid), perplexity(decoded, test)
+    return Outcome(info, decoded.cpu(), valid_ppl, test_ppl)

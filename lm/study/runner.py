@@ -94,6 +94,8 @@ class StudyConfig:
     data_dir: str | None = None
     progress: bool = True
     save_every: float | None = None  # minutes between saves within an epoch of every training run (lm.train.train)
+    device: str = "cpu"  # where the methods train and are scored (a GPU: "cuda"); timings are always on the CPU
+    report: bool = True  # False: run the methods only; a later study run, on the CPU, times and reports them
 
 
 class Study:
@@ -147,7 +149,7 @@ class Study:
         if not (out / "results.json").is_file() or not (out / MODEL_FILE).is_file():
             self.log(f"training the dense {self.config.preset} model in {out}")
             train(self.cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress,
-                  save_every=self.config.save_every)
+                  save_every=self.config.save_every, device=self.config.device)
         else:
             self.log(f"reusing the dense model trained in {out}")
         return load(out / MODEL_FILE)
@@ -168,7 +170,7 @@ class Study:
         out = self.run_dir / m.name
         start = load_artifact(self.run_dir / m.base / ARTIFACT_FILE) if m.base else dense
         common = {"valid": self.stream("valid"), "test": self.stream("test"), "quant": m.quant,
-                  "data_dir": self.config.data_dir, "progress": self.config.progress}
+                  "data_dir": self.config.data_dir, "progress": self.config.progress, "device": self.config.device}
         if m.train == "scratch":
             return pipeline.run(self.train_scratch(m, dense, out / "train"), out, **common)
         if m.base and m.train == "none":
@@ -225,8 +227,8 @@ class Study:
         cfg = replace(self.cfg, model=shape, epochs=self.epochs(m), lr=m.lr or self.cfg.lr)
         model = scratch_model(cfg, dense.vocab)
         train(cfg, out, data_dir=self.config.data_dir, resume=True, progress=self.config.progress, model=model,
-              save_every=self.config.save_every)
-        return model.eval()
+              save_every=self.config.save_every, device=self.config.device)
+        return model.cpu().eval()
 
     def run_method(self, m: Method, dense: LanguageModel) -> dict:
         path = self.run_dir / m.name / "result.json"
@@ -277,8 +279,9 @@ class Study:
                 return result
         return None
 
-    def run(self) -> dict:
-        """Run the selected methods, then report on them and on every other finished one."""
+    def run(self) -> dict | None:
+        """Run the selected methods, then report on them and on every other finished one (None, with
+        ``report=False``: the methods only)."""
         torch.manual_seed(self.cfg.seed)
         if self.needs_dense:
             dense = self.dense_model()
@@ -298,6 +301,8 @@ class Study:
             if m in todo and self.epochs(m):
                 history = self.history(m)  # the epochs it trained: fewer than its recipe's when it stopped early
                 spent, trained = spent + time.time() - tic, trained + (len(history["epochs"]) if history else self.epochs(m))
+        if not self.config.report:
+            return None
         rows = [{**r, **({"history": h} if (h := self.history(m)) else {})}
                 for m in self.all_methods if (r := done.get(m.name) or self.cached(m))]
         self.log("timing every artifact side by side (1 thread, batch 1)")

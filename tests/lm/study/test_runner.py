@@ -179,6 +179,45 @@ def test_save_every_reaches_every_training_run(tmp_path, short_corpus, monkeypat
     assert seen == [0.5, 0.5, 0.5]  # the dense model, the fine-tune and the from-scratch run
 
 
+def test_device_reaches_every_training_run_and_every_score(tmp_path, short_corpus, monkeypatch):
+    trained, scored = [], []
+
+    def spy_train(real):
+        def train(*args, **kwargs):
+            trained.append(kwargs.get("device"))
+            return real(*args, **kwargs)
+        return train
+
+    def spy_perplexity(model, stream, *args, **kwargs):
+        scored.append(next(model.parameters()).device.type)
+        return real_perplexity(model, stream, *args, **kwargs)
+
+    real_perplexity = pipeline.perplexity
+    monkeypatch.setattr(study, "train", spy_train(study.train))
+    monkeypatch.setattr(pipeline, "train", spy_train(pipeline.train))
+    monkeypatch.setattr(pipeline, "perplexity", spy_perplexity)
+    main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--latency-tokens", "5",
+          "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet", "--no-onnx",
+          "--device", "cpu", "--methods", "lr_lstm_ft", "lr_lstm_scratch"])
+    assert trained == ["cpu", "cpu", "cpu"]  # the dense model, the fine-tune and the from-scratch run
+    assert scored == ["cpu"] * 6  # valid and test of each row
+
+
+def test_no_report_runs_the_methods_and_a_later_run_reports_them(tmp_path, short_corpus, capsys):
+    args = ["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--latency-tokens", "5",
+            "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet", "--no-onnx",
+            "--methods", "q8", "lr_lstm_ft"]
+    main(args + ["--no-report"])
+    assert "no report" in capsys.readouterr().out and not (tmp_path / "report").exists()
+    done = {p.parent.name for p in (tmp_path / "runs").glob("*/result.json")}
+    assert done == {"dense", "q8", "lr_lstm_ft"}
+    stamps = {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in done}
+    main(args)  # on another machine, say: every row cached, timed and reported
+    rows = {r["name"] for r in json.loads((tmp_path / "report" / "study_tiny.json").read_text())["rows"]}
+    assert rows == done
+    assert stamps == {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in done}
+
+
 def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus, monkeypatch):
     names = ["lr_tied_ft_qat2", "lr_tied_ft_q2"]  # TT cores and every other map type: tests/lm/compression/test_qat.py
     told = {}
