@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The medium_awd study's trainings on the device machine's GPU, within one call's limit: the teacher
+# (`lm train --preset medium_awd`), then every student of lm/study/configs/medium_awd.toml, the five
+# distillations side by side and each one's quantization-aware trainings side by side after it
+# (`lm study --no-report --device cuda`); beside them, once per machine, the GPU check (device_check.sh).
+# Everything runs in runs/ of the checkout there, which stays between calls on a warm machine: a second
+# call continues where the first stopped (every training saves its state each minute).
+#
+# That machine's image lacks tensorly, tensorly-torch and adjustText, cannot download, and does not see
+# ../shared; so, here, once, into folders git ignores:
+#   pip download tensorly tensorly-torch adjustText --no-deps -d .whl
+#   mkdir -p .carry && cp "$PTB_DIR"/ptb.*.txt .carry/
+#   device run:  bash benchmarks/device_study.sh 480      carry: [".whl", ".carry"]
+# The argument is this call's training time in seconds (leave a minute for the packing and the transfers).
+# Back under $OUT (benchmarks/device_pack.py): small.tar.gz (every results and result JSON, the logs, the GPU
+# check, the packed low-bit artifacts) and, as room allows, the teacher's checkpoint and then the students'
+# float32 artifacts in 15 MiB pieces; what did not fit comes with the next call. Here:
+#   tar xzf small.tar.gz -C runs/;  cat medium_awd__model.safetensors.part-* > runs/medium_awd/model.safetensors
+# then the study's report, on this machine's CPU:  python -m lm study --preset medium_awd --checkpoint ...
+set -uo pipefail
+limit=${1:-480}
+OUT=${OUT:-$(mktemp -d)}
+end=$(($(date +%s) + limit))
+left() { echo $((end - $(date +%s))); }
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+device=${DEVICE:-cuda}
+preset=${PRESET:-medium_awd}  # tiny_awd: the same methods, for a check of this script on the CPU
+mkdir -p runs/logs
+teacher=runs/$preset
+study_dir=runs/study_$preset
+
+if [ "$device" = cuda ] && [ ! -f runs/check/bench_layers_cuda.json ]; then
+  (mkdir -p runs/check && OUT=runs/check bash benchmarks/device_check.sh > runs/logs/device_check.log 2>&1) &
+fi
+
+if [ ! -f $teacher/results.json ] && [ "$(left)" -gt 30 ]; then
+  resume=$([ -f $teacher/train_state.safetensors ] && echo --resume)
+  timeout --signal=INT --kill-after=20 "$(left)" python3 -m lm train --preset "$preset" --device "$device" \
+    --data-dir .carry --out $teacher --save-every 1 --quiet $resume >> runs/logs/teacher.log 2>&1
+  echo "lm train exit status $? at $(date -u +%T)" >> runs/logs/teacher.log
+fi
+
+study() {  # the methods named, each after its base, in one process
+  [ "$(left)" -gt 30 ] || return 1
+  timeout --signal=INT --kill-after=20 "$(left)" python3 -m lm study --preset "$preset" --device "$device" \
+    --checkpoint $teacher/model.safetensors --run-dir $study_dir --data-dir .carry --save-every 1 --quiet \
+    --no-onnx --no-report --methods "$@" >> "runs/logs/study_$1.log" 2>&1
+  local status=$?
+  echo "lm study $* exit status $status at $(date -u +%T)" >> "runs/logs/study_$1.log"
+  return $status
+}
+family() {  # a distillation, then its quantization-aware trainings side by side
+  local base=$1; shift
+  study "$base" || return
+  for method in "$@"; do study "$method" & done
+  wait
+}
+if [ -f $teacher/results.json ] && study dense; then
+  family lr_tied_kd lr_tied_kd_qat4 lr_tied_kd_qat3 lr_tied_kd_qat2 &
+  family lr_tied_big_kd lr_tied_big_kd_qat3 lr_tied_big_kd_qat4 lr_tied_big_kd_qat2 &
+  family lr_tied_small_kd lr_tied_small_kd_qat2 &
+  family tt_kd tt_kd_qat2 tt_kd_qat4 tt_kd_qat3 &
+  family gr_kd gr_kd_qat4 gr_kd_qat3 gr_kd_qat2 &
+fi
+wait
+
+nvidia-smi --query-gpu=name,memory.used --format=csv >> runs/logs/gpu_end.txt 2>&1
+python3 -m benchmarks.device_pack "$OUT" runs \
+  --small '**/results.json' '**/result.json' 'logs/*' 'check/*' "study_$preset/*_qat*/artifact.safetensors" \
+  --large "$preset/model.safetensors" "study_$preset/*_kd/artifact.safetensors"
+ls -l "$OUT"
