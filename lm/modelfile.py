@@ -113,13 +113,19 @@ def write(path: str | os.PathLike, kind: str, meta: dict, tensors: dict[str, Ten
     return write_atomic(path, dumps(kind, meta, tensors))
 
 
-def _foreign(blob: bytes) -> str | None:
-    """What a file that is not safetensors looks like, where it is recognisable."""
+def _foreign(blob: bytes, name: str | os.PathLike) -> str | None:
+    """What a file that is not safetensors looks like, where it is recognisable (by its contents, or an ONNX
+    file's name)."""
     if blob[:1] == b"\x80" or blob[:4] == b"PK\x03\x04":
         return ("a torch.save (pickle) file, which lm does not open because unpickling runs code from the file; "
                 "convert a checkpoint you trust with `lm convert --legacy OLD NEW`")
     if blob[:4] == b"LMZ1":
         return "an artifact of lm's retired LMZ1 format; export the model again"
+    # an ONNX ModelProto: its ir_version (field 1, a small varint), then one of its fields 2 to 8 (producer ... opsets)
+    if Path(name).suffix == ".onnx" or (len(blob) > 2 and blob[0] == 0x08 and 0 < blob[1] < 0x80
+                                        and blob[2] in b"\x12\x1a\x22\x28\x32\x3a\x42"):
+        return ("an ONNX file (as `lm export` writes), which lm runs with onnxruntime: `lm predict` or `lm score` "
+                "with `--runtime onnx`")
     return None
 
 
@@ -140,7 +146,7 @@ def loads(blob: bytes, name: str | os.PathLike = "<bytes>", kinds: tuple[str, ..
             raise ValueError(f"header length {n}, file {len(blob)} bytes, header limit {MAX_HEADER_BYTES}")
         header = json.loads(blob[8 : 8 + n])
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        foreign = _foreign(blob)
+        foreign = _foreign(blob, name)
         raise fail(f"not an lm model file: {foreign}" if foreign else f"truncated or corrupted header ({err})") from None
     meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):

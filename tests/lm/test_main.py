@@ -126,6 +126,19 @@ def test_info_opens_a_run_directory_and_an_artifact(places, capsys):
     assert '"kind": "artifact"' in out and f'"file_bytes": {artifact.stat().st_size}' in out
 
 
+def test_a_command_given_an_onnx_file_says_how_to_run_it(places, capsys):
+    """``lm eval`` or ``lm info`` of an ONNX file, or ``lm predict`` of one without its suffix, points to
+    ``--runtime onnx`` (it said "truncated or corrupted header")."""
+    onnx = b"\x08\x0a\x12\x07pytorch\x1a\x0a2.13.0+cpu:\x00"  # the start of a ModelProto
+    for name, argv in (("model.onnx", ["eval"]), ("model.onnx", ["info"]), ("exported", ["predict", "the"])):
+        path = Path(places["EMPTY"]) / name
+        path.write_bytes(onnx)
+        with pytest.raises(SystemExit) as done:
+            main([argv[0], str(path), *argv[1:]])
+        assert done.value.code.startswith(f"lm {argv[0]}: error: {path}: not an lm model file: an ONNX file")
+        assert "`--runtime onnx`" in done.value.code
+
+
 if __name__ == "__main__":
     text = DOCS.read_text()
     head, rest = text.split("<!-- BEGIN cli_errors -->\n")

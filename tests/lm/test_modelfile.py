@@ -204,6 +204,28 @@ def test_wrong_version_kind_and_foreign_files(files, tmp_path):
         lm.load(tmp_path)
 
 
+# the start of a ModelProto as torch.onnx writes it: ir_version 10, producer "pytorch", its version, an empty graph
+ONNX_BYTES = b"\x08\x0a\x12\x07pytorch\x1a\x0a2.13.0+cpu:\x00"
+
+
+def test_an_onnx_file_is_named_as_one(tmp_path):
+    """An ONNX file, known by its contents or its name, is one lm runs with onnxruntime, not a model file (it was
+    "truncated or corrupted header")."""
+    for name, blob in (("model.onnx", ONNX_BYTES), ("exported.bin", ONNX_BYTES), ("model.onnx", b"\x00" * 64)):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ModelFileError, match=f"{name}: not an lm model file: an ONNX file .* `--runtime onnx`"):
+            lm.load(tmp_path / name)
+
+
+def test_a_real_onnx_file_is_named_as_one(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    value = lambda name: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [value("x")], [value("y")])
+    (tmp_path / "model.bin").write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    with pytest.raises(ModelFileError, match="model.bin: not an lm model file: an ONNX file"):
+        lm.load(tmp_path / "model.bin")
+
+
 def _resigned(blob: bytes, edit) -> bytes:
     header, payload = _split(blob)
     doc = json.loads(header["__metadata__"]["meta"])
