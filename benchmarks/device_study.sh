@@ -5,6 +5,9 @@
 # (`lm study --no-report --device cuda`); beside them, once per machine, the GPU check (device_check.sh).
 # Everything runs in runs/ of the checkout there, which stays between calls on a warm machine: a second
 # call continues where the first stopped (every training saves its state each minute).
+# Measured there (session 24, H200): the teacher at 67,000-95,000 tok/s, about 14 s an epoch with its
+# validation, some 65 times two CPU threads; its 60 epochs take about 14 minutes, near a session's whole
+# device time, so the students need more device time than a session has, or a faster training step.
 #
 # That machine's image lacks tensorly, tensorly-torch and adjustText, cannot download, and does not see
 # ../shared; so, here, once, into folders git ignores:
@@ -60,7 +63,7 @@ family() {  # a distillation, then its quantization-aware trainings side by side
   wait
 }
 if [ -f $teacher/results.json ] && study dense; then
-  family lr_tied_kd lr_tied_kd_qat4 lr_tied_kd_qat3 lr_tied_kd_qat2 &
+  family lr_tied_kd lr_tied_kd_q4 lr_tied_kd_qat4 lr_tied_kd_qat3 lr_tied_kd_qat2 &
   family lr_tied_big_kd lr_tied_big_kd_qat3 lr_tied_big_kd_qat4 lr_tied_big_kd_qat2 &
   family lr_tied_small_kd lr_tied_small_kd_qat2 &
   family tt_kd tt_kd_qat2 tt_kd_qat4 tt_kd_qat3 &
