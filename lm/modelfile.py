@@ -4,7 +4,8 @@ Every model file lm writes (a checkpoint, a compact artifact, a training state) 
 `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte header
 length, a JSON header (each tensor's dtype, shape and byte range, and a string
 ``__metadata__``), then the raw tensor bytes. Nothing in it is executable, and reading it
-runs no code of its author. lm's metadata:
+runs no code of its author. lm writes the header canonically (compact JSON, keys sorted, padded with
+spaces to a multiple of 8 bytes), so that the same contents always give the same bytes. lm's metadata:
 
 * ``format``: ``"lm"``; ``kind``: ``"checkpoint"``, ``"artifact"`` or ``"train_state"``;
   ``version``: ``VERSION``;
@@ -70,6 +71,13 @@ def _digest(header: dict, data: memoryview) -> str:
     return h.hexdigest()
 
 
+def _layout(header: dict) -> bytes:
+    """The header's bytes in a file lm writes: compact JSON, keys sorted at every level, then spaces up to a multiple
+    of 8 bytes (as safetensors pads, so that the tensor data stays aligned)."""
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)
+
+
 def _header(blob: bytes) -> tuple[dict, int]:
     n = int.from_bytes(blob[:8], "little")
     return json.loads(blob[8 : 8 + n]), 8 + n
@@ -83,8 +91,10 @@ def dumps(kind: str, meta: dict, tensors: dict[str, Tensor]) -> bytes:
     metadata = {"format": "lm", "kind": kind, "version": str(VERSION), "meta": json.dumps(meta, sort_keys=True, separators=(",", ":"))}
     draft = safetensors.torch.save(tensors, metadata=metadata)
     header, start = _header(draft)
-    # the tensor table and data do not depend on the metadata, so the second pass lays them out alike
-    return safetensors.torch.save(tensors, metadata={**metadata, "sha256": _digest(header, memoryview(draft)[start:])})
+    header["__metadata__"]["sha256"] = _digest(header, memoryview(draft)[start:])
+    # safetensors writes its metadata in hash order, a new one at each save: the header is laid out again, canonically
+    head = _layout(header)
+    return len(head).to_bytes(8, "little") + head + draft[start:]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> int:

@@ -226,6 +226,28 @@ def test_a_real_onnx_file_is_named_as_one(tmp_path):
         lm.load(tmp_path / "model.bin")
 
 
+def test_the_same_contents_give_the_same_bytes(files, tiny_lm, tmp_path):
+    """A model file's bytes depend on its contents only (safetensors wrote the metadata in hash order, another at
+    each save, so that a shipped model's sha256 could not be reproduced)."""
+    assert {_bytes_of(save_model, tiny_lm(tie_weights=True), tmp_path / "m") for _ in range(6)} == {
+        files["checkpoint_tied"]}
+    assert {export_bytes(tiny_lm(), "q8c")[0] for _ in range(6)} == {files["artifact_q8c"]}
+    assert {_bytes_of(save_train_state, _train_state(tiny_lm), tmp_path / "s") for _ in range(6)} == {
+        files["train_state"]}
+    meta, tensors = {"b": [1, {"y": 2, "x": 3}], "a": "z"}, {"w": torch.ones(3), "v": torch.arange(4).byte()}
+    reordered = ({"a": "z", "b": [1, {"x": 3, "y": 2}]}, dict(reversed(tensors.items())))
+    assert modelfile.dumps("checkpoint", meta, tensors) == modelfile.dumps("checkpoint", *reordered)
+
+
+def test_a_file_laid_out_as_before_still_loads(files, tmp_path):
+    """A file of safetensors' own layout (its metadata in hash order, its tensors in data order), as lm wrote before."""
+    for kind in KINDS:
+        header, _ = _split(files[kind])
+        before = modelfile.safetensors.torch.save(modelfile.loads(files[kind]).tensors, metadata=header["__metadata__"])
+        assert before != files[kind]
+        assert _same(_load(before, kind, tmp_path / "before"), _load(files[kind], kind, tmp_path / "now"))
+
+
 def _resigned(blob: bytes, edit) -> bytes:
     header, payload = _split(blob)
     doc = json.loads(header["__metadata__"]["meta"])
