@@ -54,6 +54,10 @@ class TorchRuntime:
 class OnnxRuntime:
     """An exported step model run by onnxruntime on ``threads`` CPU threads.
 
+    The file is checked when opened: a graph that does not take ids, h and c or give logits, h_out and c_out as
+    ``export_onnx`` writes them, or whose logits are not as wide as the vocabulary in its metadata, is a
+    ValueError naming the file.
+
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
     (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
     activations and weights are both near the ends of their ranges; ``True`` has them computed in int16
@@ -65,6 +69,8 @@ class OnnxRuntime:
     def __init__(self, path: str | os.PathLike, threads: int = 1, avoid_saturation: bool = False) -> None:
         import onnxruntime as ort
 
+        from .onnx_export import OUTPUTS
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -75,15 +81,43 @@ class OnnxRuntime:
         if not meta.get("vocab"):
             raise ValueError(f"{path} has no vocabulary in its metadata: export it with `python -m lm export`")
         self.vocab = meta["vocab"].split("\n")
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        self._h, self._c = inputs["h"], inputs["c"]
+        self._h, self._c = self._check_graph(path)
+        self._outputs = list(OUTPUTS)  # fetched by name: a graph may list them in any order
+
+    def _check_graph(self, path: str | os.PathLike) -> tuple[list[int], list[int]]:
+        """The shapes (num_layers, batch, width) of h and c, once the graph is found to take what ``step`` feeds
+        (``onnx_export.INPUTS``: ids int64, h and c float32, of fixed layers and widths) and to give what it reads
+        (``onnx_export.OUTPUTS``, logits (batch, len(vocab))); ValueError naming ``path`` otherwise."""
+        from .onnx_export import INPUTS, OUTPUTS
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if set(inputs) != set(INPUTS):
+            raise ValueError(f"{path}: the graph has inputs {sorted(inputs)}, expected {', '.join(INPUTS[:-1])} and "
+                             f"{INPUTS[-1]} (a step written by `python -m lm export`)")
+        if not set(OUTPUTS) <= set(outputs):
+            raise ValueError(f"{path}: the graph has outputs {list(outputs)}, expected {', '.join(OUTPUTS[:-1])} and "
+                             f"{OUTPUTS[-1]} (a step written by `python -m lm export`)")
+        for name, dtype in zip(INPUTS, ("tensor(int64)", "tensor(float)", "tensor(float)")):
+            if inputs[name].type != dtype:
+                raise ValueError(f"{path}: input {name!r} is {inputs[name].type}, expected {dtype}")
+        for name in INPUTS[1:]:
+            shape = inputs[name].shape
+            if len(shape) != 3 or not all(type(n) is int and n > 0 for n in shape[::2]):
+                raise ValueError(f"{path}: input {name!r} has shape {shape}, expected (layers, batch, width) with "
+                                 "fixed layers and width")
+        logits = outputs[OUTPUTS[0]].shape
+        if len(logits) != 2 or logits[1] != len(self.vocab):
+            raise ValueError(f"{path}: its logits have shape {logits}, expected (batch, {len(self.vocab)}): a score "
+                             f"for each of the {len(self.vocab)} words of the vocabulary in its metadata")
+        return inputs["h"].shape, inputs["c"].shape
 
     def initial_state(self, batch: int = 1) -> State:
         return (np.zeros((self._h[0], batch, self._h[2]), np.float32),
                 np.zeros((self._c[0], batch, self._c[2]), np.float32))
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logits, h, c = self.session.run(None, {"ids": np.asarray(ids, np.int64), "h": state[0], "c": state[1]})
+        logits, h, c = self.session.run(self._outputs, {"ids": np.asarray(ids, np.int64), "h": state[0], "c": state[1]})
         return logits, (h, c)
 
 

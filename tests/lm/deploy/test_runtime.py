@@ -1,5 +1,8 @@
 """lm.deploy.runtime: predict and score on torch and onnxruntime, and the CLI that runs them."""
 
+import re
+
+import numpy as np
 import pytest
 
 from lm.deploy.runtime import TorchRuntime, predict, score
@@ -47,3 +50,82 @@ def test_bad_arguments_are_refused(tiny):
         predict(TorchRuntime(tiny("dense")), "the", 0)
     with pytest.raises(ValueError, match="no words"):
         score(TorchRuntime(tiny("dense")), "")
+
+
+
+def _step_graph(path, vocab: list[str], *, state: bool = True, layers: int | str = 2, state_type: int = 1,
+                outputs: tuple[str, ...] = ("logits", "h_out", "c_out")):
+    """Write a minimal step model to ``path`` and return ``path``: logits (batch, len(vocab)), a row of a constant
+    table per id; the state h, c (``layers``, batch, 3), of ONNX element type ``state_type`` (1: float), passed
+    through as h_out, c_out (no state, nor its outputs, when not ``state``); the ``outputs`` in that order, and
+    ``vocab`` in the metadata."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    info = helper.make_tensor_value_info
+    table = np.random.default_rng(0).normal(size=(len(vocab), len(vocab))).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["logits"])]
+    inputs = [info("ids", TensorProto.INT64, ["batch"])]
+    values = {"logits": info("logits", TensorProto.FLOAT, ["batch", len(vocab)])}
+    if state:
+        for name in ("h", "c"):
+            nodes.append(helper.make_node("Identity", [name], [name + "_out"]))
+            inputs.append(info(name, state_type, [layers, "batch", 3]))
+            values[name + "_out"] = info(name + "_out", state_type, [layers, "batch", 3])
+    graph = helper.make_graph(nodes, "step", inputs, [values[name] for name in outputs if name in values],
+                              [numpy_helper.from_array(table, "table")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(proto, {"vocab": "\n".join(vocab)})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.mark.parametrize("vocab", [lambda words: words[:-1], lambda words: words + ["extra"]],
+                         ids=["shorter", "longer"])
+def test_an_onnx_vocabulary_must_be_as_wide_as_the_logits(vocab, exported, tmp_path):
+    """A vocabulary in the metadata of another size than the logits' width is refused when the file is opened
+    (a shorter one raised IndexError in predict and scored text read with other words; a longer one fed
+    onnxruntime ids past the table)."""
+    onnx = pytest.importorskip("onnx")
+    from lm.deploy.runtime import OnnxRuntime
+
+    proto = onnx.load(exported["dense"][1].path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    words = vocab(meta["vocab"].split("\n"))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**meta, "vocab": "\n".join(words)})
+    path = tmp_path / "crafted.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: its logits have shape ['batch', 60], "
+                                                   f"expected (batch, {len(words)})")):
+        OnnxRuntime(path)
+
+
+@pytest.mark.parametrize("graph, message", [
+    ({"state": False}, "the graph has inputs ['ids'], expected ids, h and c"),
+    ({"layers": "layers"}, "input 'h' has shape ['layers', 'batch', 3], expected (layers, batch, width)"),
+    ({"state_type": 11}, "input 'h' is tensor(double), expected tensor(float)"),
+    ({"outputs": ("logits", "h_out")}, "the graph has outputs ['logits', 'h_out'], expected logits, h_out and c_out"),
+])
+def test_an_onnx_step_model_must_take_and_give_what_the_runtime_feeds_and_reads(graph, message, tmp_path):
+    """A graph without the recurrent state, with a state of no fixed size or of another element type, or without
+    one of the step's outputs is refused when the file is opened (they raised KeyError or TypeError, or failed in
+    onnxruntime at the first step)."""
+    from lm.deploy.runtime import OnnxRuntime
+
+    path = _step_graph(tmp_path / "step.onnx", ["<unk>", "<eos>", "the", "a"], **graph)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+        OnnxRuntime(path)
+
+
+def test_an_onnx_step_models_outputs_are_read_by_name(tmp_path):
+    """The step's outputs are fetched by name: a graph listing them in another order runs alike (the logits
+    were read from its first output)."""
+    from lm.deploy.runtime import OnnxRuntime
+
+    vocab = ["<unk>", "<eos>", "the", "a"]
+    plain = OnnxRuntime(_step_graph(tmp_path / "plain.onnx", vocab))
+    shuffled = OnnxRuntime(_step_graph(tmp_path / "shuffled.onnx", vocab, outputs=("h_out", "c_out", "logits")))
+    assert predict(shuffled, "the a", 3) == predict(plain, "the a", 3)
