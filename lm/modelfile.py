@@ -4,21 +4,26 @@ Every model file lm writes (a checkpoint, a compact artifact, a training state) 
 `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte header
 length, a JSON header (each tensor's dtype, shape and byte range, and a string
 ``__metadata__``), then the raw tensor bytes. Nothing in it is executable, and reading it
-runs no code of its author. lm writes the header canonically (compact JSON, keys sorted, padded with
-spaces to a multiple of 8 bytes), so that the same contents always give the same bytes. lm's metadata:
+runs no code of its author. lm writes the header canonically (compact JSON, keys sorted,
+padded with spaces to a multiple of 8 bytes), so that the same contents always give the
+same bytes. lm's metadata:
 
 * ``format``: ``"lm"``; ``kind``: ``"checkpoint"``, ``"artifact"`` or ``"train_state"``;
   ``version``: ``VERSION``;
 * ``meta``: a JSON document (model config, tensor table, history ...), read by the kind's loader;
 * ``sha256``: the SHA-256 of the canonical header without this key (sorted keys, no
-  spaces) followed by the tensor bytes, so that a flipped byte anywhere is caught.
+  spaces) followed by the tensor bytes. It covers what the header says, not its whitespace:
+  the reader also requires the header's bytes to be its compact JSON, in the file's key
+  order, then spaces (the layout of the files lm writes, and of those safetensors wrote for
+  it before), so that a flipped byte anywhere, in the header's padding as well, is caught.
 
 ``read`` checks, in this order and before any allocation larger than the file: the file
 size, the header length against the file and ``MAX_HEADER_BYTES``, the header's JSON,
-format, version and kind, the checksum, then the tensor table (safetensors refuses offsets
-that do not tile the data exactly). Whatever is wrong is raised as ``ModelFileError``, a
-``ValueError`` naming the file. Writes are atomic: a temporary file in the same directory,
-fsynced, then ``os.replace``, so that a kill leaves the old file or the new one.
+format, version and kind, the checksum, the header's layout, then the tensor table
+(safetensors refuses offsets that do not tile the data exactly). Whatever is wrong is raised
+as ``ModelFileError``, a ``ValueError`` naming the file. Writes are atomic: a temporary file
+in the same directory, fsynced, then ``os.replace``, so that a kill leaves the old file or
+the new one.
 """
 
 from __future__ import annotations
@@ -71,10 +76,10 @@ def _digest(header: dict, data: memoryview) -> str:
     return h.hexdigest()
 
 
-def _layout(header: dict) -> bytes:
-    """The header's bytes in a file lm writes: compact JSON, keys sorted at every level, then spaces up to a multiple
-    of 8 bytes (as safetensors pads, so that the tensor data stays aligned)."""
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _layout(header: dict, sort_keys: bool = False) -> bytes:
+    """The header's bytes in a model file: compact JSON (its keys sorted at every level, or in the header's order),
+    then spaces up to a multiple of 8 bytes (as safetensors pads, so that the tensor data stays aligned)."""
+    text = json.dumps(header, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode()
     return text + b" " * (-len(text) % 8)
 
 
@@ -93,7 +98,7 @@ def dumps(kind: str, meta: dict, tensors: dict[str, Tensor]) -> bytes:
     header, start = _header(draft)
     header["__metadata__"]["sha256"] = _digest(header, memoryview(draft)[start:])
     # safetensors writes its metadata in hash order, a new one at each save: the header is laid out again, canonically
-    head = _layout(header)
+    head = _layout(header, sort_keys=True)
     return len(head).to_bytes(8, "little") + head + draft[start:]
 
 
@@ -169,6 +174,8 @@ def loads(blob: bytes, name: str | os.PathLike = "<bytes>", kinds: tuple[str, ..
         raise fail(f"holds a {meta.get('kind')!r}, expected {' or '.join(kinds)}")
     if meta.get("sha256") != _digest(header, memoryview(blob)[8 + n :]):
         raise fail("corrupted: the checksum (sha256) does not match the contents")
+    if blob[8 : 8 + n] != _layout(header):  # what the checksum does not cover: the header's whitespace
+        raise fail("corrupted: the header's spacing or padding is not the compact JSON and spaces of a model file")
     try:
         document = json.loads(meta.get("meta", ""))
         tensors = safetensors.torch.load(blob)

@@ -95,7 +95,7 @@ def _split(blob: bytes) -> tuple[dict, bytes]:
 def _join(header: dict, data: bytes, resign: bool) -> bytes:
     if resign:
         header["__metadata__"]["sha256"] = modelfile._digest(header, memoryview(data))
-    head = json.dumps(header).encode()
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()  # a model file's layout
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head + data
 
@@ -246,6 +246,24 @@ def test_a_file_laid_out_as_before_still_loads(files, tmp_path):
         before = modelfile.safetensors.torch.save(modelfile.loads(files[kind]).tensors, metadata=header["__metadata__"])
         assert before != files[kind]
         assert _same(_load(before, kind, tmp_path / "before"), _load(files[kind], kind, tmp_path / "now"))
+
+
+def test_a_flipped_byte_in_the_header_padding_is_caught(tmp_path):
+    """The checksum covers what the header says; a padding space flipped to other whitespace, which says the same,
+    is caught by the header's layout (it loaded)."""
+    blob = modelfile.dumps("checkpoint", {"pad": "x"}, {"w": torch.ones(3)})
+    n = int.from_bytes(blob[:8], "little")
+    assert blob[8 + n - 1 : 8 + n] == b" "  # the header is padded (to a multiple of 8 bytes)
+    for space in b"\t\n\r":
+        flipped = blob[: 8 + n - 1] + bytes([space]) + blob[8 + n :]
+        with pytest.raises(ModelFileError, match="padded: corrupted: the header's spacing or padding"):
+            modelfile.loads(flipped, "padded")
+    header, data = _split(blob)
+    spaced = json.dumps(header, sort_keys=True).encode()  # the same header, with spaces after ':' and ','
+    spaced += b" " * (-len(spaced) % 8)
+    with pytest.raises(ModelFileError, match="the header's spacing or padding"):
+        modelfile.loads(len(spaced).to_bytes(8, "little") + spaced + data)
+    assert modelfile.loads(blob).meta == {"pad": "x"}
 
 
 def _resigned(blob: bytes, edit) -> bytes:
