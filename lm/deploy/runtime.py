@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,9 @@ class TorchRuntime:
 class OnnxRuntime:
     """An exported step model run by onnxruntime on ``threads`` CPU threads.
 
-    The file is checked when opened: a graph that does not take ids, h and c or give logits, h_out and c_out as
-    ``export_onnx`` writes them, or whose logits are not as wide as the vocabulary in its metadata, is a
-    ValueError naming the file.
+    The file is checked when opened: a file onnxruntime cannot load (not ONNX, truncated or corrupted), a graph
+    that does not take ids, h and c or give logits, h_out and c_out as ``export_onnx`` writes them, or whose logits
+    are not as wide as the vocabulary in its metadata, is a ValueError naming the file.
 
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
     (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
@@ -68,6 +69,7 @@ class OnnxRuntime:
 
     def __init__(self, path: str | os.PathLike, threads: int = 1, avoid_saturation: bool = False) -> None:
         import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
         from .onnx_export import OUTPUTS
 
@@ -76,7 +78,17 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         if avoid_saturation:
             options.add_session_config_entry("session.x64quantprecision", "1")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except (errors.InvalidProtobuf, errors.InvalidArgument, errors.InvalidGraph, errors.Fail,
+                errors.NotImplemented) as err:
+            # onnxruntime's reason on one line, without its error code, the path again, or the source line and C++
+            # function that raised it
+            detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?(\S+:\d+ .*?\) )?", "",
+                            str(err))
+            detail = " ".join(detail.split())
+            raise ValueError(f"{path}: not an ONNX model that onnxruntime can load (a truncated or corrupted file, or "
+                             f"another format): {detail}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if not meta.get("vocab"):
             raise ValueError(f"{path} has no vocabulary in its metadata: export it with `python -m lm export`")

@@ -129,3 +129,29 @@ def test_an_onnx_step_models_outputs_are_read_by_name(tmp_path):
     plain = OnnxRuntime(_step_graph(tmp_path / "plain.onnx", vocab))
     shuffled = OnnxRuntime(_step_graph(tmp_path / "shuffled.onnx", vocab, outputs=("h_out", "c_out", "logits")))
     assert predict(shuffled, "the a", 3) == predict(plain, "the a", 3)
+
+
+@pytest.mark.parametrize("content", [
+    lambda blob: np.random.default_rng(0).bytes(300),
+    lambda blob: b"the cat sat on the mat\n",
+    lambda blob: blob[: len(blob) // 2],
+    lambda blob: b"",
+    lambda blob: b"\x08\x0a\x12\x07pytorch\x1a\x0a2.13.0+cpu:\x00",
+], ids=["random", "text", "truncated", "empty", "header-only"])
+def test_a_corrupt_or_foreign_onnx_file_is_a_clear_error(content, exported, tmp_path, capsys):
+    """A file onnxruntime cannot load (not protobuf, a truncated export, a ModelProto without a graph or an opset)
+    is a ValueError naming the file, and ``lm predict`` / ``lm score`` stop with a one-line message and exit
+    status 2 (onnxruntime's InvalidProtobuf, InvalidArgument or Fail escaped with a traceback)."""
+    from lm.__main__ import main
+    from lm.deploy.runtime import OnnxRuntime
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content(exported["dense"][1].path.read_bytes()))
+    (tmp_path / "text.txt").write_text("the w1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ")):
+        OnnxRuntime(path)
+    for argv in (["predict", str(path), "the"], ["score", str(path), str(tmp_path / "text.txt")]):
+        with pytest.raises(SystemExit) as exit:
+            main([*argv, "--runtime", "onnx"])
+        said = capsys.readouterr().err.splitlines()
+        assert exit.value.code == 2 and said[-1].startswith(f"lm {argv[0]}: error: {path}: ")
