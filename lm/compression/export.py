@@ -11,9 +11,11 @@ is stored in the cheapest of its allowed encodings, as one or more safetensors t
 * ``q2``, ``q3``, ``q4``: weights (``lm.compression.qat.row_axes``) in 2, 3 or 4 bits per
   number (``lm.compression.lowbit``): ``NAME:codes``, the codes packed into bytes (uint8,
   ``ceil(n * bits / 8)``), and ``NAME:scale``, each row's ``lo`` and ``hi`` (float16,
-  shape (2, rows)) along the row ``axis`` given in the table; never sparse. A model trained
-  with ``lm.compression.qat`` at that many bits is stored exactly. Tensors without a row
-  axis (biases) stay ``f32``;
+  shape (2, rows)) along the row ``axis`` given in the table; never sparse. The codes and
+  ranges are settled (``lm.compression.qat.settle_rows``): the decoded weights quantize to
+  them again, so a decoded artifact exports to the same tensors bit for bit, and a model
+  trained with ``lm.compression.qat`` at that many bits (baked) is stored exactly. Tensors
+  without a row axis (biases) stay ``f32``;
 * sparse: a bitmask of the nonzero entries (``NAME:mask``, one bit per entry,
   ``numpy.packbits``) and the nonzero values only (``NAME:values`` as ``f32``, or
   ``NAME:codes`` and ``NAME:scale`` as ``q8``). Chosen whenever it is smaller than the dense
@@ -87,7 +89,9 @@ def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True
     if quant in LOW_BITS:
         if axis is None:
             return encode_tensor(t, None, allow_sparse)
-        packed, scale = lowbit.encode_rows(t, LOW_BITS[quant], axis)
+        bits = LOW_BITS[quant]
+        codes, lo, hi = qat.settle_rows(t, bits, axis)
+        packed, scale = lowbit.pack_codes(codes, bits), torch.stack([lo, hi]).half()
         return {"shape": list(t.shape), "codec": quant, "axis": axis, "sparse": False}, {":codes": packed, ":scale": scale}
     codec, parts = _encode_values(t, quant)
     entry = {"shape": list(t.shape), "codec": codec, "sparse": False}

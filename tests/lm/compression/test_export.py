@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lm.compression.export import artifact_size, decode, decode_tensor, encode_tensor, export, export_bytes, load_artifact
@@ -91,3 +91,56 @@ def test_a_scale_that_is_not_finite_or_out_of_order_is_refused(quant):
     scale[1] = -scale[1].abs() - 1 if quant.startswith("q8") else scale[0] - 1
     with pytest.raises(ModelFileError, match="negative step|exceeds"):
         decode_tensor(entry, {**parts, ":scale": scale}, "w")
+
+
+SCALES = (1.0, 1e-2, 1e-5, 1e-7, 3e-8, 1e-30)  # ordinary, float16 subnormals (below 6.1e-5), below its least (6e-8)
+
+
+def _rows(shape: list[int], axis: int, scale: float, steps: int, seed: int) -> torch.Tensor:
+    """A tensor whose rows along ``axis`` are, in turn, spread, within ``steps`` float16 steps of a constant,
+    constant and zero, at ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(shape, generator=g).movedim(axis, 0).clone()
+    for i, row in enumerate(rows):
+        kind = (i + seed) % 4
+        if kind == 1:
+            row.uniform_(1.0, 1.0 + steps * 2.0**-10, generator=g)  # float16's step at 1 is 2**-10
+        elif kind == 2:
+            row.fill_(row.reshape(-1)[0].item())
+        elif kind == 3:
+            row.zero_()
+    return (rows * scale).movedim(0, axis)
+
+
+@settings(max_examples=80, deadline=None)
+@example(shape=[1, 3, 1], axis=0, scale=1e-5, steps=13, quant="q4", seed=33)  # each failed before
+@example(shape=[2, 1, 2], axis=0, scale=3e-8, steps=15, quant="q2", seed=48)
+@example(shape=[3, 1, 3], axis=0, scale=1e-7, steps=16, quant="q3", seed=30)
+@example(shape=[2, 2, 1], axis=2, scale=1.0, steps=8, quant="q3", seed=25)
+@given(shape=st.lists(st.sampled_from([1, 1, 2, 3, 16]), min_size=1, max_size=4), axis=st.integers(0, 3),
+       scale=st.sampled_from(SCALES), steps=st.integers(1, 16), quant=st.sampled_from(["q2", "q3", "q4"]),
+       seed=st.integers(0, 1000))
+def test_low_bit_requantization_of_a_decoded_tensor_stores_it_again_bit_for_bit(shape, axis, scale, steps, quant, seed):
+    # a row whose range spans a few float16 steps (tiny, or near-constant) missed its end levels: its decoded
+    # values requantized to another range, other codes and other weights
+    axis %= len(shape)
+    entry, parts = encode_tensor(_rows(shape, axis, scale, steps, seed), quant, axis=axis)
+    decoded = decode_tensor(entry, parts)
+    again, again_parts = encode_tensor(decoded, quant, axis=axis)
+    assert again == entry and again_parts.keys() == parts.keys()
+    for suffix, part in parts.items():
+        assert torch.equal(again_parts[suffix], part), suffix
+    assert torch.equal(decode_tensor(again, again_parts), decoded)
+
+
+@pytest.mark.parametrize("quant", ["q2", "q4"])
+def test_a_low_bit_artifact_of_its_own_decoded_model_is_the_same_bytes(quant, tiny_lm):
+    # weights at every scale of SCALES, each with constant and near-constant rows: the second export differed
+    m = tiny_lm(hidden=16)
+    with torch.no_grad():
+        for i, p in enumerate(p for p in m.parameters() if p.dim() >= 2):
+            p.mul_(SCALES[i % len(SCALES)])
+            p[:2].fill_(0.25 * SCALES[i % len(SCALES)])  # a constant row
+            p[2:4].mul_(0.05).add_(3 * SCALES[i % len(SCALES)])  # two near-constant rows
+    data = export_bytes(m, quant)[0]
+    assert export_bytes(decode(data), quant)[0] == data

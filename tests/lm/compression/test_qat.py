@@ -292,3 +292,23 @@ def test_a_qat_run_with_kept_clip_ratios_learns_as_well_as_one_searching_at_ever
         losses[every] = nn.functional.cross_entropy(logits.reshape(-1, 50), tokens[1:].reshape(-1)).item()
     assert losses[None] < 0.5 * math.log(50)  # it learned
     assert losses[8] < 1.1 * losses[None], losses
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_a_baked_model_with_tiny_and_near_constant_rows_is_stored_exactly(tmp_path, bits, tiny_lm):
+    # rows spanning a few float16 steps (~1e-7, or a constant plus a little) were baked off their own grid:
+    # the artifact, and the n-bit ONNX export's requantization, gave other weights
+    model = tiny_lm(hidden=32)
+    with torch.no_grad():
+        for i, p in enumerate(p for p in model.parameters() if p.dim() >= 2):
+            p.mul_((1e-7, 1e-5, 3e-8, 1.0)[i % 4])
+            for k, row in enumerate(p[:32]):  # near 1, its levels half a float16 step (2**-10) to one apart
+                row.uniform_(1.0, 1.0 + (2**bits - 1) * (0.5 + k / 64) * 2.0**-10)
+    bake(enable_qat(model, bits))
+    state = model.state_dict()
+    for name, axis in row_axes(model).items():
+        codes, lo, hi = quantize_rows(state[name], bits, axis)
+        assert torch.equal(dequantize_rows(codes, lo, hi, bits, axis), state[name]), name
+    stored = load_artifact(export(model, tmp_path / "m.safetensors", f"q{bits}").path).state_dict()
+    for name, a in state.items():
+        assert torch.equal(a, stored[name]), name
