@@ -32,13 +32,15 @@ State = tuple[np.ndarray, np.ndarray]
 
 
 class TorchRuntime:
-    """A ``LanguageModel`` stepped in eager torch (float32, eval mode)."""
+    """A ``LanguageModel`` stepped in eager torch (float32, eval mode); ``source`` names it in errors (its file, as
+    ``open_runtime`` gives it)."""
 
-    def __init__(self, model: LanguageModel) -> None:
+    def __init__(self, model: LanguageModel, source: str | os.PathLike = "the model") -> None:
         if model.vocab is None:
-            raise ValueError("the model has no vocabulary: it cannot read or write words")
+            raise ValueError(f"{source} has no vocabulary: it cannot read or write words")
         self.model = model.eval()
         self.vocab = model.vocab
+        self.source = source
 
     def initial_state(self, batch: int = 1) -> State:
         lstm = self.model.lstm
@@ -55,9 +57,10 @@ class TorchRuntime:
 class OnnxRuntime:
     """An exported step model run by onnxruntime on ``threads`` CPU threads.
 
-    The file is checked when opened: a file onnxruntime cannot load (not ONNX, truncated or corrupted), a graph
-    that does not take ids, h and c or give logits, h_out and c_out as ``export_onnx`` writes them, or whose logits
-    are not as wide as the vocabulary in its metadata, is a ValueError naming the file.
+    The file (``source``, which errors name) is checked when opened: a file onnxruntime cannot load (not ONNX,
+    truncated or corrupted), a graph that does not take ids, h and c or give logits, h_out and c_out as
+    ``export_onnx`` writes them, or whose logits are not as wide as the vocabulary in its metadata, is a ValueError
+    naming the file.
 
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
     (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
@@ -78,6 +81,7 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         if avoid_saturation:
             options.add_session_config_entry("session.x64quantprecision", "1")
+        self.source = path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except (errors.InvalidProtobuf, errors.InvalidArgument, errors.InvalidGraph, errors.Fail,
@@ -150,15 +154,16 @@ def open_runtime(model: str | os.PathLike, runtime: str = "torch", threads: int 
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
         return OnnxRuntime(path, threads)
-    loaded = load(path)
+    run = TorchRuntime(load(path), path)
     if runtime == "torch":
-        return TorchRuntime(loaded)
+        return run
     import tempfile
 
     from .onnx_export import export_onnx
 
+    _text_vocab(run)  # before the export, so that an error names the model's file rather than the temporary one
     with tempfile.TemporaryDirectory() as tmp:
-        return OnnxRuntime(export_onnx(loaded, Path(tmp) / "model.onnx").path, threads)
+        return OnnxRuntime(export_onnx(run.model, Path(tmp) / "model.onnx").path, threads)
 
 
 def words_to_ids(text: str, vocab: list[str]) -> list[int]:
@@ -167,6 +172,17 @@ def words_to_ids(text: str, vocab: list[str]) -> list[int]:
     if UNK not in index:
         raise ValueError(f"the vocabulary has no {UNK!r} for out-of-vocabulary words")
     return [index.get(w, index[UNK]) for w in text.lower().split()]
+
+
+def _text_vocab(runtime: Runtime) -> list[str]:
+    """The runtime's vocabulary, once found to have the words that ``predict`` and ``score`` read text with
+    (``<eos>``, ``<unk>``); ValueError naming the runtime's source (its file) otherwise."""
+    missing = [word for word in (EOS, UNK) if word not in runtime.vocab]
+    if missing:
+        raise ValueError(f"{runtime.source}: its vocabulary has no {' or '.join(map(repr, missing))}: predict and "
+                         f"score read a text as following a sentence end ({EOS!r}) and words outside the vocabulary "
+                         f"as {UNK!r}")
+    return runtime.vocab
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -179,7 +195,7 @@ def predict(runtime: Runtime, text: str, top: int = 5) -> list[tuple[str, float]
     """The ``top`` likeliest next words after ``text`` (``<unk>`` left out), with their probabilities."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be an int >= 1, got {top!r}")
-    vocab = runtime.vocab
+    vocab = _text_vocab(runtime)
     ids = [vocab.index(EOS)] + words_to_ids(text, vocab)
     state = runtime.initial_state()
     for i in ids:
@@ -209,7 +225,7 @@ def score(runtime: Runtime, text: str) -> dict:
     Returns ``{"tokens", "perplexity", "nll"}``: the token count, exp of the mean negative
     log-likelihood (nats), and the per-token negative log-likelihoods.
     """
-    vocab = runtime.vocab
+    vocab = _text_vocab(runtime)
     eos = vocab.index(EOS)
     ids = [i for line in text.splitlines() for i in words_to_ids(line, vocab) + [eos]]
     if not ids:

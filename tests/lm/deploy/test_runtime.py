@@ -155,3 +155,32 @@ def test_a_corrupt_or_foreign_onnx_file_is_a_clear_error(content, exported, tmp_
             main([*argv, "--runtime", "onnx"])
         said = capsys.readouterr().err.splitlines()
         assert exit.value.code == 2 and said[-1].startswith(f"lm {argv[0]}: error: {path}: ")
+
+
+@pytest.mark.parametrize("word", ["<eos>", "<unk>"])
+def test_a_vocabulary_without_a_sentence_end_or_an_unknown_word_is_a_clear_error(word, tmp_path, capsys):
+    """predict and score of a model file or an ONNX file whose vocabulary lacks ``<eos>`` or ``<unk>`` (which they
+    read text with) is a ValueError naming the file, on either runtime (they raised "'<eos>' is not in list" or
+    "the vocabulary has no '<unk>'", naming no file)."""
+    from lm.__main__ import main
+    from lm.checkpoint import save_model
+    from lm.config import ModelConfig
+    from lm.deploy.runtime import OnnxRuntime, open_runtime
+    from lm.model import LanguageModel
+
+    vocab = [w for w in ("<unk>", "<eos>", "the", "a", "b") if w != word]
+    model, onnx = tmp_path / "model.safetensors", _step_graph(tmp_path / "step.onnx", vocab)
+    save_model(LanguageModel(ModelConfig(vocab_size=4, hidden_size=4, num_layers=1), vocab), model)
+    (tmp_path / "text.txt").write_text("the a\n")
+    message = re.escape(f"its vocabulary has no {word!r}")
+    for run, path in ((open_runtime(model), model), (OnnxRuntime(onnx), onnx)):
+        for call in (lambda: predict(run, "the"), lambda: score(run, "the a")):
+            with pytest.raises(ValueError, match=re.escape(f"{path}: ") + message):
+                call()
+    with pytest.raises(ValueError, match=re.escape(f"{model}: ") + message):  # not the temporary export's name
+        open_runtime(model, "onnx")
+    for path, runtime in ((model, "torch"), (onnx, "onnx")):
+        for argv in (["predict", str(path), "the"], ["score", str(path), str(tmp_path / "text.txt")]):
+            with pytest.raises(SystemExit) as exit:
+                main([*argv, "--runtime", runtime])
+            assert re.match(re.escape(f"lm {argv[0]}: error: {path}: ") + message, exit.value.code)
