@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .. import modelfile
 from ..checkpoint import READERS, build, dedupe, encode_vocab, decode_vocab, model_config
 from ..model import LanguageModel
-from ..modelfile import ModelFileError, expect
+from ..modelfile import ModelFileError
 from . import lowbit, qat
 from .quantize import dequantize, quantize_uniform
 
@@ -108,47 +108,66 @@ def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True
     return entry, parts
 
 
-def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...], name: str) -> Tensor:
-    """float32 values of ``shape`` from the parts of one encoding, each checked first."""
+def _part(parts: dict[str, Tensor], suffix: str, dtype: torch.dtype, shape: tuple[int, ...], key: str,
+          path: str) -> Tensor:
+    """``parts[suffix]`` of tensor ``key``, checked to be of ``dtype`` and ``shape``; ModelFileError naming the
+    tensor and the part otherwise."""
+    t = parts.get(suffix)
+    what = f"tensor {key!r}" + (f" (part {suffix!r})" if suffix else "")
+    if not isinstance(t, Tensor):
+        raise ModelFileError(path, f"{what} is missing")
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise ModelFileError(path, f"{what} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
+    return t
+
+
+def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...], sparse: bool, key: str,
+                   path: str) -> Tensor:
+    """float32 values of ``shape`` from the parts of one encoding of tensor ``key`` (the nonzero values of a
+    ``sparse`` one), each checked first."""
     if codec == "f32":
-        return expect(parts, ":values" if ":values" in parts else "", torch.float32, shape, name).clone()
+        return _part(parts, ":values" if sparse else "", torch.float32, shape, key, path).clone()
     rows = shape[0] if codec == "q8c" else 1
-    codes = expect(parts, ":codes", torch.uint8, shape, name)
-    lo, step = expect(parts, ":scale", torch.float32, (2, rows), name)
+    codes = _part(parts, ":codes", torch.uint8, shape, key, path)
+    lo, step = _part(parts, ":scale", torch.float32, (2, rows), key, path)
     if not (torch.isfinite(lo).all() and torch.isfinite(step).all() and (step >= 0).all()):
-        raise ModelFileError(name, "a scale that is not finite, or a negative step")
+        raise ModelFileError(path, f"tensor {key!r} (part ':scale'): a scale that is not finite, or a negative step")
     if codec == "q8c":
         return dequantize(codes.view(rows, -1), lo, step).reshape(shape)
     return dequantize(codes, lo[0], step[0])
 
 
-def decode_tensor(entry: dict, parts: dict[str, Tensor], name: str = "<tensor>") -> Tensor:
-    """Inverse of ``encode_tensor`` (float32); a part of the wrong dtype or shape raises ``ModelFileError``."""
+def decode_tensor(entry: dict, parts: dict[str, Tensor], key: str = "<tensor>", path: str = "<artifact>") -> Tensor:
+    """Inverse of ``encode_tensor`` (float32): tensor ``key`` of the artifact at ``path``, from its table entry and
+    its parts (keyed by suffix); a bad entry, or a part missing or of the wrong dtype or shape, raises
+    ``ModelFileError`` naming the tensor (and the part)."""
     shape = tuple(entry["shape"])
     numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
     codec = entry.get("codec")
     if codec not in CODECS or (codec == "q8c" and (len(shape) < 2 or entry["sparse"])):
-        raise ModelFileError(name, f"unknown encoding {codec!r} for shape {list(shape)}")
+        raise ModelFileError(path, f"tensor {key!r}: unknown encoding {codec!r} for shape {list(shape)}")
     if codec in LOW_BITS:
         axis = entry.get("axis")
         if entry["sparse"] or type(axis) is not int or not 0 <= axis < len(shape):
-            raise ModelFileError(name, f"encoding {codec!r} needs a dense tensor and a row axis of {list(shape)}, "
-                                       f"got axis {axis!r}")
+            raise ModelFileError(path, f"tensor {key!r}: encoding {codec!r} needs a dense tensor and a row axis of "
+                                       f"{list(shape)}, got axis {axis!r}")
         bits = LOW_BITS[codec]
-        packed = expect(parts, ":codes", torch.uint8, (lowbit.packed_bytes(numel, bits),), name)
-        scale = expect(parts, ":scale", torch.float16, (2, shape[axis]), name)
+        packed = _part(parts, ":codes", torch.uint8, (lowbit.packed_bytes(numel, bits),), key, path)
+        scale = _part(parts, ":scale", torch.float16, (2, shape[axis]), key, path)
         if not (torch.isfinite(scale).all() and (scale[0] <= scale[1]).all()):
-            raise ModelFileError(name, "a row range that is not finite, or whose low end exceeds its high end")
+            raise ModelFileError(path, f"tensor {key!r} (part ':scale'): a row range that is not finite, or whose "
+                                       "low end exceeds its high end")
         return lowbit.decode_rows(packed, scale, bits, shape, axis)
     if not entry["sparse"]:
-        return _decode_values(parts, codec, shape, name)
-    bits = expect(parts, ":mask", torch.uint8, ((numel + 7) // 8,), name)
+        return _decode_values(parts, codec, shape, False, key, path)
+    bits = _part(parts, ":mask", torch.uint8, ((numel + 7) // 8,), key, path)
     unpacked = np.unpackbits(bits.numpy())
     nnz = int(unpacked[:numel].sum())
     if unpacked[numel:].any() or nnz != entry.get("nnz"):
-        raise ModelFileError(name, f"the sparse mask of {entry.get('nnz')} entries sets {nnz} (or padding bits)")
+        raise ModelFileError(path, f"tensor {key!r} (part ':mask'): the sparse mask of {entry.get('nnz')} entries "
+                                   f"sets {nnz} (or padding bits)")
     out = torch.zeros(numel)
-    out[torch.from_numpy(unpacked[:numel].astype(bool))] = _decode_values(parts, codec, (nnz,), name)
+    out[torch.from_numpy(unpacked[:numel].astype(bool))] = _decode_values(parts, codec, (nnz,), True, key, path)
     return out.view(shape)
 
 
@@ -217,7 +236,7 @@ def model_from_artifact(f: modelfile.ModelFile, name: str | os.PathLike) -> Lang
             raise ModelFileError(name, f"table entry {key!r} has parts no encoding writes: "
                                        f"{sorted(set(parts) - PART_SUFFIXES)[:3]}")
         used.update(key + suffix for suffix in parts)
-        state[key] = decode_tensor(entry, parts, str(name))
+        state[key] = decode_tensor(entry, parts, key, str(name))
     if used != set(f.tensors):
         raise ModelFileError(name, f"tensors outside the table: {sorted(set(f.tensors) - used)[:3]}")
     return build(asdict(config), state, f.meta.get("aliases", {}), vocab, name)

@@ -1,13 +1,18 @@
 """The artifact: tensors encoded (sparse, q8, q8c) and decoded, whole models exported and rebuilt."""
 
+import copy
+import re
+
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from lm import modelfile
 from lm.compression.export import artifact_size, decode, decode_tensor, encode_tensor, export, export_bytes, load_artifact
 from lm.compression.prune import finalize, prune_model
 from lm.compression.quantize import fake_quantize_
+from lm.modelfile import ModelFileError
 
 
 @settings(max_examples=30, deadline=None)
@@ -75,8 +80,6 @@ def test_tied_weights_stored_once(tiny_lm):
 
 @pytest.mark.parametrize("quant", ["q8", "q8c", "q4", "q2"])
 def test_a_scale_that_is_not_finite_or_out_of_order_is_refused(quant):
-    from lm.modelfile import ModelFileError
-
     torch.manual_seed(0)
     entry, parts = encode_tensor(torch.randn(6, 10), quant, allow_sparse=False, axis=0)
     good = parts[":scale"]
@@ -144,3 +147,45 @@ def test_a_low_bit_artifact_of_its_own_decoded_model_is_the_same_bytes(quant, ti
             p[2:4].mul_(0.05).add_(3 * SCALES[i % len(SCALES)])  # two near-constant rows
     data = export_bytes(m, quant)[0]
     assert export_bytes(decode(data), quant)[0] == data
+
+
+W = "lstm.layers.0.input_map.weight"
+
+
+def _artifact(quant: str | None, tiny_lm, edit) -> bytes:
+    """A ``tiny_lm`` artifact at ``quant`` (its decoder pruned: stored sparse), its table and tensors edited by
+    ``edit(table, tensors)`` and written again, validly signed."""
+    m = tiny_lm()
+    prune_model(m, 0.9, ("decoder",))
+    f = modelfile.loads(export_bytes(finalize(m), quant)[0])
+    meta, tensors = copy.deepcopy(f.meta), dict(f.tensors)
+    edit(meta["tensors"], tensors)
+    return modelfile.dumps(f.kind, meta, tensors)
+
+
+def _set(tensors: dict, key: str, value) -> None:
+    tensors[key] = value(tensors[key]) if callable(value) else value
+
+
+@pytest.mark.parametrize("quant, edit, message", [
+    (None, lambda e, t: t.pop("decoder.bias"), "tensor 'decoder.bias' is missing"),
+    (None, lambda e, t: _set(t, "decoder.bias", lambda b: b.half()),
+     "tensor 'decoder.bias' is torch.float16 (60,), expected torch.float32 (60,)"),
+    ("q8", lambda e, t: t.pop(W + ":scale"), f"tensor '{W}' (part ':scale') is missing"),
+    ("q8", lambda e, t: _set(t, W + ":scale", lambda s: s * torch.tensor([[1.0], [-1.0]])),
+     f"tensor '{W}' (part ':scale'): a scale that is not finite, or a negative step"),
+    ("q4", lambda e, t: _set(t, W + ":codes", lambda c: c.view(torch.int8)),
+     f"tensor '{W}' (part ':codes') is torch.int8 (128,), expected torch.uint8 (128,)"),
+    ("q4", lambda e, t: _set(t, W + ":scale", lambda s: s.fill_(float("nan"))),
+     f"tensor '{W}' (part ':scale'): a row range that is not finite"),
+    ("q4", lambda e, t: e[W].update(axis=2), f"tensor '{W}': encoding 'q4' needs a dense tensor and a row axis"),
+    ("q4", lambda e, t: e[W].update(codec="q5"), f"tensor '{W}': unknown encoding 'q5'"),
+    (None, lambda e, t: e["decoder.weight"].update(nnz=e["decoder.weight"]["nnz"] + 1),
+     "tensor 'decoder.weight' (part ':mask'): the sparse mask of"),
+    (None, lambda e, t: t.pop("decoder.weight:values"), "tensor 'decoder.weight' (part ':values') is missing"),
+    ("q8", lambda e, t: t.pop("decoder.weight:codes"), "tensor 'decoder.weight' (part ':codes') is missing"),
+])
+def test_a_decode_error_names_the_tensor_and_its_part(quant, edit, message, tiny_lm):
+    # each named the part's suffix alone (tensor ':scale', tensor ''), or no tensor at all
+    with pytest.raises(ModelFileError, match=re.escape(f"crafted: {message}")):
+        decode(_artifact(quant, tiny_lm, edit), "crafted")
