@@ -59,8 +59,8 @@ class OnnxRuntime:
 
     The file (``source``, which errors name) is checked when opened: a file onnxruntime cannot load (not ONNX,
     truncated or corrupted), a graph that does not take ids, h and c or give logits, h_out and c_out as
-    ``export_onnx`` writes them, or whose logits are not as wide as the vocabulary in its metadata, is a ValueError
-    naming the file.
+    ``export_onnx`` writes them (h_out and c_out as h and c), or whose logits are not as wide as the vocabulary in
+    its metadata, is a ValueError naming the file.
 
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
     (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
@@ -103,7 +103,8 @@ class OnnxRuntime:
     def _check_graph(self, path: str | os.PathLike) -> tuple[list[int], list[int]]:
         """The shapes (num_layers, batch, width) of h and c, once the graph is found to take what ``step`` feeds
         (``onnx_export.INPUTS``: ids int64, h and c float32, of fixed layers and widths) and to give what it reads
-        (``onnx_export.OUTPUTS``, logits (batch, len(vocab))); ValueError naming ``path`` otherwise."""
+        (``onnx_export.OUTPUTS``: logits (batch, len(vocab)), h_out and c_out of h's and c's type, layers and widths,
+        fed back at the next step); ValueError naming ``path`` otherwise."""
         from .onnx_export import INPUTS, OUTPUTS
 
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -122,6 +123,12 @@ class OnnxRuntime:
             if len(shape) != 3 or not all(type(n) is int and n > 0 for n in shape[::2]):
                 raise ValueError(f"{path}: input {name!r} has shape {shape}, expected (layers, batch, width) with "
                                  "fixed layers and width")
+        for name, out in zip(INPUTS[1:], OUTPUTS[1:]):
+            fed, given = inputs[name], outputs[out]
+            if given.type != fed.type or len(given.shape) != 3 or given.shape[::2] != fed.shape[::2]:
+                raise ValueError(f"{path}: output {out!r} is {given.type} of shape {given.shape}, expected input "
+                                 f"{name!r}'s {fed.type} of shape {fed.shape}: it is fed back as {name!r} at the next "
+                                 "step")
         logits = outputs[OUTPUTS[0]].shape
         if len(logits) != 2 or logits[1] != len(self.vocab):
             raise ValueError(f"{path}: its logits have shape {logits}, expected (batch, {len(self.vocab)}): a score "

@@ -54,11 +54,11 @@ def test_bad_arguments_are_refused(tiny):
 
 
 def _step_graph(path, vocab: list[str], *, state: bool = True, layers: int | str = 2, state_type: int = 1,
-                outputs: tuple[str, ...] = ("logits", "h_out", "c_out")):
+                outputs: tuple[str, ...] = ("logits", "h_out", "c_out"), out: dict[str, tuple[int, int]] | None = None):
     """Write a minimal step model to ``path`` and return ``path``: logits (batch, len(vocab)), a row of a constant
     table per id; the state h, c (``layers``, batch, 3), of ONNX element type ``state_type`` (1: float), passed
-    through as h_out, c_out (no state, nor its outputs, when not ``state``); the ``outputs`` in that order, and
-    ``vocab`` in the metadata."""
+    through as h_out, c_out (no state, nor its outputs, when not ``state``), or as the (element type, width, a
+    multiple of 3) that ``out`` gives an output; the ``outputs`` in that order, and ``vocab`` in the metadata."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
@@ -70,9 +70,11 @@ def _step_graph(path, vocab: list[str], *, state: bool = True, layers: int | str
     values = {"logits": info("logits", TensorProto.FLOAT, ["batch", len(vocab)])}
     if state:
         for name in ("h", "c"):
-            nodes.append(helper.make_node("Identity", [name], [name + "_out"]))
+            kind, width = (out or {}).get(name + "_out", (state_type, 3))
+            nodes.append(helper.make_node("Concat", [name] * (width // 3), [name + "_wide"], axis=2))
+            nodes.append(helper.make_node("Cast", [name + "_wide"], [name + "_out"], to=kind))
             inputs.append(info(name, state_type, [layers, "batch", 3]))
-            values[name + "_out"] = info(name + "_out", state_type, [layers, "batch", 3])
+            values[name + "_out"] = info(name + "_out", kind, [layers, "batch", width])
     graph = helper.make_graph(nodes, "step", inputs, [values[name] for name in outputs if name in values],
                               [numpy_helper.from_array(table, "table")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -108,11 +110,16 @@ def test_an_onnx_vocabulary_must_be_as_wide_as_the_logits(vocab, exported, tmp_p
     ({"layers": "layers"}, "input 'h' has shape ['layers', 'batch', 3], expected (layers, batch, width)"),
     ({"state_type": 11}, "input 'h' is tensor(double), expected tensor(float)"),
     ({"outputs": ("logits", "h_out")}, "the graph has outputs ['logits', 'h_out'], expected logits, h_out and c_out"),
+    ({"out": {"h_out": (11, 3)}}, "output 'h_out' is tensor(double) of shape [2, 'batch', 3], expected input 'h''s "
+                                  "tensor(float) of shape [2, 'batch', 3]"),
+    ({"out": {"c_out": (1, 6)}}, "output 'c_out' is tensor(float) of shape [2, 'batch', 6], expected input 'c''s "
+                                 "tensor(float) of shape [2, 'batch', 3]"),
 ])
 def test_an_onnx_step_model_must_take_and_give_what_the_runtime_feeds_and_reads(graph, message, tmp_path):
-    """A graph without the recurrent state, with a state of no fixed size or of another element type, or without
-    one of the step's outputs is refused when the file is opened (they raised KeyError or TypeError, or failed in
-    onnxruntime at the first step)."""
+    """A graph without the recurrent state, with a state of no fixed size or of another element type, without one
+    of the step's outputs, or whose h_out or c_out is not of h's or c's type and shape, is refused when the file is
+    opened (they raised KeyError or TypeError, or failed in onnxruntime at the first step, or for the state given
+    back, at the second)."""
     from lm.deploy.runtime import OnnxRuntime
 
     path = _step_graph(tmp_path / "step.onnx", ["<unk>", "<eos>", "the", "a"], **graph)
