@@ -94,6 +94,7 @@ class Target:
     dominate_published: bool = False
     ratio: list[str] | None = None
     max_ratio: float | None = None
+    next: str | None = None  # the next step, reported while the target is missed
 
     def __post_init__(self) -> None:
         bounds = (self.method, self.family, self.max_mb, self.max_ppl, self.better_than)
@@ -233,8 +234,16 @@ def targets(rows: list[dict], report: str, published: list[dict] | None = None) 
     """Every target of ``lm/study/targets.toml`` that ``report`` (a preset, or ``"front"``) judges, judged on
     ``rows`` and the ``published`` points (default: every point of ``lm/study/published.toml``)."""
     published = PAPER if published is None else published
-    judged = [judge(t, rows, published) for t in load_targets() if report in t.reports or "*" in t.reports]
-    return [j for j in judged if j is not None]
+    judged = [(t, judge(t, rows, published)) for t in load_targets() if report in t.reports or "*" in t.reports]
+    return [{**j, **({"next": t.next} if t.next and j["met"] != "yes" else {})} for t, j in judged if j is not None]
+
+
+def targets_table(judged: list[dict]) -> list[str]:
+    """The markdown table of ``targets``' judgements, with a next-step column where a missed target has one."""
+    nexts = any("next" in t for t in judged)
+    lines = ["| target | model | measured | met | gap |" + " next step |" * nexts, "|---|---|---|---|---|" + "---|" * nexts]
+    return lines + [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |"
+                    + f" {t.get('next', '')} |" * nexts for t in judged]
 
 
 def _fmt(v, spec: str) -> str:
@@ -294,8 +303,7 @@ def markdown(payload: dict) -> str:
               "(`lm/study/published.toml`, `lm.study.report.weight_count`).", "",
               "| model | size MB | test PPL | source |", "|---|---|---|---|"]
     lines += [f"| {p['model']} | {p['size_mb']:.2f} | {p['test_ppl']:.2f} | {p['source']} |" for p in published]
-    lines += ["", "## Targets", "", "| target | model | measured | met | gap |", "|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |" for t in payload["targets"]]
+    lines += ["", "## Targets", "", *targets_table(payload["targets"])]
     lines += ["", "## Pareto front (size, test PPL)", ""]
     lines += [f"- {r['label']}: {r['size_mb']:.3f} MB, {r['test_ppl']:.2f} PPL" for r in pareto_front(rows)]
     lines += ["", f"![size vs perplexity]({payload['plot']})"]
@@ -492,8 +500,7 @@ def front_markdown(payload: dict, plot_name: str) -> str:
               for s in payload["sources"]]
     lines += ["", "## Pareto front (size, test PPL)", "", "| model | size MB | test PPL |", "|---|---|---|"]
     lines += [f"| {r['label']} | {r['size_mb']:.3f} | {r['test_ppl']:.2f} |" for r in pareto_front(payload["rows"])]
-    lines += ["", "## Targets across presets", "", "| target | model | measured | met | gap |", "|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['model']} | {t['measured']} | {t['met']} | {t['gap']} |" for t in payload["targets"]]
+    lines += ["", "## Targets across presets", "", *targets_table(payload["targets"])]
     lines += ["", f"![size vs perplexity, every preset]({plot_name})"]
     return "\n".join(lines) + "\n"
 

@@ -150,6 +150,22 @@ def test_a_ratio_target_judges_every_row_that_has_both_columns():
     assert judge(t, rows[2:], [])["met"] == "not run"  # no row timed in onnxruntime
 
 
+def test_a_missed_target_says_its_next_step_and_the_table_shows_the_column_only_then():
+    from lm.study.report import targets_table
+
+    rows = [row("dense", 53.0, 65.0), row("student", 0.9, 86.9)]
+    judged = {t["target"]: t for t in targets(rows, "medium_awd")}
+    assert "lr_tied_kd_qat4" in judged["<= 2.5 MB at <= 85 PPL"]["next"]  # missed: 86.9 PPL at <= 2.5 MB
+    assert "next" not in judged["<= 1 MB at <= 100 PPL"]  # met
+    met = {t["target"]: t for t in targets(rows + [row("better", 2.0, 80.0)], "medium_awd")}
+    assert "next" not in met["<= 2.5 MB at <= 85 PPL"]
+    table = targets_table(list(judged.values()))
+    assert table[0].endswith("| gap | next step |") and all(line.count("|") == 7 for line in table)
+    assert "lr_tied_kd_qat4" in next(line for line in table if line.startswith("| <= 2.5 MB"))
+    plain = targets_table([j for j in judged.values() if "next" not in j])
+    assert plain[0] == "| target | model | measured | met | gap |" and all(line.count("|") == 6 for line in plain)
+
+
 def test_no_target_or_published_number_is_typed_in_the_report_code():
     import inspect
 
