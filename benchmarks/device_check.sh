@@ -14,6 +14,7 @@ OUT=${OUT:-$(mktemp -d)}
 # check ended at "No module named 'tensorly'")
 python3 -m pip install --quiet --no-deps --no-index --no-compile --upgrade --target /tmp/site_check .whl/*.whl || exit
 export PYTHONPATH=/tmp/site_check:$PWD PYTHONUNBUFFERED=1
+if [ -f .carry/ptb.train.txt ]; then export PTB_DIR=$PWD/.carry; fi  # the study's CUDA test reads PTB (device_study.sh)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests.log"  # the benchmark runs whatever the tests say

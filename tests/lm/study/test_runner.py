@@ -6,8 +6,9 @@ command line.
 """
 
 import json
-import re
 import math
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,6 +217,27 @@ def test_no_report_runs_the_methods_and_a_later_run_reports_them(tmp_path, short
     rows = {r["name"] for r in json.loads((tmp_path / "report" / "study_tiny.json").read_text())["rows"]}
     assert rows == done
     assert stamps == {n: (tmp_path / "runs" / n / "result.json").stat().st_mtime_ns for n in done}
+
+
+DEVICE = os.environ.get("TTLAYERS_TEST_DEVICE", "cuda")  # as tests/project/test_cuda.py
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_study_trains_and_scores_on_the_device_and_a_cpu_run_reports_it(tmp_path, short_corpus):
+    # a distillation and a QAT run (benchmarks/device_study.sh's kinds), trained on the device, exported on the CPU
+    methods = ["lr_lstm_ft_kd", "lr_tied_ft_qat2"]
+    args = ["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--latency-tokens", "2",
+            "--run-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"), "--quiet", "--no-onnx",
+            "--methods", *methods]
+    main(args + ["--device", DEVICE, "--no-report"])
+    for name in methods:
+        trained = json.loads((tmp_path / "runs" / name / "train" / "results.json").read_text())
+        assert trained["device"].split(":")[0] == DEVICE.split(":")[0]
+    main(args)
+    rows = {r["name"]: r for r in json.loads((tmp_path / "report" / "study_tiny.json").read_text())["rows"]}
+    assert set(methods) <= set(rows) and all(1 < rows[n]["test_ppl"] < math.inf for n in methods)
+    assert set(rows["lr_tied_ft_qat2"]["encodings"].values()) >= {"q2"}
 
 
 def test_qat_methods_fine_tune_at_low_bits_and_store_their_packed_codes(tmp_path, short_corpus, monkeypatch):
