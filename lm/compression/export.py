@@ -12,7 +12,7 @@ is stored in the cheapest of its allowed encodings, as one or more safetensors t
   number (``lm.compression.lowbit``): ``NAME:codes``, the codes packed into bytes (uint8,
   ``ceil(n * bits / 8)``), and ``NAME:scale``, each row's ``lo`` and ``hi`` (float16,
   shape (2, rows)) along the row ``axis`` given in the table; never sparse. The codes and
-  ranges are settled (``lm.compression.qat.settle_rows``): the decoded weights quantize to
+  ranges are settled (``lm.compression.lowbit.quantize_rows``): the decoded weights quantize to
   them again, so a decoded artifact exports to the same tensors bit for bit, and a model
   trained with ``lm.compression.qat`` at that many bits (baked) is stored exactly. Tensors
   without a row axis (biases) stay ``f32``;
@@ -89,9 +89,7 @@ def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True
     if quant in LOW_BITS:
         if axis is None:
             return encode_tensor(t, None, allow_sparse)
-        bits = LOW_BITS[quant]
-        codes, lo, hi = qat.settle_rows(t, bits, axis)
-        packed, scale = lowbit.pack_codes(codes, bits), torch.stack([lo, hi]).half()
+        packed, scale = lowbit.encode_rows(t, LOW_BITS[quant], axis)
         return {"shape": list(t.shape), "codec": quant, "axis": axis, "sparse": False}, {":codes": packed, ":scale": scale}
     codec, parts = _encode_values(t, quant)
     entry = {"shape": list(t.shape), "codec": codec, "sparse": False}

@@ -8,10 +8,20 @@ Each row gets its own range ``[lo, hi]`` and the levels
 
 so a row costs ``bits`` bits per number plus two float16 (``lo``, ``hi``: float32 would be a
 fifth of a 2-bit row of 128 numbers). ``lo`` and ``hi`` are rounded to float16 before the
-codes are chosen, so the grid is the one stored. ``torch.lerp``
-returns ``lo`` at k = 0 and ``hi`` at the last code exactly, which makes the scheme
+codes are chosen, so the grid is the one stored. ``torch.lerp`` returns ``lo`` at k = 0 and
+``hi`` at the last code exactly, so a row that uses both end levels (or a constant row) has
+its range as its quantized values' extremes, and they requantize to the same codes, ``lo``
+and ``hi``. A row whose levels are less than a float16 step apart (a row of ~1e-7, among
+float16's subnormals, or a constant plus a few of its float16 steps) can have a rounded end
+level more than half a level beyond its values, unused: its quantized values have a narrower
+range, which rounds to other float16 numbers, another grid. ``quantize_rows`` settles such
+rows: it requantizes their values until they stop changing (each change narrows the range,
+whose ends are float16 numbers, so it ends; a row that uses both end levels needs no pass,
+so the rows of an ordinary weight cost nothing more). So the scheme is
 idempotent: the quantized values requantize to the same codes, ``lo`` and ``hi``, bit for
-bit, so an artifact of a model trained with ``fake_quantize`` stores exactly its weights.
+bit, an artifact (``encode_rows``) of its decoded values is the same bytes, and an artifact
+of a model trained with ``fake_quantize`` (baked, ``lm.compression.qat.bake``) stores
+exactly its weights.
 
 At 2 to 4 bits the range of the extremes wastes levels on a few outliers: each row's
 range is ``[lo0 + (1 - c) (mean - lo0), hi0 - (1 - c) (hi0 - mean)]`` (its extremes
@@ -49,10 +59,12 @@ def _rows(t: Tensor, axis: int) -> Tensor:
 
 
 def _grid(x: Tensor, lo: Tensor, hi: Tensor, levels: int) -> tuple[Tensor, Tensor]:
-    """Codes (rows, n) of ``x`` on the per-row grids [lo, hi] and their values."""
+    """Codes (rows, n) of ``x`` on the per-row grids [lo, hi] and their values; codes 0 in a row
+    whose ``lo == hi`` (all its levels are ``lo``, which is what its values quantize to again)."""
     span = hi - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
     codes = torch.round((x - lo[:, None]) / safe[:, None] * (levels - 1)).clamp_(0, levels - 1)
+    codes.masked_fill_((span == 0)[:, None], 0)
     return codes, torch.lerp(lo[:, None], hi[:, None], codes / (levels - 1))
 
 
@@ -64,16 +76,14 @@ def _extremes(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _clipped(lo0: Tensor, hi0: Tensor, mean: Tensor, shrink: Tensor | float) -> tuple[Tensor, Tensor]:
     """The range pulled ``shrink = 1 - c`` of the way from the extremes towards the mean, rounded to
-    float16 (the stored scales: the grid is the one decoded); exactly the extremes at c = 1."""
+    float16 (the stored scales: the grid is the one decoded); exactly the extremes at c = 1. An end
+    at -0 (a tiny negative number rounded) is 0, the value ``torch.lerp`` gives it back as."""
     lo, hi = lo0 + shrink * (mean - lo0), hi0 - shrink * (hi0 - mean)
-    return lo.half().float(), hi.half().float()
+    return lo.half().float() + 0.0, hi.half().float() + 0.0
 
 
-def clip_ratios(t: Tensor, bits: int, axis: int = 0) -> Tensor:
-    """Each row's ``c`` of ``CLIP`` with the least squared error at ``2**bits`` levels (the first on
-    ties, the extremes): the search of the module docstring, as indices into ``CLIP``, int64 (rows,)."""
-    levels = 2 ** _check_bits(bits)
-    x = _rows(t, axis)
+def _clip_ratios(x: Tensor, levels: int) -> Tensor:
+    """``clip_ratios`` of rows (rows, n) at ``levels`` levels."""
     lo0, hi0, mean = _extremes(x)
     best, errors = None, None
     for i, clip in enumerate(CLIP):  # each range scored on the affine grid lo + k step, a few passes over x
@@ -88,6 +98,24 @@ def clip_ratios(t: Tensor, bits: int, axis: int = 0) -> Tensor:
             better = err < errors
             best, errors = torch.where(better, i, best), torch.where(better, err, errors)
     return best
+
+
+def clip_ratios(t: Tensor, bits: int, axis: int = 0) -> Tensor:
+    """Each row's ``c`` of ``CLIP`` with the least squared error at ``2**bits`` levels (the first on
+    ties, the extremes): the search of the module docstring, as indices into ``CLIP``, int64 (rows,)."""
+    return _clip_ratios(_rows(t, axis), 2 ** _check_bits(bits))
+
+
+def _ranges(x: Tensor, levels: int, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``row_ranges`` of rows (rows, n) at ``levels`` levels."""
+    if clip is None:
+        clip = _clip_ratios(x, levels)
+    shrink = torch.tensor([1 - c for c in CLIP], dtype=torch.float32, device=x.device)[clip]
+    lo, hi = _clipped(*_extremes(x), shrink)
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
+                         "in which the row ranges are stored")
+    return lo, hi
 
 
 def row_ranges(t: Tensor, bits: int, axis: int = 0, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -105,23 +133,36 @@ def row_ranges(t: Tensor, bits: int, axis: int = 0, clip: Tensor | None = None) 
     -------
     lo, hi : float32 (rows,), ``rows = t.shape[axis]``, each a float16 number
     """
-    _check_bits(bits)
+    levels = 2 ** _check_bits(bits)
     x = _rows(t, axis)
-    if clip is None:
-        clip = clip_ratios(t, bits, axis)
-    if clip.shape != (x.shape[0],):
+    if clip is not None and clip.shape != (x.shape[0],):
         raise ValueError(f"clip must have shape ({x.shape[0]},) (rows along axis {axis}), got {tuple(clip.shape)}")
-    shrink = torch.tensor([1 - c for c in CLIP], dtype=torch.float32, device=x.device)[clip]
-    lo, hi = _clipped(*_extremes(x), shrink)
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
-                         "in which the row ranges are stored")
-    return lo, hi
+    return _ranges(x, levels, clip)
+
+
+def _settled(x: Tensor, levels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Codes (rows, n), ``lo`` and ``hi`` (rows,) of rows ``x`` on their searched grids, settled (the
+    module docstring): each row's values quantize to themselves."""
+    lo, hi = _ranges(x, levels)
+    codes, values = _grid(x, lo, hi, levels)
+    # a row that uses both end levels, or a constant one, has its range as its values' extremes, which
+    # the search gives back (c = 1, the values on its grid); the others are requantized until they stay
+    todo = torch.nonzero((lo < hi) & ((codes.amin(dim=1) > 0) | (codes.amax(dim=1) < levels - 1))).flatten()
+    while todo.numel():
+        before = values[todo]
+        lo[todo], hi[todo] = _ranges(before, levels)
+        codes[todo], values[todo] = _grid(before, lo[todo], hi[todo], levels)
+        todo = todo[(values[todo] != before).any(dim=1)]
+    return codes, lo, hi
 
 
 def quantize_rows(t: Tensor, bits: int, axis: int = 0,
                   ranges: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Codes, ``lo`` and ``hi`` of ``t`` with ``2**bits`` levels per row along ``axis``.
+
+    With the ranges searched (``ranges=None``), the rows are settled (the module docstring):
+    ``quantize_rows(dequantize_rows(codes, lo, hi, bits, axis), bits, axis)`` gives back the same
+    codes, ``lo`` and ``hi``, bit for bit.
 
     Parameters
     ----------
@@ -132,17 +173,20 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0,
 
     Returns
     -------
-    codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)``
+    codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)`` (0 in a row whose ``lo == hi``)
     lo, hi : float32 (rows,), ``rows = t.shape[axis]``: each row's first and last level, each
         a float16 number (when searched)
     """
     levels = 2 ** _check_bits(bits)
     x = _rows(t, axis)
-    lo, hi = row_ranges(t, bits, axis) if ranges is None else ranges
-    if lo.shape != (x.shape[0],) or hi.shape != lo.shape:
-        raise ValueError(f"ranges must be two tensors of shape ({x.shape[0]},) (rows along axis {axis}), "
-                         f"got {tuple(lo.shape)} and {tuple(hi.shape)}")
-    codes, _ = _grid(x, lo.float(), hi.float(), levels)
+    if ranges is None:
+        codes, lo, hi = _settled(x, levels)
+    else:
+        lo, hi = ranges
+        if lo.shape != (x.shape[0],) or hi.shape != lo.shape:
+            raise ValueError(f"ranges must be two tensors of shape ({x.shape[0]},) (rows along axis {axis}), "
+                             f"got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        codes, _ = _grid(x, lo.float(), hi.float(), levels)
     shape = (t.shape[axis],) + tuple(s for d, s in enumerate(t.shape) if d != axis % t.dim())
     return codes.to(torch.uint8).reshape(shape).movedim(0, axis), lo, hi
 
@@ -200,7 +244,8 @@ def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
 
 
 def encode_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor]:
-    """What an artifact stores of ``t`` at ``bits`` bits per row along ``axis``.
+    """What an artifact stores of ``t`` at ``bits`` bits per row along ``axis``: its settled codes and
+    ranges (``quantize_rows``), so the values ``decode_rows`` gives back encode to the same tensors.
 
     Returns the packed codes, uint8 (``packed_bytes(t.numel(), bits)``,) in the C order of
     ``t``, and the scales, float16 (2, rows): each row's ``lo`` and ``hi``.

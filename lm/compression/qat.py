@@ -134,41 +134,10 @@ def is_qat(model: nn.Module) -> bool:
                for plist in m.parametrizations.values() for f in plist)
 
 
-def settle_rows(t: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Codes, ``lo`` and ``hi`` of ``t`` per row along ``axis`` (``lowbit.quantize_rows``), requantized
-    until its values quantize to themselves: the same codes, ``lo`` and ``hi``, bit for bit.
-
-    ``lo`` and ``hi`` are a row's range rounded to the nearest float16 numbers. Where the row's levels
-    are less than a float16 step apart (a row of ~1e-7, among float16's subnormals, or a constant plus
-    a few of its steps), the rounding can put an end level more than half a level beyond the row's
-    values, unused: the quantized values then have a narrower range, which rounds to other float16
-    numbers, another grid and other values when they are quantized again. Each pass that changes a
-    range narrows it (the values lie within it, and its ends are float16 numbers), so the passes end,
-    after one on most tensors.
-
-    Parameters
-    ----------
-    t : floating-point tensor, at least 1-D
-    bits : 1..8
-    axis : the dimension whose indices are the rows
-
-    Returns
-    -------
-    codes : uint8 tensor of ``t``'s shape, each in ``[0, 2**bits)`` (0 in a row whose ``lo == hi``)
-    lo, hi : float32 (rows,), ``rows = t.shape[axis]``, each a float16 number
-    """
-    codes, lo, hi = quantize_rows(t, bits, axis)
-    while True:
-        again = quantize_rows(dequantize_rows(codes, lo, hi, bits, axis), bits, axis)
-        if torch.equal(again[1], lo) and torch.equal(again[2], hi):
-            return again
-        codes, lo, hi = again
-
-
 @torch.no_grad()
 def bake(model: nn.Module) -> nn.Module:
     """Take ``model`` out of QAT (in place): each weight becomes its quantized value, settled
-    (``settle_rows``) so that it quantizes to itself: an artifact stores it exactly.
+    (``lowbit.quantize_rows``) so that it quantizes to itself: an artifact stores it exactly.
 
     Settling changes only rows whose levels are less than a float16 step apart and whose end
     levels went unused (their values move within the row's range). ``parametrize`` writes the
@@ -189,9 +158,9 @@ def bake(model: nn.Module) -> nn.Module:
                         f.reset_ranges()  # the final weights' own ranges, as an export would search them
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                     weight = getattr(module, name)
-                    weight.copy_(dequantize_rows(*settle_rows(weight, fakes[-1].bits, fakes[-1].axis),
+                    weight.copy_(dequantize_rows(*quantize_rows(weight, fakes[-1].bits, fakes[-1].axis),
                                                  fakes[-1].bits, fakes[-1].axis))
     return model
 
 
-__all__ = ["RANGE_EVERY", "FakeQuantize", "row_axes", "enable_qat", "is_qat", "settle_rows", "bake"]
+__all__ = ["RANGE_EVERY", "FakeQuantize", "row_axes", "enable_qat", "is_qat", "bake"]

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lm.compression.lowbit import (decode_rows, dequantize_rows, encode_rows, fake_quantize, pack_codes, packed_bytes,
@@ -52,6 +52,66 @@ def test_quantize_rows_levels_and_idempotence(bits, shape, data, seed):
     again = quantize_rows(values, bits, axis)
     assert all(torch.equal(a, b) for a, b in zip(again, (codes, lo, hi)))
     assert torch.equal(dequantize_rows(*again, bits, axis), values)
+
+
+SCALES = (1.0, 1e-2, 1e-5, 1e-7, 3e-8, 1e-30)  # ordinary, float16 subnormals (below 6.1e-5), below its least (6e-8)
+
+
+def _rows(shape: list[int], axis: int, scale: float, steps: int, seed: int) -> torch.Tensor:
+    """A float32 tensor whose rows along ``axis`` are, in turn, spread, within ``steps`` float16 steps of a
+    constant, constant and zero, at ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(shape, generator=g).movedim(axis, 0).clone()
+    for i, row in enumerate(rows):
+        kind = (i + seed) % 4
+        if kind == 1:
+            row.uniform_(1.0, 1.0 + steps * 2.0**-10, generator=g)  # float16's step at 1 is 2**-10
+        elif kind == 2:
+            row.fill_(row.reshape(-1)[0].item())
+        elif kind == 3:
+            row.zero_()
+    return (rows * scale).movedim(0, axis)
+
+
+@settings(max_examples=100, deadline=None)
+@example(shape=[1, 3, 1], axis=0, scale=1e-5, steps=13, bits=4, seed=33)  # each failed before
+@example(shape=[2, 1, 2], axis=0, scale=3e-8, steps=15, bits=2, seed=48)
+@example(shape=[3, 1, 3], axis=0, scale=1e-7, steps=16, bits=3, seed=30)
+@example(shape=[2, 2, 1], axis=2, scale=1.0, steps=8, bits=3, seed=25)
+@example(shape=[1], axis=0, scale=3e-8, steps=1, bits=1, seed=10)  # a range of -0, whose value is 0
+@given(shape=st.lists(st.sampled_from([1, 1, 2, 3, 16]), min_size=1, max_size=4), axis=st.integers(0, 3),
+       scale=st.sampled_from(SCALES), steps=st.integers(1, 16), bits=st.integers(1, 8), seed=st.integers(0, 1000))
+def test_quantized_tiny_and_near_constant_rows_quantize_to_themselves(shape, axis, scale, steps, bits, seed):
+    # a row whose levels were less than a float16 step apart could leave an end level unused: its quantized
+    # values had a narrower range, which rounded to another grid, and requantized to other codes and values
+    axis %= len(shape)
+    t = _rows(shape, axis, scale, steps, seed)
+    assert t.dtype == torch.float32
+    codes, lo, hi = quantize_rows(t, bits, axis)
+    values = dequantize_rows(codes, lo, hi, bits, axis)
+    again = quantize_rows(values, bits, axis)
+    for a, b, what in zip(again, (codes, lo, hi), ("codes", "lo", "hi")):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), what  # bit for bit
+    assert torch.equal(dequantize_rows(*again, bits, axis), values)
+    # the artifact's encoding is the same: its decoded values encode to the same bytes
+    packed, scale16 = encode_rows(t, bits, axis)
+    assert torch.equal(packed, pack_codes(codes, bits)) and torch.equal(scale16, torch.stack([lo, hi]).half())
+    decoded = decode_rows(packed, scale16, bits, tuple(t.shape), axis)
+    assert torch.equal(decoded, values)
+    packed2, scale2 = encode_rows(decoded, bits, axis)
+    assert torch.equal(packed2, packed) and torch.equal(scale2.view(torch.int16), scale16.view(torch.int16))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_a_row_within_one_float16_number_quantizes_to_codes_0(bits):
+    # its range rounded to lo == hi, but its codes still spread (by its values' distance from lo): its values,
+    # all lo, requantized to codes 0
+    t = torch.tensor([[1000.1, 1000.2, 1000.15, 1000.24], [-3.0, 1.0, 0.5, 2.0]])
+    codes, lo, hi = quantize_rows(t, bits)
+    assert lo[0] == hi[0] == 1000 and not codes[0].any()
+    values = dequantize_rows(codes, lo, hi, bits)
+    assert (values[0] == 1000).all()
+    assert all(torch.equal(a, b) for a, b in zip(quantize_rows(values, bits), (codes, lo, hi)))
 
 
 def test_clipped_range_beats_the_extremes_on_outliers():
