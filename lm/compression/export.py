@@ -24,8 +24,9 @@ is stored in the cheapest of its allowed encodings, as one or more safetensors t
 The metadata holds the model config and the table of encodings (tied tensors are stored
 once, as aliases); the vocabulary is a zlib-compressed uint8 tensor, so the size is what a
 user downloads to run the model. ``lm.load`` (or ``load_artifact``) decodes it back into a
-``LanguageModel``, checking every part's dtype and shape against the table and the table
-against the config first: the perplexities we report are those of the decoded model.
+``LanguageModel``, checking every part's dtype and shape against the table (and refusing a
+part its tensor's encoding does not read) and the table against the config first: the
+perplexities we report are those of the decoded model.
 """
 
 from __future__ import annotations
@@ -137,13 +138,19 @@ def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...],
 
 def decode_tensor(entry: dict, parts: dict[str, Tensor], key: str = "<tensor>", path: str = "<artifact>") -> Tensor:
     """Inverse of ``encode_tensor`` (float32): tensor ``key`` of the artifact at ``path``, from its table entry and
-    its parts (keyed by suffix); a bad entry, or a part missing or of the wrong dtype or shape, raises
-    ``ModelFileError`` naming the tensor (and the part)."""
+    its parts (keyed by suffix); a bad entry, a part missing or of the wrong dtype or shape, or a part its
+    encoding does not read, raises ``ModelFileError`` naming the tensor (and the part)."""
     shape = tuple(entry["shape"])
     numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
     codec = entry.get("codec")
     if codec not in CODECS or (codec == "q8c" and (len(shape) < 2 or entry["sparse"])):
         raise ModelFileError(path, f"tensor {key!r}: unknown encoding {codec!r} for shape {list(shape)}")
+    sparse = entry["sparse"]
+    reads = ({":mask"} if sparse else set()) | ({":values" if sparse else ""} if codec == "f32" else {":codes", ":scale"})
+    unread = sorted(set(parts) - reads)
+    if unread:
+        raise ModelFileError(path, f"tensor {key!r} (part {unread[0]!r}): {key + unread[0]!r} is not read by its "
+                                   f"encoding ({'sparse ' if sparse else ''}{codec})")
     if codec in LOW_BITS:
         axis = entry.get("axis")
         if entry["sparse"] or type(axis) is not int or not 0 <= axis < len(shape):

@@ -184,6 +184,17 @@ def _set(tensors: dict, key: str, value) -> None:
      "tensor 'decoder.weight' (part ':mask'): the sparse mask of"),
     (None, lambda e, t: t.pop("decoder.weight:values"), "tensor 'decoder.weight' (part ':values') is missing"),
     ("q8", lambda e, t: t.pop("decoder.weight:codes"), "tensor 'decoder.weight' (part ':codes') is missing"),
+    # a part that some encoding writes, but not the entry's: each was ignored
+    ("q8", lambda e, t: _set(t, W + ":mask", torch.full((4,), 255, dtype=torch.uint8)),
+     f"tensor '{W}' (part ':mask'): '{W}:mask' is not read by its encoding (q8)"),
+    ("q4", lambda e, t: _set(t, W + ":values", torch.zeros(3)),
+     f"tensor '{W}' (part ':values'): '{W}:values' is not read by its encoding (q4)"),
+    (None, lambda e, t: _set(t, W + ":scale", torch.ones(2, 1)),
+     f"tensor '{W}' (part ':scale'): '{W}:scale' is not read by its encoding (f32)"),
+    (None, lambda e, t: _set(t, "decoder.weight", torch.zeros(60, 16)),
+     "tensor 'decoder.weight' (part ''): 'decoder.weight' is not read by its encoding (sparse f32)"),
+    ("q8", lambda e, t: _set(t, "decoder.weight:values", torch.zeros(3)),
+     "tensor 'decoder.weight' (part ':values'): 'decoder.weight:values' is not read by its encoding (sparse q8)"),
 ])
 def test_a_decode_error_names_the_tensor_and_its_part(quant, edit, message, tiny_lm):
     # each named the part's suffix alone (tensor ':scale', tensor ''), or no tensor at all
