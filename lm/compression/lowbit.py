@@ -113,6 +113,8 @@ def _ranges(x: Tensor, levels: int, clip: Tensor | None = None) -> tuple[Tensor,
     shrink = torch.tensor([1 - c for c in CLIP], dtype=torch.float32, device=x.device)[clip]
     lo, hi = _clipped(*_extremes(x), shrink)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        if not torch.isfinite(x).all():
+            raise ValueError("t has non-finite values (NaN or inf), which no row range holds")
         raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
                          "in which the row ranges are stored")
     return lo, hi

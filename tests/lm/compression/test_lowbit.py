@@ -4,7 +4,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lm.compression.lowbit import (decode_rows, dequantize_rows, encode_rows, fake_quantize, pack_codes, packed_bytes,
-                                   quantize_rows, unpack_codes)
+                                   quantize_rows, row_ranges, unpack_codes)
 
 
 @settings(max_examples=40, deadline=None)
@@ -135,6 +135,20 @@ def test_constant_rows_and_bad_input():
         quantize_rows(torch.tensor([[0.0, 1e6]]), 2)
     with pytest.raises(ValueError, match="lo and hi"):
         dequantize_rows(torch.zeros(3, 2, dtype=torch.uint8), torch.zeros(2), torch.zeros(2), 2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("clip", [None, torch.zeros(2, dtype=torch.int64)])
+def test_non_finite_values_are_named_as_such(bad, clip):
+    # NaN and inf were reported as values beyond float16's range
+    t = torch.tensor([[0.5, 1.0, 2.0], [0.0, bad, 1.0]])
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\)") as err:
+        row_ranges(t, 2, clip=clip)
+    assert "float16" not in str(err.value)
+    with pytest.raises(ValueError, match="non-finite values"):
+        quantize_rows(t.t(), 3, axis=1)
+    with pytest.raises(ValueError, match="beyond float16's range"):  # a finite value too large is still that
+        row_ranges(torch.tensor([[0.0, 1e6]]), 2, clip=clip if clip is None else clip[:1])
 
 
 def test_fake_quantize_gradient_is_straight_through_inside_the_range():
