@@ -201,13 +201,16 @@ def read(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> ModelFile:
     return loads(path.read_bytes(), path, kinds)
 
 
-def expect(tensors: dict[str, Tensor], key: str, dtype: torch.dtype, shape: tuple[int, ...], name: str) -> Tensor:
-    """``tensors[key]``, checked to be of ``dtype`` and ``shape``; ModelFileError naming ``name`` otherwise."""
+def expect(tensors: dict[str, Tensor], key: str, dtype: torch.dtype, shape: tuple[int, ...], name: str,
+           what: str | None = None) -> Tensor:
+    """``tensors[key]``, checked to be of ``dtype`` and ``shape``; ModelFileError naming ``name`` (the file)
+    and ``what`` (default: ``tensor '<key>'``) otherwise."""
     t = tensors.get(key)
+    what = what or f"tensor {key!r}"
     if not isinstance(t, Tensor):
-        raise ModelFileError(name, f"tensor {key!r} is missing")
+        raise ModelFileError(name, f"{what} is missing")
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ModelFileError(name, f"tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
+        raise ModelFileError(name, f"{what} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
     return t
 
 

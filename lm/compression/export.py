@@ -109,15 +109,10 @@ def encode_tensor(t: Tensor, quant: str | None = None, allow_sparse: bool = True
 
 def _part(parts: dict[str, Tensor], suffix: str, dtype: torch.dtype, shape: tuple[int, ...], key: str,
           path: str) -> Tensor:
-    """``parts[suffix]`` of tensor ``key``, checked to be of ``dtype`` and ``shape``; ModelFileError naming the
-    tensor and the part otherwise."""
-    t = parts.get(suffix)
-    what = f"tensor {key!r}" + (f" (part {suffix!r})" if suffix else "")
-    if not isinstance(t, Tensor):
-        raise ModelFileError(path, f"{what} is missing")
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ModelFileError(path, f"{what} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
-    return t
+    """``parts[suffix]`` of tensor ``key``, checked to be of ``dtype`` and ``shape`` (``modelfile.expect``, naming
+    the tensor and the part)."""
+    return modelfile.expect(parts, suffix, dtype, shape, path,
+                            f"tensor {key!r}" + (f" (part {suffix!r})" if suffix else ""))
 
 
 def _decode_values(parts: dict[str, Tensor], codec: str, shape: tuple[int, ...], sparse: bool, key: str,

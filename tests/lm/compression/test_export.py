@@ -13,6 +13,7 @@ from lm.compression.export import artifact_size, decode, decode_tensor, encode_t
 from lm.compression.prune import finalize, prune_model
 from lm.compression.quantize import fake_quantize_
 from lm.modelfile import ModelFileError
+from tests.lm.compression.test_lowbit import SCALES, mixed_rows  # rows at every float16 regime
 
 
 @settings(max_examples=30, deadline=None)
@@ -96,25 +97,6 @@ def test_a_scale_that_is_not_finite_or_out_of_order_is_refused(quant):
         decode_tensor(entry, {**parts, ":scale": scale}, "w")
 
 
-SCALES = (1.0, 1e-2, 1e-5, 1e-7, 3e-8, 1e-30)  # ordinary, float16 subnormals (below 6.1e-5), below its least (6e-8)
-
-
-def _rows(shape: list[int], axis: int, scale: float, steps: int, seed: int) -> torch.Tensor:
-    """A tensor whose rows along ``axis`` are, in turn, spread, within ``steps`` float16 steps of a constant,
-    constant and zero, at ``scale``."""
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randn(shape, generator=g).movedim(axis, 0).clone()
-    for i, row in enumerate(rows):
-        kind = (i + seed) % 4
-        if kind == 1:
-            row.uniform_(1.0, 1.0 + steps * 2.0**-10, generator=g)  # float16's step at 1 is 2**-10
-        elif kind == 2:
-            row.fill_(row.reshape(-1)[0].item())
-        elif kind == 3:
-            row.zero_()
-    return (rows * scale).movedim(0, axis)
-
-
 @settings(max_examples=80, deadline=None)
 @example(shape=[1, 3, 1], axis=0, scale=1e-5, steps=13, quant="q4", seed=33)  # each failed before
 @example(shape=[2, 1, 2], axis=0, scale=3e-8, steps=15, quant="q2", seed=48)
@@ -127,7 +109,7 @@ def test_low_bit_requantization_of_a_decoded_tensor_stores_it_again_bit_for_bit(
     # a row whose range spans a few float16 steps (tiny, or near-constant) missed its end levels: its decoded
     # values requantized to another range, other codes and other weights
     axis %= len(shape)
-    entry, parts = encode_tensor(_rows(shape, axis, scale, steps, seed), quant, axis=axis)
+    entry, parts = encode_tensor(mixed_rows(shape, axis, scale, steps, seed), quant, axis=axis)
     decoded = decode_tensor(entry, parts)
     again, again_parts = encode_tensor(decoded, quant, axis=axis)
     assert again == entry and again_parts.keys() == parts.keys()

@@ -57,7 +57,7 @@ def test_quantize_rows_levels_and_idempotence(bits, shape, data, seed):
 SCALES = (1.0, 1e-2, 1e-5, 1e-7, 3e-8, 1e-30)  # ordinary, float16 subnormals (below 6.1e-5), below its least (6e-8)
 
 
-def _rows(shape: list[int], axis: int, scale: float, steps: int, seed: int) -> torch.Tensor:
+def mixed_rows(shape: list[int], axis: int, scale: float, steps: int, seed: int) -> torch.Tensor:
     """A float32 tensor whose rows along ``axis`` are, in turn, spread, within ``steps`` float16 steps of a
     constant, constant and zero, at ``scale``."""
     g = torch.Generator().manual_seed(seed)
@@ -85,7 +85,7 @@ def test_quantized_tiny_and_near_constant_rows_quantize_to_themselves(shape, axi
     # a row whose levels were less than a float16 step apart could leave an end level unused: its quantized
     # values had a narrower range, which rounded to another grid, and requantized to other codes and values
     axis %= len(shape)
-    t = _rows(shape, axis, scale, steps, seed)
+    t = mixed_rows(shape, axis, scale, steps, seed)
     assert t.dtype == torch.float32
     codes, lo, hi = quantize_rows(t, bits, axis)
     values = dequantize_rows(codes, lo, hi, bits, axis)
