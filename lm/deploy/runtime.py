@@ -25,6 +25,7 @@ import torch
 
 from ..data import EOS
 from ..model import LanguageModel
+from .onnx_export import INPUTS, OUTPUTS
 
 UNK = "<unk>"
 RUNTIMES = ("torch", "onnx")
@@ -74,8 +75,6 @@ class OnnxRuntime:
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
-        from .onnx_export import OUTPUTS
-
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -98,15 +97,12 @@ class OnnxRuntime:
             raise ValueError(f"{path} has no vocabulary in its metadata: export it with `python -m lm export`")
         self.vocab = meta["vocab"].split("\n")
         self._h, self._c = self._check_graph(path)
-        self._outputs = list(OUTPUTS)  # fetched by name: a graph may list them in any order
 
     def _check_graph(self, path: str | os.PathLike) -> tuple[list[int], list[int]]:
         """The shapes (num_layers, batch, width) of h and c, once the graph is found to take what ``step`` feeds
         (``onnx_export.INPUTS``: ids int64, h and c float32, of fixed layers and widths) and to give what it reads
         (``onnx_export.OUTPUTS``: logits (batch, len(vocab)), h_out and c_out of h's and c's type, layers and widths,
         fed back at the next step); ValueError naming ``path`` otherwise."""
-        from .onnx_export import INPUTS, OUTPUTS
-
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if set(inputs) != set(INPUTS):
@@ -140,7 +136,8 @@ class OnnxRuntime:
                 np.zeros((self._c[0], batch, self._c[2]), np.float32))
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logits, h, c = self.session.run(self._outputs, {"ids": np.asarray(ids, np.int64), "h": state[0], "c": state[1]})
+        # fetched by name: a graph may list them in any order
+        logits, h, c = self.session.run(OUTPUTS, {"ids": np.asarray(ids, np.int64), "h": state[0], "c": state[1]})
         return logits, (h, c)
 
 
