@@ -58,10 +58,11 @@ class TorchRuntime:
 class OnnxRuntime:
     """An exported step model run by onnxruntime on ``threads`` CPU threads.
 
-    The file (``source``, which errors name) is checked when opened: a file onnxruntime cannot load (not ONNX,
-    truncated or corrupted), a graph that does not take ids, h and c or give logits, h_out and c_out as
-    ``export_onnx`` writes them (h_out and c_out as h and c), or whose logits are not as wide as the vocabulary in
-    its metadata, is a ValueError naming the file.
+    The file (``source``, which errors name) is checked when opened: none at ``path`` is a FileNotFoundError naming
+    it (as ``lm.modelfile.read`` raises); a file onnxruntime cannot load (not ONNX, truncated or corrupted), a graph
+    that does not take ids, h and c or give logits, h_out and c_out as ``export_onnx`` writes them (h_out and c_out
+    as h and c), or whose logits are not as wide as the vocabulary in its metadata, is a ValueError naming the
+    file.
 
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
     (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
@@ -81,6 +82,8 @@ class OnnxRuntime:
         if avoid_saturation:
             options.add_session_config_entry("session.x64quantprecision", "1")
         self.source = path
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except (errors.InvalidProtobuf, errors.InvalidArgument, errors.InvalidGraph, errors.Fail,
@@ -155,8 +158,6 @@ def open_runtime(model: str | os.PathLike, runtime: str = "torch", threads: int 
     if path.suffix == ".onnx":
         if runtime != "onnx":
             raise ValueError(f"{path} is an ONNX file: run it with runtime 'onnx'")
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {path}")
         return OnnxRuntime(path, threads)
     run = TorchRuntime(load(path), path)
     if runtime == "torch":

@@ -164,6 +164,18 @@ def test_a_corrupt_or_foreign_onnx_file_is_a_clear_error(content, exported, tmp_
         assert exit.value.code == 2 and said[-1].startswith(f"lm {argv[0]}: error: {path}: ")
 
 
+def test_a_missing_onnx_file_is_a_clear_error(tmp_path):
+    """``OnnxRuntime`` of a path without a file raises FileNotFoundError naming it, as ``open_runtime`` does
+    (onnxruntime's NoSuchFile escaped)."""
+    pytest.importorskip("onnxruntime")
+    from lm.deploy.runtime import OnnxRuntime, open_runtime
+
+    path = tmp_path / "missing.onnx"
+    for call in (lambda: OnnxRuntime(path), lambda: open_runtime(path, "onnx")):
+        with pytest.raises(FileNotFoundError, match=re.escape(f"no ONNX file at {path}")):
+            call()
+
+
 @pytest.mark.parametrize("word", ["<eos>", "<unk>"])
 def test_a_vocabulary_without_a_sentence_end_or_an_unknown_word_is_a_clear_error(word, tmp_path, capsys):
     """predict and score of a model file or an ONNX file whose vocabulary lacks ``<eos>`` or ``<unk>`` (which they
