@@ -40,6 +40,7 @@ from torch import Tensor
 
 BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 CLIP = (1.0, 0.85, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+_NON_FINITE = "t has non-finite values (NaN or inf), which no row range holds"
 
 
 def _check_bits(bits: int) -> int:
@@ -114,7 +115,7 @@ def _ranges(x: Tensor, levels: int, clip: Tensor | None = None) -> tuple[Tensor,
     lo, hi = _clipped(*_extremes(x), shrink)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         if not torch.isfinite(x).all():
-            raise ValueError("t has non-finite values (NaN or inf), which no row range holds")
+            raise ValueError(_NON_FINITE)
         raise ValueError(f"t has values beyond float16's range ({torch.finfo(torch.float16).max}), "
                          "in which the row ranges are stored")
     return lo, hi
@@ -188,6 +189,8 @@ def quantize_rows(t: Tensor, bits: int, axis: int = 0,
         if lo.shape != (x.shape[0],) or hi.shape != lo.shape:
             raise ValueError(f"ranges must be two tensors of shape ({x.shape[0]},) (rows along axis {axis}), "
                              f"got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(_NON_FINITE)
         codes, _ = _grid(x, lo.float(), hi.float(), levels)
     shape = (t.shape[axis],) + tuple(s for d, s in enumerate(t.shape) if d != axis % t.dim())
     return codes.to(torch.uint8).reshape(shape).movedim(0, axis), lo, hi

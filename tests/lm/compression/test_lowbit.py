@@ -147,6 +147,10 @@ def test_non_finite_values_are_named_as_such(bad, clip):
     assert "float16" not in str(err.value)
     with pytest.raises(ValueError, match="non-finite values"):
         quantize_rows(t.t(), 3, axis=1)
+    ranges = (torch.zeros(2), torch.ones(2))  # given, as QAT gives them: NaN and -inf were coded 0, inf the last level
+    for quantize in (quantize_rows, fake_quantize):
+        with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\)"):
+            quantize(t, 2, ranges=ranges)
     with pytest.raises(ValueError, match="beyond float16's range"):  # a finite value too large is still that
         row_ranges(torch.tensor([[0.0, 1e6]]), 2, clip=clip if clip is None else clip[:1])
 
