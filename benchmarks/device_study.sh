@@ -16,9 +16,12 @@
 #   device run:  bash benchmarks/device_study.sh 480      carry: [".whl", ".carry"]
 # The argument is this call's training time in seconds (leave a minute for the packing and the transfers).
 # Back under $OUT (benchmarks/device_pack.py): small.tar.gz (every results and result JSON, the logs, the GPU
-# check, the packed low-bit artifacts) and, as room allows, the teacher's checkpoint and then the students'
-# float32 artifacts in 15 MiB pieces; what did not fit comes with the next call. Here:
-#   tar xzf small.tar.gz -C runs/;  cat medium_awd__model.safetensors.part-* > runs/medium_awd/model.safetensors
+# check, the packed low-bit artifacts) and, as room allows, the teacher (its checkpoint once it finished,
+# else its training state, which continues here with `lm train --resume`) and then the students' float32
+# artifacts, in 15 MiB pieces; what did not fit comes with the next call (a call of 0 seconds only hands
+# back). Here, with the folders of this session's calls, oldest first:
+#   python -m benchmarks.device_pack join runs/ CALL1 CALL2 ...
+#   python -m lm train --preset medium_awd --out runs/medium_awd --resume     # if the teacher did not finish
 # then the study's report, on this machine's CPU:  python -m lm study --preset medium_awd --checkpoint ...
 set -uo pipefail
 limit=${1:-480}
@@ -36,8 +39,9 @@ mkdir -p runs/logs
 teacher=runs/$preset
 study_dir=runs/study_$preset
 
-if [ "$device" = cuda ] && [ ! -f runs/check/bench_layers_cuda.json ]; then
-  (mkdir -p runs/check && OUT=runs/check bash benchmarks/device_check.sh > runs/logs/device_check.log 2>&1) &
+if [ "$device" = cuda ] && [ ! -f runs/check/bench_layers_cuda.json ] && [ "$(left)" -gt 480 ]; then
+  (mkdir -p runs/check && OUT=runs/check timeout "$(left)" bash benchmarks/device_check.sh \
+    > runs/logs/device_check.log 2>&1) &
 fi
 
 if [ ! -f $teacher/results.json ] && [ "$(left)" -gt 30 ]; then
@@ -72,7 +76,8 @@ fi
 wait
 
 nvidia-smi --query-gpu=name,memory.used --format=csv >> runs/logs/gpu_end.txt 2>&1
-python3 -m benchmarks.device_pack "$OUT" runs \
+teacher_file=$([ -f $teacher/results.json ] && echo model || echo train_state)
+python3 -m benchmarks.device_pack pack "$OUT" runs \
   --small '**/results.json' '**/result.json' 'logs/*' 'check/*' "study_$preset/*_qat*/artifact.safetensors" \
-  --large "$preset/model.safetensors" "study_$preset/*_kd/artifact.safetensors"
+  --large "$preset/$teacher_file.safetensors" "study_$preset/*_kd/artifact.safetensors"
 ls -l "$OUT"
