@@ -287,24 +287,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{info.path}: {info.bytes} bytes ({what}, TT layers as {info.tt})")
 
 
-def _runtime(args: argparse.Namespace):
-    """The runtime of predict and score: the ONNX file ``_check`` opened, or the model opened now."""
-    from .deploy.runtime import open_runtime
-
-    return args.opened or open_runtime(args.model, args.runtime)
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
     from .deploy.runtime import predict
 
-    for word, p in predict(_runtime(args), args.text, args.top):
+    for word, p in predict(args.opened, args.text, args.top):
         print(f"{word}\t{p:.4f}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from .deploy.runtime import score
 
-    result = score(_runtime(args), Path(args.file).read_text())
+    result = score(args.opened, Path(args.file).read_text())
     print(f"tokens {result['tokens']}  perplexity {result['perplexity']:.2f}")
 
 
@@ -520,15 +513,13 @@ def _check(args: argparse.Namespace) -> None:
 
         if importlib.util.find_spec("onnxruntime") is None:
             args.parser.error("onnxruntime is not installed: pip install 'ttlayers[export]' (or -e '.[export]')")
-    if args.command in ("predict", "score"):
-        args.opened = None
-        if args.model.endswith(".onnx"):  # a file that onnxruntime cannot load or that is no step model is bad input
-            from .deploy.runtime import OnnxRuntime
+    if args.command in ("predict", "score"):  # a model file that cannot be opened, or no step model, is bad input
+        from .deploy.runtime import open_runtime
 
-            try:
-                args.opened = OnnxRuntime(args.model)
-            except ValueError as err:
-                args.parser.error(str(err))
+        try:
+            args.opened = open_runtime(args.model, args.runtime)
+        except ValueError as err:
+            args.parser.error(str(err))
     if args.command == "export":
         args.bits = None
         if args.weights == "nbits":

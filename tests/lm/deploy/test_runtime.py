@@ -164,6 +164,26 @@ def test_a_corrupt_or_foreign_onnx_file_is_a_clear_error(content, exported, tmp_
         assert exit.value.code == 2 and said[-1].startswith(f"lm {argv[0]}: error: {path}: ")
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+@pytest.mark.parametrize("content", [lambda blob: b"the cat sat on the mat\n", lambda blob: blob[: len(blob) // 2]],
+                         ids=["text", "truncated"])
+def test_a_corrupt_or_foreign_model_file_is_a_clear_error(content, runtime, exported, tmp_path, capsys):
+    """``lm predict`` / ``lm score`` of a model file that is not one stop with a one-line message naming the file
+    and exit status 2, as for such an .onnx file (they exited with status 1, the file opened by the command)."""
+    from lm.__main__ import main
+    from lm.checkpoint import save_model
+
+    path = tmp_path / "model.safetensors"
+    save_model(exported["dense"][0], path)
+    path.write_bytes(content(path.read_bytes()))
+    (tmp_path / "text.txt").write_text("the w1\n")
+    for argv in (["predict", str(path), "the"], ["score", str(path), str(tmp_path / "text.txt")]):
+        with pytest.raises(SystemExit) as exit:
+            main([*argv, "--runtime", runtime])
+        said = capsys.readouterr().err.splitlines()
+        assert exit.value.code == 2 and said[-1].startswith(f"lm {argv[0]}: error: {path}: ")
+
+
 def test_a_missing_onnx_file_is_a_clear_error(tmp_path):
     """``OnnxRuntime`` of a path without a file raises FileNotFoundError naming it, as ``open_runtime`` does
     (onnxruntime's NoSuchFile escaped)."""
