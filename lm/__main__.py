@@ -191,15 +191,22 @@ def _load(path: Path, map_location: str = "cpu"):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    _, model = _load(Path(args.checkpoint), args.device)
+    model = args.opened if args.runtime == "onnx" else _load(Path(args.model), args.device)[1]
     corpus = Corpus.load(args.data_dir)
     if model.vocab is not None and model.vocab != corpus.vocab:
-        raise SystemExit(f"{args.checkpoint} was trained on another vocabulary than {args.data_dir or 'PTB'}")
-    ppl = {split: perplexity(model, getattr(corpus, split), progress=True) for split in args.splits}
+        raise SystemExit(f"{args.model} was trained on another vocabulary than {args.data_dir or 'PTB'}")
+    if args.runtime == "onnx":  # a token at a time, the state carried: each target once, as ``perplexity`` scores
+        from .deploy.runtime import stream_losses
+
+        ppl = {split: math.exp(stream_losses(model, getattr(corpus, split).numpy(), desc=f"eval {split}").mean())
+               for split in args.splits}
+    else:
+        ppl = {split: perplexity(model, getattr(corpus, split), progress=True) for split in args.splits}
     for split, value in ppl.items():
         print(f"{split} ppl {value:.2f}")
-    out = Path(args.results or Path(args.checkpoint).with_name("eval.json"))
-    write_json(out, {**stamp({"checkpoint": str(args.checkpoint)}, None), **{f"{s}_ppl": v for s, v in ppl.items()}})
+    out = Path(args.results or Path(args.model).with_name("eval.json"))
+    write_json(out, {**stamp({"checkpoint": str(args.model), "runtime": args.runtime}, None),
+                     **{f"{s}_ppl": v for s, v in ppl.items()}})
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -377,8 +384,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)
     t.set_defaults(func=cmd_train)
 
-    e = command("eval", "exact valid/test perplexity of a checkpoint or compact artifact", [common])
-    e.add_argument("checkpoint", type=model_path, help=f"model file, or a run directory with {MODEL_FILE} or {ARTIFACT_FILE}")
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                         help="eager torch, or onnxruntime (an .onnx file, or the model exported on the fly)")
+    runnable = f"model file, run directory with {MODEL_FILE} or {ARTIFACT_FILE}, or (--runtime onnx) an exported .onnx"
+    e = command("eval", "exact valid/test perplexity of a checkpoint, compact artifact or exported .onnx",
+                [common, runtime])
+    e.add_argument("model", type=runnable_model, help=runnable)
     e.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["train", "valid", "test"],
                    help="splits to score")
     e.add_argument("--results", type=out_file, help="results JSON path (default: eval.json beside the model file)")
@@ -474,10 +486,6 @@ def parser() -> argparse.ArgumentParser:
                    help="the .onnx file (default: beside the model, NAME.onnx, NAME.int8.onnx or NAME.q<bits>.onnx)")
     x.set_defaults(func=cmd_export)
 
-    runtime = argparse.ArgumentParser(add_help=False)
-    runtime.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                         help="eager torch, or onnxruntime (an .onnx file, or the model exported on the fly)")
-    runnable = f"model file, run directory with {MODEL_FILE} or {ARTIFACT_FILE}, or (--runtime onnx) an exported .onnx"
     r = command("predict", "next-word suggestions after a text", [runtime])
     r.add_argument("model", type=runnable_model, help=runnable)
     r.add_argument("text", help="the words typed so far")
@@ -506,14 +514,18 @@ def _check(args: argparse.Namespace) -> None:
         args.parser.error("argument --retime: only with --report-only (a study run times its models anyway)")
     if args.command == "study" and args.report_only and not args.report:
         args.parser.error("argument --no-report: not with --report-only, which writes only the report")
-    if args.command in ("predict", "score") and args.model.endswith(".onnx") and args.runtime != "onnx":
+    runs = args.command in ("eval", "predict", "score")  # the commands with --runtime
+    if runs and args.model.endswith(".onnx") and args.runtime != "onnx":
         args.parser.error(f"{args.model} is an ONNX file: run it with --runtime onnx")
-    if args.command in ("export", "predict", "score") and (args.command == "export" or args.runtime == "onnx"):
+    if args.command == "eval" and args.runtime == "onnx" and args.device != "cpu":
+        args.parser.error(f"argument --device: {args.device} with --runtime onnx, which runs on the CPU")
+    if args.command == "export" or runs and args.runtime == "onnx":
         import importlib.util
 
         if importlib.util.find_spec("onnxruntime") is None:
             args.parser.error("onnxruntime is not installed: pip install 'ttlayers[export]' (or -e '.[export]')")
-    if args.command in ("predict", "score"):  # a model file that cannot be opened, or no step model, is bad input
+    if args.command in ("predict", "score") or runs and args.runtime == "onnx":
+        # a model file that cannot be opened, or no step model, is bad input (eval opens a torch model on --device)
         from .deploy.runtime import open_runtime
 
         try:

@@ -139,8 +139,8 @@ def _foreign(blob: bytes, name: str | os.PathLike) -> str | None:
     # an ONNX ModelProto: its ir_version (field 1, a small varint), then one of its fields 2 to 8 (producer ... opsets)
     if Path(name).suffix == ".onnx" or (len(blob) > 2 and blob[0] == 0x08 and 0 < blob[1] < 0x80
                                         and blob[2] in b"\x12\x1a\x22\x28\x32\x3a\x42"):
-        return ("an ONNX file (as `lm export` writes), which lm runs with onnxruntime: `lm predict` or `lm score` "
-                "with `--runtime onnx`")
+        return ("an ONNX file (as `lm export` writes), which lm runs with onnxruntime: `lm eval`, `lm predict` or "
+                "`lm score` with `--runtime onnx`")
     return None
 
 

@@ -127,10 +127,10 @@ def test_info_opens_a_run_directory_and_an_artifact(places, capsys):
 
 
 def test_a_command_given_an_onnx_file_says_how_to_run_it(places, capsys):
-    """``lm eval`` or ``lm info`` of an ONNX file, or ``lm predict`` of one without its suffix, points to
+    """``lm info`` of an ONNX file, or ``lm eval`` or ``lm predict`` of one without its suffix, points to
     ``--runtime onnx`` (it said "truncated or corrupted header")."""
     onnx = b"\x08\x0a\x12\x07pytorch\x1a\x0a2.13.0+cpu:\x00"  # the start of a ModelProto
-    for name, argv in (("model.onnx", ["eval"]), ("model.onnx", ["info"]), ("exported", ["predict", "the"])):
+    for name, argv in (("exported", ["eval"]), ("model.onnx", ["info"]), ("exported", ["predict", "the"])):
         path = Path(places["EMPTY"]) / name
         path.write_bytes(onnx)
         with pytest.raises(SystemExit) as done:

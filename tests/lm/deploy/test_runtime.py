@@ -35,6 +35,8 @@ def test_predict_and_score_agree_between_runtimes(exported, tmp_path, capsys):
     (["predict", "{onnx}", "the"], "is an ONNX file: run it with --runtime onnx"),
     (["predict", "{tmp}/missing.onnx", "the", "--runtime", "onnx"], "missing.onnx' is missing"),
     (["score", "{onnx}", "{tmp}/nothing.txt", "--runtime", "onnx"], "nothing.txt' is missing; expected a file"),
+    (["eval", "{onnx}"], "is an ONNX file: run it with --runtime onnx"),
+    (["eval", "{tmp}/missing.onnx", "--runtime", "onnx"], "missing.onnx' is missing"),
 ])
 def test_the_cli_refuses_bad_arguments(argv, message, exported, tmp_path, capsys):
     from lm.__main__ import main
@@ -43,6 +45,42 @@ def test_the_cli_refuses_bad_arguments(argv, message, exported, tmp_path, capsys
     with pytest.raises(SystemExit) as exit:
         main(argv)
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_gives_the_exact_perplexity_through_onnxruntime(short_corpus, tmp_path, monkeypatch, capsys):
+    """``lm eval --runtime onnx`` of an exported .onnx, or of a model file exported on the fly, scores every target
+    of the split once, as ``lm eval`` of the model in torch does, and records its runtime; not on a CUDA device."""
+    import json
+
+    import torch
+
+    from lm.__main__ import main
+    from lm.checkpoint import save_model
+    from lm.config import ModelConfig
+    from lm.deploy.onnx_export import export_onnx
+    from lm.model import LanguageModel
+
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=len(short_corpus.vocab), hidden_size=8, num_layers=2),
+                          short_corpus.vocab).eval()
+    save_model(model, tmp_path / "model.safetensors")
+    onnx = export_onnx(model, tmp_path / "model.onnx").path
+    ppl = {}
+    for path, runtime in ((tmp_path / "model.safetensors", "torch"), (onnx, "onnx"), (tmp_path, "onnx")):
+        out = tmp_path / f"eval_{path.name}_{runtime}.json"
+        main(["eval", str(path), "--splits", "test", "--runtime", runtime, "--results", str(out)])
+        result = json.loads(out.read_text())
+        assert result["config"]["runtime"] == runtime
+        ppl[path.name, runtime] = result["test_ppl"]
+        assert capsys.readouterr().out == f"test ppl {result['test_ppl']:.2f}\n"
+    assert ppl["model.onnx", "onnx"] == pytest.approx(ppl["model.safetensors", "torch"], rel=1e-5)
+    assert ppl[tmp_path.name, "onnx"] == ppl["model.onnx", "onnx"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit) as exit:
+        main(["eval", str(onnx), "--runtime", "onnx", "--device", "cuda"])
+    assert exit.value.code == 2 and "--device: cuda with --runtime onnx, which runs on the CPU" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_refused(tiny):
