@@ -3,7 +3,9 @@
 Every number, choice and path is checked when the arguments are parsed: a bad one stops
 with ``lm <command>: error: <what is allowed>`` and exit status 2, before anything runs
 (``tests/lm/test_main.py`` holds the table of bad inputs and their messages, which
-docs/lm.md repeats).
+docs/lm.md repeats). A model file that is not one (``ModelFileError``: truncated, corrupted,
+foreign, of another version), whichever command reads it and whenever, is bad input too:
+``main`` stops with ``lm <command>: error: <file>: <what is wrong>``, one line, and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import math
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from . import modelfile
 from .allocator import retain_freed_memory
-from .checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, load, model_from_file, resolve
+from .checkpoint import (ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, convert_legacy, load, load_train_state,
+                         model_from_file, resolve)
 from .config import PRESETS, ModelConfig, TrainConfig, preset
 from .data import Corpus, DataError
 from .evaluate import perplexity
@@ -180,7 +184,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.preset}")
     results = train(args.config, out, data_dir=args.data_dir, resume=args.resume, device=args.device,
-                    results_path=args.results, progress=not args.quiet, save_every=args.save_every)
+                    results_path=args.results, progress=not args.quiet, save_every=args.save_every,
+                    compiled=args.compile)
     if results:
         print(f"valid ppl {results['valid_ppl']:.2f}  test ppl {results['test_ppl']:.2f}  -> {out / MODEL_FILE}")
 
@@ -221,10 +226,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
     runs = {}
     for path in args.runs:
-        try:
-            runs[str(path)] = curves.read_history(path)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(str(err)) from None
+        runs[str(path)] = curves.read_history(path)  # a missing or bad one: main's message
         print(f"## {path}\n\n{curves.table(runs[str(path)])}\n")
     if args.json:
         write_json(args.json, {**stamp({"runs": [str(p) for p in args.runs]}, None), "runs": runs})
@@ -376,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=positive_float, metavar="MINUTES",
                    help="also save the training state within an epoch, every MINUTES (a long epoch killed loses at "
                         "most that much; default: at epoch ends only)")
+    t.add_argument("--compile", action="store_true",
+                   help="run the training steps through torch.compile (on CUDA as CUDA graphs: see "
+                        "lm.benchmarks.train_speed --compile for its speed there); evaluation stays eager")
     t.add_argument("--results", type=out_file, help="results JSON path (default: <out>/results.json)")
     t.add_argument("--epochs", type=positive_int, help="number of epochs, >= 1 (default: the preset's)")
     t.add_argument("--seed", type=seed, help="random seed, >= 0 (default: the preset's)")
@@ -530,8 +535,8 @@ def _check(args: argparse.Namespace) -> None:
 
         try:
             args.opened = open_runtime(args.model, args.runtime)
-        except ValueError as err:
-            args.parser.error(str(err))
+        except ValueError as err:  # a ModelFileError, or an .onnx file that is no step model
+            _bad_file(args, err)
     if args.command == "export":
         args.bits = None
         if args.weights == "nbits":
@@ -554,16 +559,28 @@ def _check(args: argparse.Namespace) -> None:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():
             args.parser.error(f"--resume: nothing to resume, {state} does not exist (train without --resume to start)")
+        load_train_state(state)  # a bad one stops here (ModelFileError), not after PTB is read and the model built
+
+
+def _bad_file(args: argparse.Namespace, err: Exception) -> NoReturn:
+    """A model file that cannot be opened is bad input, as a bad argument is: exit status 2, with one line
+    naming the file and what is wrong (``ModelFileError``'s message), and no usage (the command line was right)."""
+    args.parser.exit(2, f"{args.parser.prog}: error: {err}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    _check(args)
-    retain_freed_memory()  # every command's (tokens, vocab) buffers reused from step to step (lm.allocator)
     try:
-        args.func(args)
-    except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:
-        sys.exit(f"lm {args.command}: error: {err}")
+        _check(args)
+        retain_freed_memory()  # every command's (tokens, vocab) buffers reused from step to step (lm.allocator)
+        try:
+            args.func(args)
+        except modelfile.ModelFileError:
+            raise  # bad input: below
+        except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:
+            sys.exit(f"lm {args.command}: error: {err}")
+    except modelfile.ModelFileError as err:  # whichever command read the file, and whenever
+        _bad_file(args, err)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ from .regularize import Regularization, nt_asgd_triggered
 from .results import stamp, write_json
 
 
+# torch.compile's mode for a training step on each device type: the medium_awd step is ~600 small
+# kernels, bound on a GPU by their launches, which a CUDA graph replays at once
+COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": "default"}
+
+
 def curve_stalled(history: list[dict], min_gain: float | None) -> bool:
     """Whether the last epoch of ``history`` lowered the validation perplexity by less than ``min_gain`` (a
     fraction) of the epoch's before it: the early stop of ``TrainConfig.min_gain`` (never with None)."""
@@ -139,6 +144,7 @@ def train(
     model: LanguageModel | None = None,
     distill: Distillation | None = None,
     save_every: float | None = None,
+    compiled: bool = False,
 ) -> dict:
     """Train ``cfg`` (or fine-tune ``model``) and return the results dict written as JSON.
 
@@ -156,6 +162,10 @@ def train(
     step reached, the recurrent state carried between windows and the epoch's running loss, so that
     ``resume=True`` continues from that step and ends exactly as an uninterrupted run. The checkpoint
     (``model.safetensors``) is still written at epoch ends only. One process only (not with DDP).
+
+    ``compiled`` runs the training steps' forward and backward through ``torch.compile`` (in
+    ``COMPILE_MODES[device type]``: on CUDA, each step replayed as a CUDA graph); the evaluations stay
+    eager, and the weights, checkpoints and resumption are the same.
     """
     rank, world = _distributed()
     if cfg.batch_size % world:
@@ -201,6 +211,8 @@ def train(
         start_epoch, history, elapsed = saved["epoch"] + 1, saved["history"], saved["elapsed"]
         partial = saved.get("partial")  # saved within the epoch start_epoch: continue from its step
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if compiled:
+        net = torch.compile(net, mode=COMPILE_MODES[device.type])
     # a copy, so that the caller's teacher keeps its device and mode; its LSTM runs once, here (lm.distill)
     teacher = copy.deepcopy(distill.teacher).to(device).eval() if distill else None
     finished = start_epoch >= cfg.epochs or curve_stalled(history, cfg.min_gain)

@@ -312,3 +312,20 @@ def test_weight_decay_reaches_the_optimizer(tmp_path, short_corpus):
         train(replace(cfg, weight_decay=decay), tmp_path / str(decay), model=model, progress=False)
         norms[decay] = torch.cat([p.detach().flatten() for p in model.parameters()]).norm().item()
     assert norms[0.05] < 0.9 * norms[0.0]
+
+
+# slow (about 2 minutes, most of it compiling on the CPU)
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_one(tmp_path, short_corpus, monkeypatch):
+    """--compile changes how the step runs, not what it computes: without dropout (whose masks the
+    compiled graph draws from its own generator) the averaged run ends at the eager run's weights."""
+    cfg = tiny_awd(epochs=2, asgd_start=2, asgd_nonmono=None, dropout_input=0.0, dropout_hidden=0.0,
+                   dropout_output=0.0, dropout_embedding=0.0, weight_drop=0.0)
+    eager = train(cfg, tmp_path / "eager", progress=False)
+    modes, compile_ = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, mode: modes.append(mode) or compile_(net, mode=mode))
+    compiled = train(cfg, tmp_path / "compiled", progress=False, compiled=True)
+    assert modes == ["default"]  # the CPU's mode, once
+    assert compiled["valid_ppl"] == pytest.approx(eager["valid_ppl"], rel=1e-4)
+    torch.testing.assert_close(lm.load(tmp_path / "compiled" / "model.safetensors").state_dict(),
+                               lm.load(tmp_path / "eager" / "model.safetensors").state_dict(), rtol=1e-4, atol=1e-5)
