@@ -39,6 +39,17 @@ mkdir -p runs/logs
 teacher=runs/$preset
 study_dir=runs/study_$preset
 
+# once per machine, before the teacher starts: its step eager and through torch.compile side by side (about two
+# minutes, most of it compiling); the teacher trains compiled if that is at least 1.3 times faster
+ab=runs/check/bench_train_$device.json
+if [ "$device" = cuda ] && [ ! -f $ab ] && [ ! -f $teacher/train_state.safetensors ] && [ "$(left)" -gt 400 ]; then
+  mkdir -p runs/check
+  PTB_DIR=.carry timeout 240 python3 -m lm.benchmarks.train_speed --presets "$preset" --device "$device" --compile \
+    --steps 100 --out $ab > runs/logs/train_speed.log 2>&1
+fi
+compile=$(python3 -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']
+print('--compile' if min(r['speed_vs_eager'] for r in rows if r['compiled']) >= 1.3 else '')" $ab 2>/dev/null)
+
 if [ "$device" = cuda ] && [ ! -f runs/check/bench_layers_cuda.json ] && [ "$(left)" -gt 480 ]; then
   (mkdir -p runs/check && OUT=runs/check timeout "$(left)" bash benchmarks/device_check.sh \
     > runs/logs/device_check.log 2>&1) &
@@ -47,7 +58,7 @@ fi
 if [ ! -f $teacher/results.json ] && [ "$(left)" -gt 30 ]; then
   resume=$([ -f $teacher/train_state.safetensors ] && echo --resume)
   timeout --signal=INT --kill-after=20 "$(left)" python3 -m lm train --preset "$preset" --device "$device" \
-    --data-dir .carry --out $teacher --save-every 1 --quiet $resume >> runs/logs/teacher.log 2>&1
+    --data-dir .carry --out $teacher --save-every 1 --quiet $resume $compile >> runs/logs/teacher.log 2>&1
   echo "lm train exit status $? at $(date -u +%T)" >> runs/logs/teacher.log
 fi
 
