@@ -93,10 +93,11 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
                 entry.update(valid_ppl=run["valid_ppl"], test_ppl=run["test_ppl"], commit=run.get("commit", "not recorded"),
                              study_valid_ppl=r["valid_ppl"], study_test_ppl=r["test_ppl"], study_commit=r["commit"])
             corpus = corpus or Corpus.load()  # before anything is copied: no PTB, no partial models/
+            model = load(source)  # nor a file that is no model (ModelFileError naming it where the study left it)
             target = out / f"{r['preset']}_{r['method']}.safetensors"
             shutil.copyfile(source, target)
             entry.update(file=target.name, sha256=sha256(target), size_bytes=target.stat().st_size, note=None,
-                         check={"split": "test", "tokens": CHECK_TOKENS, "ppl": check_ppl(load(target), corpus)})
+                         check={"split": "test", "tokens": CHECK_TOKENS, "ppl": check_ppl(model, corpus)})
         elif r["name"] in shipped:
             entry = {k: v for k, v in shipped[r["name"]].items() if not k.startswith("study_")}
             entry["study_size_bytes"] = r["size_bytes"]

@@ -6,11 +6,13 @@ Placeholders: EMPTY is an empty directory, FILE a file that is no model, MODEL a
 """
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from lm.__main__ import main, parser
@@ -138,6 +140,53 @@ def test_a_command_given_an_onnx_file_says_how_to_run_it(places, capsys):
         said = done.value.code if isinstance(done.value.code, str) else capsys.readouterr().err.splitlines()[-1]
         assert said.startswith(f"lm {argv[0]}: error: {path}: not an lm model file: an ONNX file")
         assert "`--runtime onnx`" in said
+
+
+# every command that reads a model file: its arguments, FILE standing for the file (a name it is given, or the file a
+# directory holds where the command looks: RUN/train_state.safetensors, RUNS/q8/artifact.safetensors), TMP for tmp_path
+READERS = {
+    "eval": "eval FILE", "info": "info FILE", "export": "export FILE --out TMP/out.onnx",
+    "compress": "compress FILE --budget-mb 1 --out TMP/out",
+    "study": "study --checkpoint FILE --methods dense --run-dir TMP/study --report-dir TMP/report",
+    "predict": "predict FILE the", "score": "score FILE TMP/text.txt", "curve": "curve FILE",
+    "convert": "convert --legacy FILE TMP/new.safetensors", "train": "train --resume --out TMP/run",
+    "ship": "ship --front TMP/front.json --run-dir small=TMP/runs --out TMP/models",
+}
+WHERE = {"train": "run/train_state.safetensors", "ship": "runs/q8/artifact.safetensors"}
+NOT_MODELS = {
+    "text": lambda model: b"the cat sat on the mat\n",
+    "truncated": lambda model: model[: len(model) // 2],
+    "foreign": lambda model: safetensors.torch.save({"w": torch.zeros(3)}),  # safetensors without lm's header
+}
+
+
+@pytest.mark.parametrize("content", NOT_MODELS)
+@pytest.mark.parametrize("command", READERS)
+def test_every_command_given_a_file_that_is_no_model_says_which(command, content, places, tmp_path, monkeypatch,
+                                                               capsys):
+    """A corrupt or foreign model file is bad input to every command that reads one, whenever it reads it: one line
+    on stderr, ``lm <command>: error: <file>: <what is wrong>``, and exit status 2 (eval, info, export, compress,
+    study, curve, convert, train --resume and ship exited with status 1; predict and score added a usage line)."""
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    from lm.data import Corpus
+
+    monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, data_dir=None: "PTB"))  # ship reads it first
+    path = tmp_path / WHERE.get(command, "x.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(NOT_MODELS[content](Path(places["MODEL"]).read_bytes()))
+    (tmp_path / "text.txt").write_text("the cat\n")
+    row = {"name": "small:q8", "size_bytes": 8, "size_mb": 8e-6, "valid_ppl": 900.0, "test_ppl": 800.0}
+    (tmp_path / "front.json").write_text(json.dumps({"sources": [{"preset": "small", "commit": "abc1234"}],
+                                                     "rows": [row]}))
+    argv = READERS[command].replace("FILE", str(path)).replace("TMP", str(tmp_path)).split()
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert err.startswith(f"lm {command}: error: {path}: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("models/*")), "ship copied a file that is no model"
 
 
 if __name__ == "__main__":

@@ -325,7 +325,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_crafted_pickle_never_runs(tmp_path):
+def test_a_crafted_pickle_never_runs(tmp_path, capsys):
     marker = tmp_path / "ran"
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps({"config": {}, "state_dict": _Exploit(marker)}))
@@ -342,7 +342,7 @@ def test_a_crafted_pickle_never_runs(tmp_path):
         for command in (["info", str(path)], ["eval", str(path)]):
             with pytest.raises(SystemExit) as done:
                 main(command)
-            assert "torch.save (pickle) file" in str(done.value.code)
+            assert done.value.code == 2 and "torch.save (pickle) file" in capsys.readouterr().err
     assert not marker.exists()
 
 
