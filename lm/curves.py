@@ -19,7 +19,7 @@ from .results import save_figure
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:
-    """The per-epoch history (``epoch``, ``lr``, ``train_ppl``, ``valid_ppl``, ``tokens_per_s`` and, with
+    """The per-epoch history (``epoch``, ``lr``, ``train_ppl``, ``valid_ppl``, ``tokens_per_s``, ``device`` and, with
     averaged SGD, ``averaged``) of the run at ``path``: a run directory (its training state, else its
     ``results.json``), a training-state file or a results JSON."""
     path = Path(path)

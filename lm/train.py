@@ -267,7 +267,7 @@ def train(
         evaluated = average.module if averaged else model  # the model evaluated and saved
         valid_ppl = perplexity(evaluated, corpus.valid)
         history.append({"epoch": epoch + 1, "lr": lr, "train_ppl": math.exp(total / count), "valid_ppl": valid_ppl,
-                        "tokens_per_s": count * world / seconds,
+                        "tokens_per_s": count * world / seconds, "device": device.type,  # a run may move (GPU, then CPU)
                         **({"averaged": averaged} if cfg.asgd_start or cfg.asgd_nonmono else {})})
         if average is None and cfg.asgd_nonmono and nt_asgd_triggered([h["valid_ppl"] for h in history],
                                                                       cfg.asgd_nonmono):

@@ -52,6 +52,7 @@ def test_tiny_trains_end_to_end_and_evaluates(tmp_path, corpus, capsys):
     assert results["test_ppl"] < 0.85 * unigram_ppl(corpus)
     assert results["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
     assert {"valid_ppl", "parameters", "wall_time_s", "tokens_per_s", "device", "config", "seed", "commit"} <= set(results)
+    assert [h["device"] for h in results["history"]] == ["cpu", "cpu"]  # each epoch says where it ran
     main(["eval", str(out / "model.safetensors"), "--splits", "test"])  # the checkpoint re-evaluates to the same number
     assert json.loads((out / "eval.json").read_text())["test_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
     capsys.readouterr()
