@@ -283,6 +283,8 @@ def train(
 
     if average is not None and int(average.n_averaged) > 0:  # the caller's model ends with the averaged weights
         model.load_state_dict(average.module.state_dict())
+    if rank == 0 and not model_path.is_file():  # a finished run's training state handed back alone (device_pack)
+        save_model(model, model_path)
     test_ppl = perplexity(model, corpus.test)
     results = {
         **stamp(cfg.to_dict(), cfg.seed),

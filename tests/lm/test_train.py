@@ -202,6 +202,20 @@ def test_nt_asgd_starts_averaging_after_the_epoch_that_triggers_it(tmp_path, sho
     assert seen == [([results["history"][0]["valid_ppl"]], 3)]  # asked once, until it said yes
 
 
+def test_a_finished_runs_training_state_alone_resumes_to_its_checkpoint(tmp_path, short_corpus):
+    """A training state handed back without its checkpoint (benchmarks/device_pack.py) gives the
+    checkpoint back on --resume: the averaged weights, with no epoch trained again."""
+    cfg = tiny_awd(epochs=1, asgd_start=1, asgd_nonmono=None)
+    first = train(cfg, tmp_path, progress=False)
+    saved = lm.load(tmp_path / "model.safetensors").state_dict()
+    (tmp_path / "model.safetensors").unlink()
+    again = train(cfg, tmp_path, resume=True, progress=False)
+    assert again["history"] == first["history"] and again["test_ppl"] == first["test_ppl"]
+    assert again["checkpoint_bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    restored = lm.load(tmp_path / "model.safetensors").state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in saved.items())
+
+
 # slow (30 s): the default suite resumes an average exactly in the "averaged-epoch" case of
 # test_a_run_killed_after_a_save_within_an_epoch_resumes_from_that_step_exactly
 @pytest.mark.slow
