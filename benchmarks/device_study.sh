@@ -9,10 +9,7 @@
 # validation, some 65 times two CPU threads; its 60 epochs take about 14 minutes, near a session's whole
 # device time, so the students need more device time than a session has, or a faster training step.
 #
-# That machine's image lacks tensorly, tensorly-torch and adjustText, cannot download, and does not see
-# ../shared; so, here, once, into folders git ignores:
-#   pip download tensorly tensorly-torch adjustText --no-deps -d .whl
-#   mkdir -p .carry && cp "$PTB_DIR"/ptb.*.txt .carry/
+# The wheels it needs and PTB are carried (benchmarks/device_env.sh says how to fetch them here, once):
 #   device run:  bash benchmarks/device_study.sh 480      carry: [".whl", ".carry"]
 # The argument is this call's training time in seconds (leave a minute for the packing and the transfers).
 # Back under $OUT (benchmarks/device_pack.py): small.tar.gz (every results and result JSON, the logs, the GPU
@@ -28,11 +25,8 @@ limit=${1:-480}
 OUT=${OUT:-$(mktemp -d)}
 end=$(($(date +%s) + limit))
 left() { echo $((end - $(date +%s))); }
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+source benchmarks/device_env.sh || exit
+export OMP_NUM_THREADS=1
 device=${DEVICE:-cuda}
 preset=${PRESET:-medium_awd}  # tiny_awd: the same methods, for a check of this script on the CPU
 mkdir -p runs/logs
@@ -44,7 +38,7 @@ study_dir=runs/study_$preset
 ab=runs/check/bench_train_$device.json
 if [ "$device" = cuda ] && [ ! -f $ab ] && [ ! -f $teacher/train_state.safetensors ] && [ "$(left)" -gt 400 ]; then
   mkdir -p runs/check
-  PTB_DIR=.carry timeout 240 python3 -m lm.benchmarks.train_speed --presets "$preset" --device "$device" --compile \
+  timeout 240 python3 -m lm.benchmarks.train_speed --presets "$preset" --device "$device" --compile \
     --steps 100 --out $ab > runs/logs/train_speed.log 2>&1
 fi
 compile=$(python3 -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']

@@ -2,10 +2,7 @@
 # A preset's training on the device machine's GPU, continued from this machine's run directory and
 # handed back to it: the medium_awd teacher takes about 15 hours on two CPU cores.
 #
-# That machine's image lacks tensorly and adjustText, cannot download, and does not see ../shared;
-# so, here, before each call, into folders git ignores (.carry must stay under 64 MiB with the tree):
-#   pip download tensorly adjustText --no-deps -d .whl
-#   mkdir -p .carry && cp "$PTB_DIR"/ptb.*.txt .carry/
+# The wheels it needs and PTB are carried (benchmarks/device_env.sh says how to fetch them here, once), with
 #   cp runs/medium_awd/train_state.safetensors .carry/   # the run so far, if any (about 53 MB before averaging starts)
 #   device run:  bash benchmarks/device_train.sh medium_awd 500      carry: [".whl", ".carry"]
 # The second argument is the training's limit in seconds (leave a minute of the call for the transfers).
@@ -20,11 +17,7 @@ limit=${2:-500}
 OUT=${OUT:-$(mktemp -d)}
 run=/tmp/device_train/$preset
 mkdir -p "$run"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh || exit
 if [ -f .carry/train_state.safetensors ] && [ ! -f "$run/train_state.safetensors" ]; then
   cp .carry/train_state.safetensors "$run/"  # the run so far; a warm machine's own is newer
 fi
