@@ -573,14 +573,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _check(args)
         retain_freed_memory()  # every command's (tokens, vocab) buffers reused from step to step (lm.allocator)
-        try:
-            args.func(args)
-        except modelfile.ModelFileError:
-            raise  # bad input: below
-        except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:
-            sys.exit(f"lm {args.command}: error: {err}")
-    except modelfile.ModelFileError as err:  # whichever command read the file, and whenever
+        args.func(args)
+    except modelfile.ModelFileError as err:  # whichever command read the file, and whenever (a ValueError too)
         _bad_file(args, err)
+    except (DataError, TrainingDiverged, FileNotFoundError, ValueError) as err:
+        sys.exit(f"lm {args.command}: error: {err}")
 
 
 if __name__ == "__main__":
