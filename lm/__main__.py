@@ -30,7 +30,7 @@ from .data import Corpus, DataError
 from .evaluate import perplexity
 from .model import DECODERS, EMBEDDINGS, LSTMS, count_parameters
 from .results import stamp, write_json
-from .train import TrainingDiverged, train
+from .train import TrainingDiverged, continue_state, train
 
 
 # -- argument types: each returns the parsed value or raises ArgumentTypeError saying what is allowed ---------
@@ -183,9 +183,15 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.preset}")
-    results = train(args.config, out, data_dir=args.data_dir, resume=args.resume, device=args.device,
-                    results_path=args.results, progress=not args.quiet, save_every=args.save_every,
-                    compiled=args.compile)
+    if args.continue_from:
+        from .curves import read_history
+
+        history = read_history(args.history)
+        state = continue_state(args.config, args.continue_from, history, out)
+        print(f"{state}: continues {args.continue_from} after its epoch {len(history)}")
+    results = train(args.config, out, data_dir=args.data_dir, resume=args.resume or bool(args.continue_from),
+                    device=args.device, results_path=args.results, progress=not args.quiet,
+                    save_every=args.save_every, compiled=args.compile)
     if results:
         print(f"valid ppl {results['valid_ppl']:.2f}  test ppl {results['test_ppl']:.2f}  -> {out / MODEL_FILE}")
 
@@ -378,6 +384,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=positive_float, metavar="MINUTES",
                    help="also save the training state within an epoch, every MINUTES (a long epoch killed loses at "
                         "most that much; default: at epoch ends only)")
+    t.add_argument("--continue-from", type=model_path, metavar="CHECKPOINT",
+                   help="continue a run whose training state is lost from its checkpoint, with --history: SGD restarts "
+                        "from its weights (and averaging, if the schedule has reached it) at the next epoch, in --out")
+    t.add_argument("--history", type=in_file, metavar="JSON",
+                   help="with --continue-from: the run's per-epoch history (its results JSON, or any JSON with a "
+                        "'history' list)")
     t.add_argument("--compile", action="store_true",
                    help="run the training steps through torch.compile (on CUDA as CUDA graphs: see "
                         "lm.benchmarks.train_speed --compile for its speed there); evaluation stays eager")
@@ -555,6 +567,10 @@ def _check(args: argparse.Namespace) -> None:
                 args.parser.error(f"--container {args.container}: {args.model} holds {args.bits}-bit codes")
         elif args.container is not None or args.activations is not None:
             args.parser.error("--container and --activations go with --weights nbits")
+    if args.command == "train" and (args.continue_from is None) != (args.history is None):
+        args.parser.error("--continue-from and --history go together (the checkpoint and the history of its run)")
+    if args.command == "train" and args.continue_from and args.resume:
+        args.parser.error("--continue-from starts the continuation; --resume continues it after that")
     if args.command == "train" and args.resume:
         state = Path(args.out or f"runs/{args.preset}") / TRAIN_STATE_FILE
         if not state.is_file():

@@ -123,6 +123,15 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> int:
     return len(data)
 
 
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read a MiB at a time: what a manifest or a history records of it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write(path: str | os.PathLike, kind: str, meta: dict, tensors: dict[str, Tensor]) -> int:
     """Write a model file atomically; returns its size in bytes."""
     return write_atomic(path, dumps(kind, meta, tensors))
@@ -214,5 +223,5 @@ def expect(tensors: dict[str, Tensor], key: str, dtype: torch.dtype, shape: tupl
     return t
 
 
-__all__ = ["ModelFileError", "ModelFile", "VERSION", "KINDS", "dumps", "loads", "read", "write", "write_atomic",
+__all__ = ["ModelFileError", "ModelFile", "VERSION", "KINDS", "dumps", "loads", "read", "sha256", "write", "write_atomic",
            "expect"]

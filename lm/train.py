@@ -73,6 +73,44 @@ def _resumable(cfg: TrainConfig, model: LanguageModel, optimizer, average: Avera
             **({"average": average.state_dict()} if average is not None else {})}
 
 
+def continue_state(cfg: TrainConfig, checkpoint: str | os.PathLike, history: list[dict],
+                   out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/train_state.safetensors`` for a run of ``cfg`` whose own training state is lost but whose
+    checkpoint and per-epoch ``history`` survive (a run on a lent GPU whose device time ended before its state
+    came back), so that ``train(cfg, out_dir, resume=True)`` continues it from the epoch after the history's last.
+
+    SGD restarts from the checkpoint's weights (those evaluated after the last epoch: the average, once
+    averaging) with a fresh optimizer and the seed's RNG; an average that was running is lost, and averaging
+    starts again at the next step when the schedule has reached it. The history's last epoch is marked
+    ``continued_from`` (the checkpoint's sha256), so that the run's results and curve say where it restarted;
+    the run's wall time counts the continuation only. ValueError if ``out_dir`` already holds a training state,
+    if the history is not epochs 1..n with n below ``cfg.epochs``, or if the checkpoint is not ``cfg``'s model.
+    """
+    from .checkpoint import load
+    from .modelfile import sha256
+
+    state_path = Path(out_dir) / TRAIN_STATE_FILE
+    if state_path.exists():
+        raise ValueError(f"{state_path} exists: resume that run, or continue into a fresh directory")
+    if not history or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
+        raise ValueError("the history must list epochs 1, 2, ... n in order")
+    if len(history) >= cfg.epochs:
+        raise ValueError(f"the history has {len(history)} epochs, the config trains {cfg.epochs}: nothing to continue")
+    saved = load(checkpoint)
+    model = build_model(cfg, saved.vocab)
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint} is not a model of this config ({str(err).splitlines()[0]})") from None
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = torch.Generator().manual_seed(cfg.seed).get_state()
+    marked = [*history[:-1], {**history[-1], "continued_from": sha256(checkpoint)}]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    save_train_state({**_resumable(cfg, model, optimizer, None, len(history) - 1, marked, 0.0), "rng": rng},
+                     state_path)
+    return state_path
+
+
 def _to(state, device: torch.device):
     """A saved recurrent state (tensors in tuples, or None) on ``device``."""
     if state is None:

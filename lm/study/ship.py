@@ -18,7 +18,6 @@ produces it. Files of models that left the front are removed from ``models/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from ..checkpoint import ARTIFACT_FILE, load
 from ..data import Corpus
 from ..evaluate import perplexity
+from ..modelfile import sha256
 from ..results import ROOT
 from .methods import load_methods
 from .report import MB, pareto_front
@@ -35,14 +35,6 @@ MODELS = ROOT / "models"
 MAX_MB = 5.0
 CHECK_TOKENS = 2000
 NOT_ON_DISK = "not on disk: to be shipped when the study next produces it"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def front_models(front: dict, max_mb: float = MAX_MB) -> list[dict]:

@@ -25,7 +25,7 @@ from lm.config import PRESETS, TrainConfig, preset
 from lm.distill import Distillation, soft_target_loss
 from lm.evaluate import perplexity
 from lm.regularize import Regularization
-from lm.train import TrainingDiverged, build_model, curve_stalled, step_loss, train
+from lm.train import TrainingDiverged, build_model, continue_state, curve_stalled, step_loss, train
 
 SHORT = ["--preset", "tiny", "--max-train-tokens", "20000", "--quiet"]
 
@@ -214,6 +214,54 @@ def test_a_finished_runs_training_state_alone_resumes_to_its_checkpoint(tmp_path
     assert again["checkpoint_bytes"] == (tmp_path / "model.safetensors").stat().st_size
     restored = lm.load(tmp_path / "model.safetensors").state_dict()
     assert all(torch.equal(restored[k], v) for k, v in saved.items())
+
+
+def test_a_run_whose_state_is_lost_continues_from_its_checkpoint_and_history(tmp_path, short_corpus):
+    """continue_state: SGD restarts from the checkpoint (the average, once averaging) at the epoch after
+    the history's last, averaging anew; the history says where it restarted."""
+    cfg = tiny_awd(epochs=3, asgd_start=2, asgd_nonmono=None)
+    first = train(replace(cfg, epochs=2), tmp_path / "lost", progress=False)
+    checkpoint = tmp_path / "lost" / "model.safetensors"
+    state = load_train_state(continue_state(cfg, checkpoint, first["history"], tmp_path / "on"))
+    saved = lm.load(checkpoint).state_dict()
+    assert state["epoch"] == 1 and "average" not in state and state["optimizer"]["state"] == {}
+    assert all(torch.equal(state["model"][k], v) for k, v in saved.items())  # the average, not the SGD weights
+    done = train(cfg, tmp_path / "on", resume=True, progress=False)
+    marked = {**first["history"][1], "continued_from": lm.modelfile.sha256(checkpoint)}
+    assert done["history"][:2] == [first["history"][0], marked] and done["history"][2]["averaged"]
+    after = load_train_state(tmp_path / "on" / "train_state.safetensors")
+    assert int(after["average"]["n_averaged"]) == math.ceil((3000 // cfg.batch_size - 1) / cfg.bptt)  # epoch 3 only
+
+
+def test_continue_state_refuses_what_it_cannot_continue(tmp_path, short_corpus):
+    cfg = tiny_awd(epochs=2)
+    first = train(replace(cfg, epochs=1), tmp_path / "run", progress=False)
+    checkpoint, history = tmp_path / "run" / "model.safetensors", first["history"]
+    with pytest.raises(ValueError, match="exists"):
+        continue_state(cfg, checkpoint, history, tmp_path / "run")  # its own state is there: resume it
+    with pytest.raises(ValueError, match="nothing to continue"):
+        continue_state(replace(cfg, epochs=1), checkpoint, history, tmp_path / "a")
+    with pytest.raises(ValueError, match="epochs 1, 2"):
+        continue_state(cfg, checkpoint, [{**history[0], "epoch": 2}], tmp_path / "b")
+    with pytest.raises(ValueError, match="not a model of this config"):
+        continue_state(replace(cfg, model=replace(cfg.model, hidden_size=8)), checkpoint, history, tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--continue-from", "RUN"], "--continue-from and --history go together"),
+    (["--history", "RUN/results.json"], "--continue-from and --history go together"),
+    (["--continue-from", "RUN", "--history", "RUN/results.json", "--resume"], "--resume continues it after that"),
+])
+def test_continue_from_is_checked_with_its_history(args, message, tmp_path, capsys):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train_state.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", *SHORT, "--out", str(tmp_path / "out"),
+              *[a.replace("RUN", str(tmp_path)) for a in args]])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 # slow (30 s): the default suite resumes an average exactly in the "averaged-epoch" case of
