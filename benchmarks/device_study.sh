@@ -33,10 +33,19 @@ mkdir -p runs/logs
 teacher=runs/$preset
 study_dir=runs/study_$preset
 
+# a teacher trained before (here on the CPU, or in an earlier session) comes carried, its checkpoint and results
+# (`mkdir -p .carry/teacher && cp runs/medium_awd/{model.safetensors,results.json} .carry/teacher/`: 53 MB, with
+# PTB and the wheels under the tool's 64 MiB), and the call goes straight to the students
+carried=$([ -f .carry/teacher/results.json ] && echo yes || true)
+if [ -n "$carried" ] && [ ! -f $teacher/results.json ]; then
+  mkdir -p $teacher && cp .carry/teacher/model.safetensors .carry/teacher/results.json $teacher/
+fi
+
 # once per machine, before the teacher starts: its step eager and through torch.compile side by side (about two
 # minutes, most of it compiling); the teacher trains compiled if that is at least 1.3 times faster
 ab=runs/check/bench_train_$device.json
-if [ "$device" = cuda ] && [ ! -f $ab ] && [ ! -f $teacher/train_state.safetensors ] && [ "$(left)" -gt 400 ]; then
+if [ "$device" = cuda ] && [ ! -f $ab ] && [ ! -f $teacher/train_state.safetensors ] && [ ! -f $teacher/results.json ] \
+    && [ "$(left)" -gt 400 ]; then
   mkdir -p runs/check
   timeout 240 python3 -m lm.benchmarks.train_speed --presets "$preset" --device "$device" --compile \
     --steps 100 --out $ab > runs/logs/train_speed.log 2>&1
@@ -81,8 +90,11 @@ fi
 wait
 
 nvidia-smi --query-gpu=name,memory.used --format=csv >> runs/logs/gpu_end.txt 2>&1
-teacher_file=$([ -f $teacher/results.json ] && echo model || echo train_state)
+large=("study_$preset/*_kd/artifact.safetensors")  # and the teacher first, unless it came carried
+if [ -z "$carried" ]; then
+  large=("$preset/$([ -f $teacher/results.json ] && echo model || echo train_state).safetensors" "${large[@]}")
+fi
 python3 -m benchmarks.device_pack pack "$OUT" runs \
   --small '**/results.json' '**/result.json' 'logs/*' 'check/*' "study_$preset/*_qat*/artifact.safetensors" \
-  --large "$preset/$teacher_file.safetensors" "study_$preset/*_kd/artifact.safetensors"
+  --large "${large[@]}"
 ls -l "$OUT"
