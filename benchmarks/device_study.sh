@@ -26,6 +26,7 @@ OUT=${OUT:-$(mktemp -d)}
 end=$(($(date +%s) + limit))
 left() { echo $((end - $(date +%s))); }
 source benchmarks/device_env.sh || exit
+: "${PTB_DIR:?carry PTB: see benchmarks/device_env.sh}"
 export OMP_NUM_THREADS=1
 device=${DEVICE:-cuda}
 preset=${PRESET:-medium_awd}  # tiny_awd: the same methods, for a check of this script on the CPU
@@ -61,14 +62,14 @@ fi
 if [ ! -f $teacher/results.json ] && [ "$(left)" -gt 30 ]; then
   resume=$([ -f $teacher/train_state.safetensors ] && echo --resume)
   timeout --signal=INT --kill-after=20 "$(left)" python3 -m lm train --preset "$preset" --device "$device" \
-    --data-dir .carry --out $teacher --save-every 1 --quiet $resume $compile >> runs/logs/teacher.log 2>&1
+    --data-dir "$PTB_DIR" --out $teacher --save-every 1 --quiet $resume $compile >> runs/logs/teacher.log 2>&1
   echo "lm train exit status $? at $(date -u +%T)" >> runs/logs/teacher.log
 fi
 
 study() {  # the methods named, each after its base, in one process
   [ "$(left)" -gt 30 ] || return 1
   timeout --signal=INT --kill-after=20 "$(left)" python3 -m lm study --preset "$preset" --device "$device" \
-    --checkpoint $teacher/model.safetensors --run-dir $study_dir --data-dir .carry --save-every 1 --quiet \
+    --checkpoint $teacher/model.safetensors --run-dir $study_dir --data-dir "$PTB_DIR" --save-every 1 --quiet \
     --no-onnx --no-report --methods "$@" >> "runs/logs/study_$1.log" 2>&1
   local status=$?
   echo "lm study $* exit status $status at $(date -u +%T)" >> "runs/logs/study_$1.log"

@@ -18,6 +18,7 @@ OUT=${OUT:-$(mktemp -d)}
 run=/tmp/device_train/$preset
 mkdir -p "$run"
 source benchmarks/device_env.sh || exit
+: "${PTB_DIR:?carry PTB: see benchmarks/device_env.sh}"
 if [ -f .carry/train_state.safetensors ] && [ ! -f "$run/train_state.safetensors" ]; then
   cp .carry/train_state.safetensors "$run/"  # the run so far; a warm machine's own is newer
 fi
@@ -26,7 +27,7 @@ resume=$([ -f "$run/train_state.safetensors" ] && echo --resume || true)
 status=0
 if [ "$limit" -gt 0 ]; then
   timeout --signal=INT --kill-after=30 "$limit" python3 -m lm train --preset "$preset" --device "${DEVICE:-cuda}" \
-    --data-dir .carry --out "$run" --save-every 1 --quiet $resume >> "$run/train.log" 2>&1 || status=$?
+    --data-dir "$PTB_DIR" --out "$run" --save-every 1 --quiet $resume >> "$run/train.log" 2>&1 || status=$?
   echo "lm train exit status $status" >> "$run/train.log"
 fi
 state=$([ -f "$run/results.json" ] && echo model || echo train_state)
