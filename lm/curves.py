@@ -43,12 +43,15 @@ def table(history: list[dict]) -> str:
     for h in history:
         lines.append(f"| {h['epoch']} | {h['lr']:.4g} | {h['train_ppl']:.2f} | {h['valid_ppl']:.2f} | "
                      f"{h['tokens_per_s']:.0f} |" + (f" {'yes' if h.get('averaged') else 'no'} |" if averaged else ""))
+    lines += [f"\nContinued after epoch {h['epoch']} from its checkpoint alone (sha256 {h['continued_from'][:12]}...): "
+              "SGD restarted from those weights, averaging anew." for h in history if h.get("continued_from")]
     return "\n".join(lines)
 
 
 def draw(ax, name: str, history: list[dict], colour, train: bool = True) -> None:
-    """One run's validation perplexity per epoch on ``ax`` (solid; training dashed if ``train``), and a
-    square where its weights are first averaged."""
+    """One run's validation perplexity per epoch on ``ax`` (solid; training dashed if ``train``), a
+    square where its weights are first averaged, and a triangle at each epoch whose checkpoint the run
+    continued from with its training state lost (``continued_from``, ``lm.train.continue_state``)."""
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["valid_ppl"] for h in history], color=colour, marker=".", label=f"{name}: valid")
     if train:
@@ -57,6 +60,10 @@ def draw(ax, name: str, history: list[dict], colour, train: bool = True) -> None
     if first is not None:
         ax.scatter([first["epoch"]], [first["valid_ppl"]], color=colour, marker="s", s=40, zorder=3,
                    label=f"{name}: averaging from here")
+    restarts = [h for h in history if h.get("continued_from")]
+    if restarts:
+        ax.scatter([h["epoch"] for h in restarts], [h["valid_ppl"] for h in restarts], color=colour, marker="v",
+                   s=60, zorder=3, label=f"{name}: continued from this epoch's checkpoint")
 
 
 def plot(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "training curves") -> Path:

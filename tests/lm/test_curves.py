@@ -31,3 +31,19 @@ def test_a_path_without_a_history_is_a_clear_error(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"test_ppl": 1.0}))
     with pytest.raises(SystemExit, match="without a 'history' list"):
         main(["curve", str(tmp_path / "results.json")])
+
+
+def test_a_continued_run_says_where_it_restarted_in_its_table_and_plot(tmp_path):
+    history = [{"epoch": e, "lr": 1.0, "train_ppl": 90.0 - e, "valid_ppl": 100.0 - e, "tokens_per_s": 1e3,
+                "averaged": e > 1} for e in (1, 2, 3)]
+    history[1]["continued_from"] = "ab" * 32
+    text = curves.table(history)
+    assert "Continued after epoch 2 from its checkpoint alone (sha256 abababababab...)" in text
+    assert "Continued" not in curves.table(history[:1] + [{**history[1], "continued_from": None}])
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    curves.draw(ax, "run", history, "C0")
+    labels = ax.get_legend_handles_labels()[1]
+    assert "run: continued from this epoch's checkpoint" in labels and "run: averaging from here" in labels
+    plt.close(fig)
