@@ -77,7 +77,8 @@ def write_report(out: str | os.PathLike, payload: dict, markdown: Callable[[dict
 
 def lm_table() -> str:
     """The markdown table: one row per ``results/lm_<preset>.json``, with its ``eval_<preset>.json``
-    re-check (test perplexity and commit) in the last column."""
+    re-check (test perplexity and commit) in the last column. A run continued from a checkpoint alone
+    (``lm train --continue-from``) has the speed, hours and device of its continuation, which says so."""
     lines = ["| preset | valid PPL | test PPL | published test PPL | parameters | checkpoint MB | tokens/s | hours "
              "| device | seed | commit | lm eval test PPL (commit) |", "|" + "---|" * 12]
     for path in sorted(RESULTS.glob("lm_*.json")):
@@ -87,7 +88,8 @@ def lm_table() -> str:
         again = json.loads(recheck.read_text()) if recheck.is_file() else None
         cells = [name, f"{r['valid_ppl']:.2f}", f"{r['test_ppl']:.2f}", PUBLISHED.get(name, "-"), f"{r['parameters']:,}",
                  f"{r['checkpoint_bytes'] / 1e6:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['wall_time_s'] / 3600:.2f}",
-                 r["device"], r["seed"], r["commit"], f"{again['test_ppl']:.2f} ({again['commit']})" if again else "-"]
+                 r["device"] + (f" (continued after epoch {r['continued_after_epoch']})"
+                                if "continued_after_epoch" in r else ""), r["seed"], r["commit"], f"{again['test_ppl']:.2f} ({again['commit']})" if again else "-"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

@@ -324,6 +324,9 @@ def train(
     if rank == 0 and not model_path.is_file():  # a finished run's training state handed back alone (device_pack)
         save_model(model, model_path)
     test_ppl = perplexity(model, corpus.test)
+    # the epochs this run trained itself: those after the last one it was continued from (continue_state)
+    restart = max((i for i, h in enumerate(history) if h.get("continued_from")), default=-1)
+    own = history[restart + 1:]
     results = {
         **stamp(cfg.to_dict(), cfg.seed),
         "valid_ppl": history[-1]["valid_ppl"] if history else perplexity(model, corpus.valid),
@@ -331,8 +334,9 @@ def train(
         "parameters": count_parameters(model),
         "checkpoint_bytes": model_path.stat().st_size if model_path.is_file() else None,
         "wall_time_s": elapsed,
-        "tokens_per_s": sum(h["tokens_per_s"] for h in history) / max(len(history), 1),
+        "tokens_per_s": sum(h["tokens_per_s"] for h in own) / max(len(own), 1),
         "device": str(device) + (f" x{world}" if world > 1 else ""),
+        **({"continued_after_epoch": history[restart]["epoch"]} if restart >= 0 else {}),
         "history": history,
     }
     if rank == 0:

@@ -229,6 +229,8 @@ def test_a_run_whose_state_is_lost_continues_from_its_checkpoint_and_history(tmp
     done = train(cfg, tmp_path / "on", resume=True, progress=False)
     marked = {**first["history"][1], "continued_from": lm.modelfile.sha256(checkpoint)}
     assert done["history"][:2] == [first["history"][0], marked] and done["history"][2]["averaged"]
+    assert done["continued_after_epoch"] == 2 and done["tokens_per_s"] == done["history"][2]["tokens_per_s"]
+    assert "continued_after_epoch" not in first  # its own speed: every epoch's
     after = load_train_state(tmp_path / "on" / "train_state.safetensors")
     assert int(after["average"]["n_averaged"]) == math.ceil((3000 // cfg.batch_size - 1) / cfg.bptt)  # epoch 3 only
 
