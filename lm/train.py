@@ -25,12 +25,14 @@ from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from .checkpoint import MODEL_FILE, TRAIN_STATE_FILE, ModelFileError, load_train_state, save_model, save_train_state
+from .checkpoint import (MODEL_FILE, TRAIN_STATE_FILE, ModelFileError, load, load_train_state, save_model,
+                         save_train_state)
 from .config import TrainConfig
 from .data import Corpus, batchify, bptt_windows
 from .distill import Distillation, teacher_features
 from .evaluate import perplexity
 from .model import LanguageModel, count_parameters, detach
+from .modelfile import sha256
 from .regularize import Regularization, nt_asgd_triggered
 from .results import stamp, write_json
 
@@ -86,9 +88,6 @@ def continue_state(cfg: TrainConfig, checkpoint: str | os.PathLike, history: lis
     the run's wall time counts the continuation only. ValueError if ``out_dir`` already holds a training state,
     if the history is not epochs 1..n with n below ``cfg.epochs``, or if the checkpoint is not ``cfg``'s model.
     """
-    from .checkpoint import load
-    from .modelfile import sha256
-
     state_path = Path(out_dir) / TRAIN_STATE_FILE
     if state_path.exists():
         raise ValueError(f"{state_path} exists: resume that run, or continue into a fresh directory")
