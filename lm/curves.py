@@ -48,12 +48,13 @@ def table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def draw(ax, name: str, history: list[dict], colour, train: bool = True) -> None:
-    """One run's validation perplexity per epoch on ``ax`` (solid; training dashed if ``train``), a
-    square where its weights are first averaged, and a triangle at each epoch whose checkpoint the run
-    continued from with its training state lost (``continued_from``, ``lm.train.continue_state``)."""
+def draw(ax, name: str, history: list[dict], colour, train: bool = True, line: str = "-") -> None:
+    """One run's validation perplexity per epoch on ``ax`` (in ``line``, solid by default; training dashed
+    if ``train``), a square where its weights are first averaged, and a triangle at each epoch whose
+    checkpoint the run continued from with its training state lost (``continued_from``,
+    ``lm.train.continue_state``)."""
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["valid_ppl"] for h in history], color=colour, marker=".", label=f"{name}: valid")
+    ax.plot(epochs, [h["valid_ppl"] for h in history], color=colour, ls=line, marker=".", label=f"{name}: valid")
     if train:
         ax.plot(epochs, [h["train_ppl"] for h in history], color=colour, ls="--", label=f"{name}: train")
     first = next((h for h in history if h.get("averaged")), None)

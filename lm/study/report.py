@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import git_commit, save_figure
-from .methods import _fields, _keys, _typed, tomllib
+from .methods import Method, _fields, _keys, _typed, load_methods, tomllib
 
 MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
 DATA_DIR = Path(__file__).parent
@@ -335,29 +335,57 @@ def _curves_section(rows: list[dict], image: str | None) -> list[str]:
     return lines
 
 
-def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path | None:
-    """The validation perplexity per epoch of every row with a history: the long runs (the dense model's
-    own training, from-scratch runs) on the left, the fine-tunes on the right (a panel only where there
-    are such runs); None when no row has one."""
+QAT_LINES = {4: "-", 3: "--", 2: ":"}  # the quantization-aware panel's line for each width; any other: dash-dot
+
+
+def curve_panels(rows: list[dict], methods: dict[str, Method]) -> dict[str, list[tuple[dict, int, str]]]:
+    """The panels of the training-curves plot, ``{title: [(row, colour index, line style), ...]}``, for the
+    rows with a history, empty panels left out: the long runs (the dense model's own training, from-scratch
+    runs); the other fine-tunes (retraining, distillation); and the quantization-aware fine-tunes (the rows
+    whose method in ``methods`` has ``qat_bits``), each in the colour of the run it starts from (its base)
+    and a line per width (``QAT_LINES``), so that a student and its QAT rows read together."""
     trained = [r for r in rows if r.get("history")]
-    if not trained:
+    bits = {r["name"]: m.qat_bits for r in trained if (m := methods.get(r["name"])) and m.qat_bits is not None}
+    full = [r for r in trained if r["history"]["run"] != "finetune"]
+    tunes = [r for r in trained if r["history"]["run"] == "finetune" and r["name"] not in bits]
+    qats = [r for r in trained if r["name"] in bits]
+    colour = {r["name"]: k for k, r in enumerate(tunes)}
+    for r in qats:  # a base that is not plotted still gives its QAT rows one colour
+        colour.setdefault(methods[r["name"]].base, len(colour))
+    panels = {
+        "full runs (dense, from scratch)": [(r, k, "-") for k, r in enumerate(full)],
+        "fine-tunes (retraining, distillation)": [(r, colour[r["name"]], "-") for r in tunes],
+        "quantization-aware fine-tunes (4 bits solid, 3 dashed, 2 dotted)":
+            [(r, colour[methods[r["name"]].base], QAT_LINES.get(bits[r["name"]], "-.")) for r in qats],
+    }
+    return {title: panel for title, panel in panels.items() if panel}
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str,
+                methods: dict[str, Method] | None = None) -> Path | None:
+    """The validation perplexity per epoch of every row with a history, in the panels of ``curve_panels``
+    (``methods``: the preset's, by name; default none, so no quantization-aware panel); None when no row
+    has one."""
+    panels = curve_panels(rows, methods or {})
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from ..curves import draw
 
-    panels = {"full runs (dense, from scratch)": [r for r in trained if r["history"]["run"] != "finetune"],
-              "fine-tunes (distillation, QAT)": [r for r in trained if r["history"]["run"] == "finetune"]}
-    panels = {name: group for name, group in panels.items() if group}  # no empty panel
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, (name, group) in zip(axes[0], panels.items()):
-        for k, r in enumerate(group):
-            draw(ax, r["label"], r["history"]["epochs"], cmap(k % 20), train=False)
+    cmap = plt.get_cmap("tab20")  # its dark hues for the first ten colours, then the light ones
+    for ax, (name, panel) in zip(axes[0], panels.items()):
+        for r, k, line in panel:
+            draw(ax, r["label"], r["history"]["epochs"], cmap(2 * k % 20 + k // 10 % 2), train=False, line=line)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # perplexities as numbers, not powers
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation perplexity (log scale)")
         ax.set_title(name, fontsize=10)
@@ -445,7 +473,8 @@ def render(payload: dict, report_dir: str | Path) -> dict:
     out, preset = Path(report_dir), payload["preset"]
     name = f"study_{preset}"
     image = plot(payload["rows"], out / f"{name}.png", f"PTB, preset {preset}: size vs test perplexity")
-    curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves")
+    curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves",
+                         {m.name: m for m in load_methods(preset)})
     if curves is None:  # no row has a history now: a plot of earlier rows' curves would mislead
         (out / f"{name}_curves.png").unlink(missing_ok=True)
     payload = {**payload, "plot": image.name, **({"curves": curves.name} if curves else {}), "paper": PAPER,

@@ -240,6 +240,29 @@ def test_the_training_curves_section_says_where_each_run_stalled_and_the_front_l
     assert [r["name"] for r in merged["rows"]] == ["small:dense", "small:kd"] and "history" not in merged["rows"][1]
 
 
+def test_quantization_aware_runs_get_their_own_panel_in_their_base_colour_and_a_line_per_width():
+    from lm.study.methods import Method
+    from lm.study.report import curve_panels
+
+    def tuned(name, run="finetune"):
+        return {**row(name, 1.0, 90.0), "history": {"run": run, "epochs": [{"epoch": 1, "valid_ppl": 90.0}]}}
+
+    methods = {m.name: m for m in [
+        Method("kd", "LR-LSTM", "d", train="finetune"), Method("tt", "TT-LSTM", "d", train="finetune"),
+        *(Method(f"kd_qat{b}", "LR-LSTM+QAT", "d", train="finetune", base="kd", quant=f"q{b}", qat_bits=b)
+          for b in (4, 3, 2)),
+        Method("tt_qat2", "TT-LSTM+QAT", "d", train="finetune", base="tt", quant="q2", qat_bits=2),
+        Method("gone_qat4", "LR-LSTM+QAT", "d", train="finetune", base="gone", quant="q4", qat_bits=4)]}
+    rows = [tuned("dense", "train"), tuned("kd"), tuned("kd_qat4"), tuned("tt"), tuned("kd_qat3"), tuned("kd_qat2"),
+            tuned("tt_qat2"), tuned("gone_qat4"), row("q8", 13.0, 66.0)]
+    panels = curve_panels(rows, methods)
+    full, tunes, qats = ([(r["name"], k, line) for r, k, line in p] for p in panels.values())
+    assert full == [("dense", 0, "-")] and tunes == [("kd", 0, "-"), ("tt", 1, "-")]
+    assert qats == [("kd_qat4", 0, "-"), ("kd_qat3", 0, "--"), ("kd_qat2", 0, ":"), ("tt_qat2", 1, ":"),
+                    ("gone_qat4", 2, "-")]
+    assert list(curve_panels(rows, {})) == list(panels)[:2]  # without the methods: no QAT panel, as before
+
+
 def test_a_render_without_histories_removes_the_stale_curves_plot(tmp_path):
     from lm.study.report import render
 
