@@ -7,7 +7,8 @@ artifact, decodes that artifact and measures its exact perplexities (and a 2-, 3
 onnxruntime with int8 activations, a column of its own, when onnxruntime is installed). Each finished
 method leaves ``<run_dir>/<name>/result.json`` and is skipped on the next run while
 its recipe is unchanged; training resumes after a kill, losing at most one epoch (or, with
-``save_every``, that many minutes).
+``save_every``, that many minutes). Each method starts from the preset's seed, so that its row is the same
+whether it runs after others or alone (``--methods``: one process a method, one per core).
 A final pass times every artifact side by side (one token, batch 1, one thread,
 eager and int8, and exported to onnxruntime, float32 and int8, when it is installed) and
 writes the results JSON, the markdown report and the Pareto plot.
@@ -239,6 +240,7 @@ class Study:
             return cached
         self.log(f"{m.name}: {m.description}")
         tic = time.time()
+        torch.manual_seed(self.cfg.seed)  # a row depends on its recipe and the seed, not on what ran before it
         done = self.outcome(m, dense)
         info, decoded = done.artifact, done.decoded
         result = {

@@ -323,6 +323,12 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
     for m in kd:  # the curve of each distillation and QAT run, as its run recorded it
         trained = json.loads((tmp_path / "runs" / m.name / "train" / "results.json").read_text())["history"]
         assert [h["valid_ppl"] for h in rows[m.name]["history"]["epochs"]] == [h["valid_ppl"] for h in trained]
+    # a row is its recipe's and the seed's: tt_kd run alone (the study's two-core recipe: one process a method)
+    # scores what it scored after the methods before it (their dropout masks) in one process
+    main(["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1", "--methods", "tt_kd",
+          "--run-dir", str(tmp_path / "alone"), "--quiet", "--no-onnx", "--no-report"])
+    alone = json.loads((tmp_path / "alone" / "tt_kd" / "result.json").read_text())
+    assert (alone["valid_ppl"], alone["test_ppl"]) == (rows["tt_kd"]["valid_ppl"], rows["tt_kd"]["test_ppl"])
 
 
 @pytest.mark.slow  # exports of 16M-weight models, ~10 s each
