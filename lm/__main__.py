@@ -248,7 +248,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                          overrides=dict(args.set), methods=args.methods, eval_tokens=args.eval_tokens,
                          scratch_epochs=args.scratch_epochs, data_dir=args.data_dir, progress=not args.quiet,
                          latency_tokens=args.latency_tokens, onnx=args.onnx, save_every=args.save_every,
-                         device=str(args.device), report=args.report,
+                         device=str(args.device), report=args.report, jobs=args.jobs,
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
@@ -441,6 +441,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every", type=positive_float, metavar="MINUTES",
                    help="also save every training run's state within an epoch, every MINUTES (resumed by the next "
                         "study run; default: at epoch ends only)")
+    s.add_argument("--jobs", type=positive_int, default=1,
+                   help="methods trained at once on the CPU, each in a process of its own with the threads shared "
+                        "out, a method once its base is done; the rows are those of one process (default: 1)")
     s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
     s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")
@@ -527,6 +530,8 @@ def _check(args: argparse.Namespace) -> None:
             args.parser.error(f"max_train_tokens {config.max_train_tokens} is too few for batch_size "
                               f"{config.batch_size}: at least {2 * config.batch_size} (two tokens per stream)")
         args.config = config
+    if args.command == "study" and args.jobs > 1 and str(args.device) != "cpu":
+        args.parser.error(f"argument --jobs: methods run side by side on the CPU only, not on {args.device}")
     if args.command == "study" and args.retime and not args.report_only:
         args.parser.error("argument --retime: only with --report-only (a study run times its models anyway)")
     if args.command == "study" and args.report_only and not args.report:

@@ -20,9 +20,11 @@ import copy
 import importlib.util
 import json
 import math
+import multiprocessing
 import tempfile
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -97,6 +99,7 @@ class StudyConfig:
     save_every: float | None = None  # minutes between saves within an epoch of every training run (lm.train.train)
     device: str = "cpu"  # where the methods train and are scored (a GPU: "cuda"); timings are always on the CPU
     report: bool = True  # False: run the methods only; a later study run, on the CPU, times and reports them
+    jobs: int = 1  # methods run at once, each in a process of its own (the CPU's threads shared out)
 
 
 class Study:
@@ -291,6 +294,8 @@ class Study:
             dense = LanguageModel(self.cfg.model, self.corpus.vocab)
         done, start, spent, trained = {}, time.time(), 0.0, 0
         todo = [m for m in self.methods if self.cached(m) is None]
+        if self.config.jobs > 1 and todo:
+            self.run_in_processes(todo)  # then the pass below finds every row cached
         for i, m in enumerate(self.methods, 1):
             left = sum(self.epochs(t) for t in todo if t.name not in done)  # this method's included
             most = "at most " if self.finetune.get("min_gain") is not None else ""  # fine-tunes may stop early
@@ -313,6 +318,41 @@ class Study:
         for name, t in compare(models, tokens=self.config.latency_tokens, onnx=self.onnx, nbits=nbits).items():
             next(r for r in rows if r["name"] == name).update(t)
         return self.write_report(rows)
+
+    def run_in_processes(self, todo: list[Method]) -> None:
+        """Run the methods of ``todo`` (in dependency order) ``config.jobs`` at a time, each by a study of its
+        own in a fresh process (``--methods NAME``, no report, no progress bars) with the CPU's threads shared
+        out, each once its base is done; each leaves its cached row, the same as a run in this process would
+        (every method starts from the seed). Students distilled from one teacher may compute its outputs
+        side by side once, before its cache exists. A method that fails stops the others from starting."""
+        pending, running, failed = list(todo), {}, None
+        threads = max(1, torch.get_num_threads() // self.config.jobs)
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+        with ProcessPoolExecutor(self.config.jobs, mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            while pending or running:
+                waiting_on = {m.name for m in pending} | set(running.values())
+                for m in [m for m in pending if m.base not in waiting_on] if failed is None else []:
+                    if len(running) == self.config.jobs:
+                        break
+                    config = replace(self.config, methods=[m.name], report=False, progress=False, jobs=1)
+                    running[pool.submit(run_study, config)] = m.name
+                    pending.remove(m)
+                    self.log(f"{m.name}: started ({len(todo) - len(pending)} of {len(todo)}, "
+                             f"{len(running)} running, {threads} thread{'s' * (threads > 1)} each)")
+                if not running:
+                    break  # a failure left only methods that wait
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    if future.exception() is not None:
+                        failed = failed or future.exception()
+                        self.log(f"{name}: failed ({future.exception()})")
+                    elif (row := self.cached(next(m for m in todo if m.name == name))) is not None:
+                        self.log(f"{name}: {row['size_mb']:.3f} MB, valid {row['valid_ppl']:.2f}, "
+                                 f"test {row['test_ppl']:.2f}")
+        if failed is not None:
+            raise failed
 
     def write_report(self, rows: list[dict]) -> dict:
         # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself

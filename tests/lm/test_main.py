@@ -64,6 +64,7 @@ BAD_INPUTS = [
     ("study --finetune-lr 0", "argument --finetune-lr: expected a finite number > 0, got '0'"),
     ("study --finetune-epochs 0", "argument --finetune-epochs: expected a whole number >= 1, got '0'"),
     ("study --latency-tokens 0", "argument --latency-tokens: expected a whole number >= 1, got '0'"),
+    ("study --jobs 0", "argument --jobs: expected a whole number >= 1, got '0'"),
     ("study --retime", "argument --retime: only with --report-only (a study run times its models anyway)"),
     ("study --report-only --no-report", "argument --no-report: not with --report-only, which writes only the report"),
     ("study --checkpoint EMPTY", "argument --checkpoint: EMPTY: is a directory without a model file"),

@@ -6,6 +6,7 @@ command line.
 """
 
 import json
+from concurrent.futures import Future
 import math
 import os
 import re
@@ -402,3 +403,57 @@ def test_an_n_bit_row_is_also_scored_with_int8_activations_in_onnxruntime(tmp_pa
     exact = math.exp(token_losses(q4, runner.stream("test")).mean().item())
     approximate = runner.int8_activation_ppl(q4, 4)
     assert approximate == pytest.approx(exact, rel=0.05) and approximate != exact
+
+
+def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_path, corpus, monkeypatch):
+    # --jobs 2: a base chain (groupreduce_ft -> groupreduce_ft_q8), a distillation and a storage-only row, two
+    # at a time in fresh processes (so the streams are cut by options, not by a patched loader)
+    def rows(jobs):
+        out = tmp_path / f"jobs{jobs}"
+        main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--set",
+              "max_train_tokens=4000", "--eval-tokens", "1000", "--latency-tokens", "2", "--jobs", str(jobs),
+              "--methods", "groupreduce_ft_q8", "lr_lstm_ft_kd", "q8", "--run-dir", str(out / "runs"),
+              "--report-dir", str(out / "report"), "--quiet", "--no-onnx"])
+        return {r["name"]: r for r in json.loads((out / "report" / "study_tiny.json").read_text())["rows"]}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as each of the two processes: the same float sums, so the same rows
+    try:
+        alone = rows(1)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # shared out: one thread each, on any machine
+        side_by_side = rows(2)
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    assert set(side_by_side) == {"dense", "q8", "groupreduce_ft", "groupreduce_ft_q8", "lr_lstm_ft_kd"}
+    for name, r in alone.items():
+        assert (side_by_side[name]["valid_ppl"], side_by_side[name]["test_ppl"], side_by_side[name]["size_bytes"]) == (
+            r["valid_ppl"], r["test_ppl"], r["size_bytes"]), name
+
+
+def test_a_failing_method_stops_the_study_run_in_processes(tmp_path, corpus, monkeypatch):
+    config = study.StudyConfig(preset="tiny", run_dir=str(tmp_path / "runs"), overrides={"hidden_size": 8},
+                               methods=["groupreduce_ft_q8"], jobs=2, report=False, progress=False)
+    s = study.Study(config)
+    submitted = []
+
+    class Broken:  # the pool's stand-in: the first method fails, and its dependant never starts
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, config):
+            submitted.append(config.methods)
+            future = Future()
+            future.set_exception(RuntimeError(f"{config.methods[0]} broke"))
+            return future
+
+    monkeypatch.setattr(study, "ProcessPoolExecutor", Broken)
+    with pytest.raises(RuntimeError, match="groupreduce_ft broke"):
+        s.run_in_processes([m for m in s.methods if m.name != "dense"])
+    assert submitted == [["groupreduce_ft"]]
