@@ -35,12 +35,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+CODE_COMMIT = git_commit()  # the code this process runs: its modules were read at import, not at a later commit
+
+
 def stamp(config: dict, seed: int | None) -> dict:
-    """Config, seed, commit, date and machine of a run."""
+    """Config, seed, commit (``CODE_COMMIT``: a run that lasts hours reports the code it started with, not a
+    commit made while it ran), date and machine of a run."""
     return {
         "config": config,
         "seed": seed,
-        "commit": git_commit(),
+        "commit": CODE_COMMIT,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import git_commit, save_figure
+from ..results import CODE_COMMIT, save_figure
 from .methods import Method, _fields, _keys, _typed, load_methods, tomllib
 
 MB = 1e6  # the paper's megabytes: its 18.6 MB small model is 4.65M float32 numbers
@@ -497,7 +497,7 @@ def rerender(preset: str, report_dir: str | Path, retime_tokens: int | None = No
     if not path.is_file():
         raise ValueError(f"no stored report {path} to re-render; run the study first")
     payload = json.loads(path.read_text())
-    stamp = {"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    stamp = {"commit": CODE_COMMIT, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     timed = payload.get("rendered", {}).get("timed")  # the rows' latencies come from that timing until timed again
     if timed and "commit" not in timed:  # a report re-timed before timings carried their own stamp
         timed = {"commit": payload["rendered"]["commit"], "date": payload["rendered"]["date"], **timed}

@@ -41,7 +41,7 @@ from ..data import Corpus
 from ..distill import Distillation
 from ..model import LanguageModel, count_parameters
 from ..regularize import Regularization
-from ..results import ROOT, git_commit, stamp, write_json
+from ..results import CODE_COMMIT, ROOT, stamp, write_json
 from ..train import train
 from . import pipeline, report
 from .latency import compare, nbits_width
@@ -253,7 +253,7 @@ class Study:
             "nonzero": sum(int((p != 0).sum()) for p in decoded.parameters()),
             "valid_ppl": done.valid_ppl, "test_ppl": done.test_ppl,
             "encodings": info.encodings, "tensor_bytes": info.tensor_bytes,
-            "config": asdict(decoded.config), "wall_time_s": time.time() - tic, "commit": git_commit(),
+            "config": asdict(decoded.config), "wall_time_s": time.time() - tic, "commit": CODE_COMMIT,
         }
         if self.onnx and (bits := nbits_width(result)):
             result["test_ppl_int8act"] = self.int8_activation_ppl(decoded, bits)
@@ -355,7 +355,6 @@ class Study:
             raise failed
 
     def write_report(self, rows: list[dict]) -> dict:
-        # stamped before anything is written, so that a clean tree is not reported as dirty by the report itself
         provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},
                            self.cfg.seed)
         return report.render({

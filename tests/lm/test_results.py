@@ -18,6 +18,11 @@ def test_a_stamp_has_config_seed_commit_date_and_machine():
     assert set(s["machine"]) == {"platform", "cpu", "torch", "threads"}
 
 
+def test_a_stamp_names_the_code_the_process_started_with_not_a_later_commit(monkeypatch):
+    monkeypatch.setattr(results, "git_commit", lambda: "f00d123")  # what the checkout says after a commit mid-run
+    assert results.stamp({}, 1)["commit"] == results.CODE_COMMIT != "f00d123"
+
+
 def test_outside_a_checkout_the_commit_is_unknown(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "ROOT", tmp_path)
     assert results.git_commit() == "unknown"
