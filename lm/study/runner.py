@@ -295,7 +295,8 @@ class Study:
         done, start, spent, trained = {}, time.time(), 0.0, 0
         todo = [m for m in self.methods if self.cached(m) is None]
         if self.config.jobs > 1 and todo:
-            self.run_in_processes(todo)  # then the pass below finds every row cached
+            self.run_in_processes(todo)
+            todo = []  # the pass below finds every row cached
         for i, m in enumerate(self.methods, 1):
             left = sum(self.epochs(t) for t in todo if t.name not in done)  # this method's included
             most = "at most " if self.finetune.get("min_gain") is not None else ""  # fine-tunes may stop early
