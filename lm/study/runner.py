@@ -332,12 +332,12 @@ class Study:
         with ProcessPoolExecutor(self.config.jobs, mp_context=context, initializer=torch.set_num_threads,
                                  initargs=(threads,)) as pool:
             while pending or running:
-                waiting_on = {m.name for m in pending} | set(running.values())
+                waiting_on = {m.name for m in [*pending, *running.values()]}
                 for m in [m for m in pending if m.base not in waiting_on] if failed is None else []:
                     if len(running) == self.config.jobs:
                         break
                     config = replace(self.config, methods=[m.name], report=False, progress=False, jobs=1)
-                    running[pool.submit(run_study, config)] = m.name
+                    running[pool.submit(run_study, config)] = m
                     pending.remove(m)
                     self.log(f"{m.name}: started ({len(todo) - len(pending)} of {len(todo)}, "
                              f"{len(running)} running, {threads} thread{'s' * (threads > 1)} each)")
@@ -345,12 +345,12 @@ class Study:
                     break  # a failure left only methods that wait
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    name = running.pop(future)
+                    m = running.pop(future)
                     if future.exception() is not None:
                         failed = failed or future.exception()
-                        self.log(f"{name}: failed ({future.exception()})")
-                    elif (row := self.cached(next(m for m in todo if m.name == name))) is not None:
-                        self.log(f"{name}: {row['size_mb']:.3f} MB, valid {row['valid_ppl']:.2f}, "
+                        self.log(f"{m.name}: failed ({future.exception()})")
+                    elif (row := self.cached(m)) is not None:
+                        self.log(f"{m.name}: {row['size_mb']:.3f} MB, valid {row['valid_ppl']:.2f}, "
                                  f"test {row['test_ppl']:.2f}")
         if failed is not None:
             raise failed
