@@ -103,6 +103,8 @@ class StudyConfig:
 
 
 class Study:
+    POLL_S = 60.0  # seconds between looks at the training states of the methods run in processes
+
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.cfg = preset(config.preset, **config.overrides)
@@ -323,17 +325,20 @@ class Study:
     def run_in_processes(self, todo: list[Method]) -> None:
         """Run the methods of ``todo`` (in dependency order) ``config.jobs`` at a time, each by a study of its
         own in a fresh process (``--methods NAME``, no report, no progress bars) with the CPU's threads shared
-        out, each once its base is done; each leaves its cached row, the same as a run in this process would
-        (every method starts from the seed). Students distilled from one teacher may compute its outputs
-        side by side once, before its cache exists. A method that fails stops the others from starting."""
-        pending, running, failed = list(todo), {}, None
+        out, each once the row it needs (``needs``) is done; each leaves its cached row, the same as a run in
+        this process would (every method starts from the seed). Students distilled from one teacher may
+        compute its outputs side by side once, before its cache exists. A method that fails stops the others
+        from starting. The processes print nothing: this one logs each epoch they finish, read from their
+        training states every ``POLL_S`` seconds, and each row."""
+        pending, running, failed, logged = list(todo), {}, None, {}
         threads = max(1, torch.get_num_threads() // self.config.jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
         with ProcessPoolExecutor(self.config.jobs, mp_context=context, initializer=torch.set_num_threads,
                                  initargs=(threads,)) as pool:
             while pending or running:
                 waiting_on = {m.name for m in [*pending, *running.values()]}
-                for m in [m for m in pending if m.base not in waiting_on] if failed is None else []:
+                ready = [m for m in pending if self.needs(m) not in waiting_on]
+                for m in ready if failed is None else []:
                     if len(running) == self.config.jobs:
                         break
                     config = replace(self.config, methods=[m.name], report=False, progress=False, jobs=1)
@@ -343,7 +348,9 @@ class Study:
                              f"{len(running)} running, {threads} thread{'s' * (threads > 1)} each)")
                 if not running:
                     break  # a failure left only methods that wait
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, timeout=self.POLL_S, return_when=FIRST_COMPLETED)
+                for m in running.values():
+                    self.log_epochs(m, logged)
                 for future in finished:
                     m = running.pop(future)
                     if future.exception() is not None:
@@ -354,6 +361,22 @@ class Study:
                                  f"test {row['test_ppl']:.2f}")
         if failed is not None:
             raise failed
+
+    def needs(self, m: Method) -> str | None:
+        """The row that method ``m``'s process waits for: its base, else the dense row, which a study of any
+        one method runs first when the dense model is needed (two processes would write its files at once)."""
+        return m.base or ("dense" if self.needs_dense and m.name != "dense" else None)
+
+    def log_epochs(self, m: Method, logged: dict[str, int]) -> None:
+        """Log the epochs of method ``m``'s training finished since ``logged[m.name]`` (a count, updated)."""
+        if not self.config.progress or not self.epochs(m):  # a row that only exports trains no epochs
+            return
+        history = self.history(m)
+        epochs = history["epochs"] if history else []
+        for e in epochs[logged.get(m.name, 0):]:
+            self.log(f"{m.name}: epoch {e['epoch']} of {self.epochs(m)}, lr {e['lr']:.4g}, "
+                     f"train ppl {e['train_ppl']:.2f}, valid ppl {e['valid_ppl']:.2f}")
+        logged[m.name] = len(epochs)
 
     def write_report(self, rows: list[dict]) -> dict:
         provenance = stamp({"study": asdict(self.config), "train": self.cfg.to_dict(), "finetune": self.finetune},

@@ -405,7 +405,7 @@ def test_an_n_bit_row_is_also_scored_with_int8_activations_in_onnxruntime(tmp_pa
     assert approximate == pytest.approx(exact, rel=0.05) and approximate != exact
 
 
-def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_path, corpus, monkeypatch):
+def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_path, corpus, monkeypatch, capsys):
     # --jobs 2: a base chain (groupreduce_ft -> groupreduce_ft_q8), a distillation and a storage-only row, two
     # at a time in fresh processes (so the streams are cut by options, not by a patched loader)
     def rows(jobs):
@@ -413,7 +413,7 @@ def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_
         main(["study", "--preset", "tiny", "--set", "hidden_size=24", "--set", "epochs=1", "--set",
               "max_train_tokens=4000", "--eval-tokens", "1000", "--latency-tokens", "2", "--jobs", str(jobs),
               "--methods", "groupreduce_ft_q8", "lr_lstm_ft_kd", "q8", "--run-dir", str(out / "runs"),
-              "--report-dir", str(out / "report"), "--quiet", "--no-onnx"])
+              "--report-dir", str(out / "report"), "--no-onnx", *["--quiet"] * (jobs == 1)])
         return {r["name"]: r for r in json.loads((out / "report" / "study_tiny.json").read_text())["rows"]}
 
     threads = torch.get_num_threads()
@@ -426,6 +426,13 @@ def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_
         monkeypatch.undo()
         torch.set_num_threads(threads)
     assert set(side_by_side) == {"dense", "q8", "groupreduce_ft", "groupreduce_ft_q8", "lr_lstm_ft_kd"}
+    log = capsys.readouterr().out  # the processes print nothing; this one logs each epoch they trained, then the row
+    for name in ("groupreduce_ft", "lr_lstm_ft_kd"):
+        trained = side_by_side[name]["history"]["epochs"]
+        lines = [f"{name}: epoch {e['epoch']} of {load_finetune('tiny').epochs}, lr {e['lr']:.4g}, train ppl {e['train_ppl']:.2f}, "
+                 f"valid ppl {e['valid_ppl']:.2f}" for e in trained]
+        assert [line for line in log.splitlines() if line.startswith(f"{name}: epoch")] == lines
+        assert log.index(lines[-1]) < log.index(f"{name}: {side_by_side[name]['size_mb']:.3f} MB")
     for name, r in alone.items():
         assert (side_by_side[name]["valid_ppl"], side_by_side[name]["test_ppl"], side_by_side[name]["size_bytes"]) == (
             r["valid_ppl"], r["test_ppl"], r["size_bytes"]), name
@@ -457,3 +464,37 @@ def test_a_failing_method_stops_the_study_run_in_processes(tmp_path, corpus, mon
     with pytest.raises(RuntimeError, match="groupreduce_ft broke"):
         s.run_in_processes([m for m in s.methods if m.name != "dense"])
     assert submitted == [["groupreduce_ft"]]
+
+
+def test_methods_run_in_processes_start_once_the_row_they_need_is_done(tmp_path, corpus, monkeypatch):
+    # every method's process runs the dense row first when it is not cached: the others wait for it, so that
+    # no two processes write its files at once
+    config = study.StudyConfig(preset="tiny", run_dir=str(tmp_path / "runs"), overrides={"hidden_size": 8},
+                               methods=["groupreduce_ft_q8", "q8"], jobs=2, report=False, progress=False)
+    s = study.Study(config)
+    names, batches = {}, []
+
+    class Done:  # the pool's stand-in: each method finishes at once
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, config):
+            future = Future()
+            future.set_result(None)
+            names[future] = config.methods[0]
+            return future
+
+    def wait(futures, **kwargs):
+        batches.append(sorted(names[f] for f in futures))
+        return set(futures), set()
+
+    monkeypatch.setattr(study, "ProcessPoolExecutor", Done)
+    monkeypatch.setattr(study, "wait", wait)
+    s.run_in_processes(s.methods)
+    assert batches == [["dense"], ["groupreduce_ft", "q8"], ["groupreduce_ft_q8"]]
