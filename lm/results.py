@@ -90,8 +90,9 @@ def lm_table() -> str:
         name = path.stem.removeprefix("lm_")
         recheck = RESULTS / f"eval_{name}.json"
         again = json.loads(recheck.read_text()) if recheck.is_file() else None
-        device = r["device"] + (f" (continued after epoch {r['continued_after_epoch']})"
-                                if "continued_after_epoch" in r else "")
+        after = r.get("continued_after_epoch")
+        device = r["device"] + (f" (epochs {after + 1}-{r['history'][-1]['epoch']}, continued after epoch {after}: "
+                                "tokens/s and hours are theirs)" if after is not None else "")
         cells = [name, f"{r['valid_ppl']:.2f}", f"{r['test_ppl']:.2f}", PUBLISHED.get(name, "-"), f"{r['parameters']:,}",
                  f"{r['checkpoint_bytes'] / 1e6:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['wall_time_s'] / 3600:.2f}",
                  device, r["seed"], r["commit"], f"{again['test_ppl']:.2f} ({again['commit']})" if again else "-"]

@@ -48,8 +48,10 @@ def test_the_table_has_a_row_per_run_and_its_recheck(tmp_path, monkeypatch):
     assert small == ("| small | 120.00 | 116.00 | 114.5 / 115.9 | 4,653,200 | 18.6 | 1234 | 1.50 | cpu | 1234 | abc1234 "
                      "| 116.00 (def5678) |")
     assert tiny.startswith("| tiny | 120.00 | 600.00 | - |") and tiny.endswith("| - |")
-    results.write_json(tmp_path / "lm_tiny.json", run("tiny", continued_after_epoch=49))
-    assert "| 1.50 | cpu (continued after epoch 49) | 1234 |" in results.lm_table().splitlines()[3]
+    history = [{"epoch": e} for e in range(1, 61)]
+    results.write_json(tmp_path / "lm_tiny.json", run("tiny", continued_after_epoch=49, history=history))
+    assert ("| 1.50 | cpu (epochs 50-60, continued after epoch 49: tokens/s and hours are theirs) | 1234 |"
+            in results.lm_table().splitlines()[3])
 
 
 def test_main_rewrites_between_the_markers_and_refuses_a_page_without_them(tmp_path, monkeypatch, capsys):
