@@ -25,12 +25,17 @@ PUBLISHED = {  # test perplexity: Zaremba et al. 2014 / TensorFlow PTB tutorial
 }
 
 
+OUTPUTS = ("results", "docs", "models", "README.md")  # what runs write or describe: no part of the code that ran
+
+
 def git_commit() -> str:
-    """The current commit, with ``-dirty`` appended when tracked files have uncommitted changes."""
+    """The current commit, with ``-dirty`` appended when tracked files other than ``OUTPUTS`` have
+    uncommitted changes (a run started while results are being regenerated ran committed code)."""
     try:
         run = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         sha = run("rev-parse", "--short", "HEAD")
-        return sha + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+        changed = run("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
+        return sha + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
