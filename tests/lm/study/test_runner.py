@@ -438,32 +438,39 @@ def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_
             r["valid_ppl"], r["test_ppl"], r["size_bytes"]), name
 
 
+class InstantPool:
+    """``ProcessPoolExecutor``'s stand-in: each submitted method ends at once, as ``finish(future, name)`` says;
+    ``submitted`` lists the method names."""
+
+    def __init__(self, finish):
+        self.finish, self.submitted, self.names = finish, [], {}
+
+    def __call__(self, *args, **kwargs):  # the runner builds its pool with the executor's arguments
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, config):
+        future = Future()
+        self.submitted.append(config.methods[0])
+        self.names[future] = config.methods[0]
+        self.finish(future, config.methods[0])
+        return future
+
+
 def test_a_failing_method_stops_the_study_run_in_processes(tmp_path, corpus, monkeypatch):
     config = study.StudyConfig(preset="tiny", run_dir=str(tmp_path / "runs"), overrides={"hidden_size": 8},
                                methods=["groupreduce_ft_q8"], jobs=2, report=False, progress=False)
     s = study.Study(config)
-    submitted = []
-
-    class Broken:  # the pool's stand-in: the first method fails, and its dependant never starts
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def submit(self, fn, config):
-            submitted.append(config.methods)
-            future = Future()
-            future.set_exception(RuntimeError(f"{config.methods[0]} broke"))
-            return future
-
-    monkeypatch.setattr(study, "ProcessPoolExecutor", Broken)
+    pool = InstantPool(lambda future, name: future.set_exception(RuntimeError(f"{name} broke")))
+    monkeypatch.setattr(study, "ProcessPoolExecutor", pool)
     with pytest.raises(RuntimeError, match="groupreduce_ft broke"):
         s.run_in_processes([m for m in s.methods if m.name != "dense"])
-    assert submitted == [["groupreduce_ft"]]
+    assert pool.submitted == ["groupreduce_ft"]  # its dependant never starts
 
 
 def test_methods_run_in_processes_start_once_the_row_they_need_is_done(tmp_path, corpus, monkeypatch):
@@ -472,29 +479,13 @@ def test_methods_run_in_processes_start_once_the_row_they_need_is_done(tmp_path,
     config = study.StudyConfig(preset="tiny", run_dir=str(tmp_path / "runs"), overrides={"hidden_size": 8},
                                methods=["groupreduce_ft_q8", "q8"], jobs=2, report=False, progress=False)
     s = study.Study(config)
-    names, batches = {}, []
-
-    class Done:  # the pool's stand-in: each method finishes at once
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def submit(self, fn, config):
-            future = Future()
-            future.set_result(None)
-            names[future] = config.methods[0]
-            return future
+    pool, batches = InstantPool(lambda future, name: future.set_result(None)), []
 
     def wait(futures, **kwargs):
-        batches.append(sorted(names[f] for f in futures))
+        batches.append(sorted(pool.names[f] for f in futures))
         return set(futures), set()
 
-    monkeypatch.setattr(study, "ProcessPoolExecutor", Done)
+    monkeypatch.setattr(study, "ProcessPoolExecutor", pool)
     monkeypatch.setattr(study, "wait", wait)
     s.run_in_processes(s.methods)
     assert batches == [["dense"], ["groupreduce_ft", "q8"], ["groupreduce_ft_q8"]]
