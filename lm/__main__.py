@@ -447,7 +447,8 @@ def parser() -> argparse.ArgumentParser:
                         "thread count (default: 1)")
     s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
     s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time every model exported to onnxruntime, float32 and int8 (default: when installed)")
+                   help="also time every model exported to onnxruntime, float32 and int8, and score the 2-4-bit rows "
+                        "with int8 activations there (default: when installed)")
     s.add_argument("--eval-tokens", type=token_count,
                    help="score only this many first tokens of valid/test, >= 2 (smoke runs; default: all, exactly)")
     s.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help=sets)

@@ -332,6 +332,22 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
     assert (alone["valid_ppl"], alone["test_ppl"]) == (rows["tt_kd"]["valid_ppl"], rows["tt_kd"]["test_ppl"])
 
 
+def test_a_low_bit_row_run_without_onnx_gains_its_int8_activation_perplexity_in_a_run_with_it(tmp_path, short_corpus):
+    # the students train with --no-onnx, side by side; the study run that reports them scores their n-bit exports
+    pytest.importorskip("onnxruntime")
+    args = ["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1", "--methods", "q4",
+            "--eval-tokens", "300", "--run-dir", str(tmp_path), "--quiet", "--no-report"]
+    main([*args, "--no-onnx"])
+    first = json.loads((tmp_path / "q4" / "result.json").read_text())
+    main(args)
+    again = json.loads((tmp_path / "q4" / "result.json").read_text())
+    runner = study.Study(study.StudyConfig(preset="tiny_awd", overrides={"hidden_size": 32, "epochs": 1},
+                                           eval_tokens=300, run_dir=str(tmp_path), progress=False))
+    assert "test_ppl_int8act" not in first
+    q4 = load_artifact(tmp_path / "q4" / study.ARTIFACT_FILE)
+    assert again == {**first, "test_ppl_int8act": runner.int8_activation_ppl(q4, 4)}
+
+
 @pytest.mark.slow  # exports of 16M-weight models, ~10 s each
 @pytest.mark.parametrize("student", ["lr_tied_small_kd", "lr_tied_kd", "lr_tied_big_kd", "tt_kd", "gr_kd"])
 def test_the_medium_awd_students_sizes_are_the_bytes_their_notes_count(student, corpus):
