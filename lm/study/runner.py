@@ -223,7 +223,7 @@ class Study:
                 epochs += read_history(part)
             except (FileNotFoundError, ValueError):
                 return None
-        keep = ("lr", "train_ppl", "valid_ppl", "averaged")
+        keep = ("lr", "train_ppl", "valid_ppl", "averaged", "continued_from")  # the curve marks a continuation
         return {"run": run, "epochs": [{"epoch": i, **{k: h[k] for k in keep if k in h}}
                                        for i, h in enumerate(epochs, 1)]} if epochs else None
 

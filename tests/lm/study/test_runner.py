@@ -332,6 +332,15 @@ def test_the_awd_study_distils_every_student_from_the_teacher_and_trains_it_regu
     assert (alone["valid_ppl"], alone["test_ppl"]) == (rows["tt_kd"]["valid_ppl"], rows["tt_kd"]["test_ppl"])
 
 
+def test_the_dense_rows_history_keeps_where_its_run_was_continued(tmp_path, corpus):
+    history = [{"epoch": e, "lr": 1.0, "train_ppl": 90.0, "valid_ppl": 100.0 - e, "tokens_per_s": 1.0,
+                **({"continued_from": "ab" * 32} if e == 2 else {})} for e in (1, 2, 3)]
+    (tmp_path / "results.json").write_text(json.dumps({"history": history}))
+    s = study.Study(study.StudyConfig(preset="tiny", checkpoint=str(tmp_path / "model.safetensors"), progress=False))
+    epochs = s.history(s.methods[0])["epochs"]
+    assert [e.get("continued_from") for e in epochs] == [None, "ab" * 32, None]
+
+
 def test_a_low_bit_row_run_without_onnx_gains_its_int8_activation_perplexity_in_a_run_with_it(tmp_path, short_corpus):
     # the students train with --no-onnx, side by side; the study run that reports them scores their n-bit exports
     pytest.importorskip("onnxruntime")
