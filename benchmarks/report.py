@@ -17,20 +17,28 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+OUTPUTS = ("benchmarks/results", "results", "docs", "models", "README.md")  # written or described, not run
+
+
 def git_commit() -> str:
-    """The current commit, with ``-dirty`` appended when tracked files have uncommitted changes."""
-    describe = ["git", "describe", "--always", "--dirty", "--exclude=*"]
+    """The current commit, with ``-dirty`` appended when tracked files other than ``OUTPUTS`` have
+    uncommitted changes (a benchmark run after another one wrote its results ran committed code)."""
     try:
-        return subprocess.run(describe, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        run = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        changed = run("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
+        return run("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+CODE_COMMIT = git_commit()  # the code this process runs, read at import: not a commit made while it ran
 
 
 def write_results(name: str, rows: list[dict], config: dict, seed: int | None) -> Path:
     """Write ``benchmarks/results/<name>.json``: the rows, config, seed, commit, date and machine."""
     machine = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    payload = {"config": config, "seed": seed, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    payload = {"config": config, "seed": seed, "commit": CODE_COMMIT, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "machine": machine, "rows": rows}
     path = RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

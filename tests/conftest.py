@@ -10,11 +10,16 @@ data the tests are skipped locally but fail on CI, where .ci/run sets PTB_DIR.
 ``tiny_lm``: a builder of small seeded language models, for the tests that need a model but no
 training.
 
+``checkout``: a git checkout with one commit, of a code file and a file in each folder that runs write
+(results, benchmark results, docs, models, the README), for the tests of the commit stamps.
+
 The suite runs with freed memory retained (``lm.allocator``), as the ``lm`` command does.
 """
 
 import os
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +60,19 @@ def tiny_lm() -> Callable[..., LanguageModel]:
         return model.eval()
 
     return make
+
+
+CHECKOUT_FILES = ("lm/train.py", "results/lm_tiny.json", "benchmarks/results/bench.json", "docs/lm.md",
+                  "models/manifest.json", "README.md")
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A git checkout in ``tmp_path`` of ``CHECKOUT_FILES``, each holding ``1``, committed."""
+    for name in CHECKOUT_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    return tmp_path

@@ -4,7 +4,6 @@ that the committed README holds it)."""
 
 import json
 import re
-import subprocess
 
 import pytest
 
@@ -24,20 +23,12 @@ def test_a_stamp_names_the_code_the_process_started_with_not_a_later_commit(monk
     assert results.stamp({}, 1)["commit"] == results.CODE_COMMIT != "f00d123"
 
 
-def test_the_commit_is_dirty_when_code_changed_not_results_or_docs(tmp_path, monkeypatch):
-    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
-                                       check=True, capture_output=True)
-    for name in ("lm/train.py", "results/lm_tiny.json", "docs/lm.md", "README.md"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text("1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("commit", "-qm", "first")
-    monkeypatch.setattr(results, "ROOT", tmp_path)
-    for name in ("results/lm_tiny.json", "docs/lm.md", "README.md"):
-        (tmp_path / name).write_text("2\n")
+def test_the_commit_is_dirty_when_code_changed_not_results_or_docs(checkout, monkeypatch):
+    monkeypatch.setattr(results, "ROOT", checkout)
+    for name in ("results/lm_tiny.json", "docs/lm.md", "models/manifest.json", "README.md"):
+        (checkout / name).write_text("2\n")
     assert re.fullmatch(r"[0-9a-f]{7,}", results.git_commit())
-    (tmp_path / "lm/train.py").write_text("2\n")
+    (checkout / "lm/train.py").write_text("2\n")
     assert results.git_commit().endswith("-dirty")
 
 

@@ -1,7 +1,11 @@
-"""benchmarks/ measures ttlayers alone: no file in it imports lm (the study's package)."""
+"""benchmarks/ measures ttlayers alone: no file in it imports lm (the study's package); its results name
+the commit of the code that ran."""
 
 import ast
+import re
 from pathlib import Path
+
+from benchmarks import report
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -28,3 +32,12 @@ def test_the_check_sees_imports(tmp_path):
     path = tmp_path / "x.py"
     path.write_text("import os\nfrom lm.results import stamp\nimport ttlayers.lstm as t\nfrom . import y\n")
     assert imported_modules(path) == {"os", "lm", "ttlayers"}
+
+
+def test_a_results_commit_is_dirty_when_code_changed_not_other_results_or_docs(checkout, monkeypatch):
+    monkeypatch.setattr(report, "ROOT", checkout)
+    for name in ("benchmarks/results/bench.json", "results/lm_tiny.json", "docs/lm.md", "README.md"):
+        (checkout / name).write_text("2\n")
+    assert re.fullmatch(r"[0-9a-f]{7,}", report.git_commit())
+    (checkout / "lm/train.py").write_text("2\n")
+    assert report.git_commit().endswith("-dirty")
