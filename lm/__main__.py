@@ -443,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
                         "study run; default: at epoch ends only)")
     s.add_argument("--jobs", type=positive_int, default=1,
                    help="methods trained at once on the CPU, each in a process of its own with the threads shared "
-                        "out, a method once its base is done; the rows are those of one process at the same "
+                        "out, a method once the rows it needs are done; the rows are those of one process at the same "
                         "thread count (default: 1)")
     s.add_argument("--latency-tokens", type=positive_int, default=100, help="tokens timed per model and pass")
     s.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,

@@ -245,8 +245,8 @@ class Study:
             if self.onnx and (bits := nbits_width(cached)) and "test_ppl_int8act" not in cached:  # run without onnx
                 self.log(f"{m.name}: scoring its {bits}-bit export with int8 activations in onnxruntime")
                 artifact = load_artifact(self.run_dir / m.name / ARTIFACT_FILE)
-                write_json(path, {**cached, "test_ppl_int8act": self.int8_activation_ppl(artifact, bits)})
-                return self.cached(m)
+                cached = {**cached, "test_ppl_int8act": self.int8_activation_ppl(artifact, bits)}
+                write_json(path, cached)
             return cached
         self.log(f"{m.name}: {m.description}")
         tic = time.time()

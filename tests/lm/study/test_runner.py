@@ -6,10 +6,10 @@ command line.
 """
 
 import json
-from concurrent.futures import Future
 import math
 import os
 import re
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -452,10 +452,10 @@ def test_methods_run_side_by_side_in_processes_give_the_rows_of_one_process(tmp_
         torch.set_num_threads(threads)
     assert set(side_by_side) == {"dense", "q8", "groupreduce_ft", "groupreduce_ft_q8", "lr_lstm_ft_kd"}
     log = capsys.readouterr().out  # the processes print nothing; this one logs each epoch they trained, then the row
+    epochs = load_finetune("tiny").epochs
     for name in ("groupreduce_ft", "lr_lstm_ft_kd"):
-        trained = side_by_side[name]["history"]["epochs"]
-        lines = [f"{name}: epoch {e['epoch']} of {load_finetune('tiny').epochs}, lr {e['lr']:.4g}, train ppl {e['train_ppl']:.2f}, "
-                 f"valid ppl {e['valid_ppl']:.2f}" for e in trained]
+        lines = [f"{name}: epoch {e['epoch']} of {epochs}, lr {e['lr']:.4g}, train ppl {e['train_ppl']:.2f}, "
+                 f"valid ppl {e['valid_ppl']:.2f}" for e in side_by_side[name]["history"]["epochs"]]
         assert [line for line in log.splitlines() if line.startswith(f"{name}: epoch")] == lines
         assert log.index(lines[-1]) < log.index(f"{name}: {side_by_side[name]['size_mb']:.3f} MB")
     for name, r in alone.items():
