@@ -83,7 +83,6 @@ family() {  # a distillation, then its quantization-aware trainings side by side
 }
 if [ -f $teacher/results.json ] && study dense; then
   family lr_tied_kd lr_tied_kd_q4 lr_tied_kd_qat4 lr_tied_kd_qat3 lr_tied_kd_qat2 &
-  family lr_tied_big_kd lr_tied_big_kd_qat3 lr_tied_big_kd_qat4 lr_tied_big_kd_qat2 &
   family lr_tied_small_kd lr_tied_small_kd_qat2 &
   family tt_kd tt_kd_qat2 tt_kd_qat4 tt_kd_qat3 &
   family gr_kd gr_kd_qat4 gr_kd_qat3 gr_kd_qat2 &
