@@ -11,6 +11,8 @@ all a runtime needs. The graph is made from ``lm.deploy.inference.inference_form
 layers as products with constant matrices) through ``torch.onnx.export`` (dynamo path). TT layers
 are stored as their cores and built when the runtime opens the file (``tt="load"``,
 ``lm.deploy.onnx_tt``), or as products with the cores at every step (``"cores"``), or built (``"dense"``).
+A softmax tied to the embedding, which the exporter writes as two constants (the table and its
+transpose), is stored once in float32 too: its transpose is built when the runtime opens the file.
 
 ``weights="int8"`` then runs onnxruntime's own dynamic quantizer
 (``onnxruntime.quantization.quantize_dynamic``): every ``MatMul`` with a constant
@@ -95,8 +97,9 @@ class OnnxInfo:
 
 def _fold_transposes(graph) -> None:
     """Replace every ``Transpose`` of a constant by the transposed constant. The exporter leaves one where
-    a weight is shared (a softmax tied to the embedding reads it transposed): it would transpose the
-    whole table at every step, and the quantizer would not see the product behind it."""
+    a weight is shared (a softmax tied to the embedding reads it transposed): a runtime without constant
+    folding would transpose the whole table at every step, and the quantizer would not see the product
+    behind it. (A float32 export then puts the tied table's back, ``_transpose_at_load``.)"""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -192,6 +195,18 @@ def _share_int8_table(graph, table: str, copy: str, weight) -> None:
     for name in (f"{table}_quantized", f"{table}_scale", f"{table}_zero_point"):
         if name in inits and not any(name in n.input for n in graph.node):
             graph.initializer.remove(inits[name])
+
+
+def _transpose_at_load(graph, table: str, copy: str) -> None:
+    """A softmax tied to the embedding, in float32: the file holds the table once, and the softmax's (H, V)
+    weight, the exporter's transposed copy, becomes a ``Transpose`` of it, which onnxruntime's constant
+    folding evaluates once when it opens the file (as the TT weights of ``tt="load"``). The session's
+    product then reads a constant of its own, which onnxruntime prepacks: read by the lookup as well, the
+    table would not be (a ``Gemm`` by its rows, or a lookup of the copy's columns, ran a step slower)."""
+    from onnx import helper
+
+    graph.initializer.remove(next(t for t in graph.initializer if t.name == copy))
+    graph.node.insert(0, helper.make_node("Transpose", [table], [copy], perm=[1, 0], name=copy + "_at_load"))
 
 
 def _gemm_to_matmul(graph) -> None:
@@ -359,8 +374,11 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
         quantize_at_load(proto.graph, found)
-    elif built:
-        build_at_load(proto.graph, holders(proto.graph, built))
+    else:
+        for table, copy in _tied_tables(proto.graph).items():
+            _transpose_at_load(proto.graph, table, copy)
+        if built:
+            build_at_load(proto.graph, holders(proto.graph, built))
     _set_metadata(proto, model, tt, weights, bits, container, activations)
     tmp_path = path.with_name(path.name + ".tmp")
     onnx.save(proto, tmp_path)

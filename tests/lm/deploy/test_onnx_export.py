@@ -19,18 +19,44 @@ def test_onnx_step_matches_torch_at_several_batch_sizes(kind, exported, steps):
         for got, want in zip(steps(onnx_run, ids, batch), steps(torch_run, ids, batch)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert read_metadata(info.path)["vocab"].split("\n") == model.vocab
-    # no constant is transposed at run time (the tied softmax reads a stored transposed copy)
-    graph = onnx.load(info.path).graph
-    constants = {t.name for t in graph.initializer}
-    assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in constants]
-    assert not [n.name for n in graph.node if n.metadata_props]  # no exporter provenance (stack traces) shipped
+    assert not [n.name for n in onnx.load(info.path).graph.node if n.metadata_props]  # no exporter provenance shipped
+
+
+@pytest.mark.parametrize("kind", ["lr_tied", "dense"])
+def test_float32_export_stores_a_tied_table_once_and_transposes_it_at_load(kind, tiny, steps, tmp_path):
+    from onnx import numpy_helper
+
+    from lm.checkpoint import dedupe
+
+    model = tiny(kind)
+    path = export_onnx(model, tmp_path / "model.onnx").path
+    graph = onnx.load(path).graph
+    vocab, width = model.decoder.weight.shape
+    assert len([t for t in graph.initializer if sorted(t.dims) == sorted((vocab, width))]) == 1
+    # every weight matrix is in the file once: its float32 matrices are the model's distinct weights
+    weights = [t for t in dedupe(model.state_dict())[0].values() if t.dim() == 2]
+    assert sum(numpy_helper.to_array(t).size for t in graph.initializer if len(t.dims) == 2) == \
+        sum(t.numel() for t in weights)
+    # the softmax's transposed table is built when onnxruntime opens the file (constant folding): no constant is
+    # transposed at run time, and the session's product reads a constant of its own
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx.load(tmp_path / "optimized.onnx").graph
+    assert "Transpose" not in {n.op_type for n in session.node}
+    assert sorted(tuple(t.dims) for t in session.initializer if sorted(t.dims) == sorted((vocab, width))) == [
+        (width, vocab), (vocab, width)]
+    ids = np.random.default_rng(0).integers(0, 60, (6, 3))
+    for got, want in zip(steps(OnnxRuntime(path), ids, 3), steps(TorchRuntime(model), ids, 3)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_each_lstm_layer_is_one_product_a_step(exported):
     """The dense model's two layers: their input and recurrent maps fused (GateProduct), so three products with
-    constant weights a step: a gate product per layer and the softmax."""
+    constant weights a step: a gate product per layer and the softmax (its tied table transposed at load)."""
     graph = onnx.load(exported["dense"][1].path).graph
     constants = {t.name for t in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in constants}
     products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
     assert len(products) == 3
 
