@@ -150,3 +150,47 @@ def test_the_int8_flag_of_the_last_release_still_exports_int8(tiny, tmp_path):
     with pytest.warns(DeprecationWarning, match="use weights='int8'"):
         info = export_onnx(tiny("lr_tied"), tmp_path / "x.onnx", int8=True)
     assert info.weights == "int8" and info.int8 and read_metadata(info.path)["int8"] == "true"
+
+
+@pytest.mark.parametrize("hidden", [64, 128])
+def test_int8_export_runs_wide_products_on_8_bit_blocks(hidden, steps, tmp_path):
+    """Products with an inner dimension of a block (128) or more run as MatMulNBits at 8 bits with int8
+    activations: the quantizer's codes stored once, as uint8 rows, the blocks built at load; the narrower
+    products stay the quantizer's. At 64 units the gate products (K = 128) are wide and the tied softmax
+    (K = 64) narrow; at 128 the softmax is wide too, and the lookup of the tied table reads its codes."""
+    from onnx import numpy_helper
+
+    from lm.checkpoint import dedupe
+    from lm.config import ModelConfig
+    from lm.model import LanguageModel
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=60, hidden_size=hidden, num_layers=2, tie_weights=True),
+                          [f"w{i}" for i in range(60)])
+    model.init_uniform(0.1)
+    model.eval()
+    path = export_onnx(model, tmp_path / "model.int8.onnx", weights="int8").path
+    graph = onnx.load(path).graph
+    blocks = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(blocks) == (2 if hidden == 64 else 3)
+    for node in blocks:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 128, 4) and attrs["K"] >= 128
+    assert len([n for n in graph.node if n.op_type == "MatMulInteger"]) == (1 if hidden == 64 else 0)
+    # every weight matrix once, one byte a number
+    weights = [t for t in dedupe(model.state_dict())[0].values() if t.dim() == 2]
+    codes = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+    assert sum(numpy_helper.to_array(t).size for t in codes if len(t.dims) == 2) == sum(t.numel() for t in weights)
+    # the blocks (and the tied lookup's codes) are built when onnxruntime opens the file
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx.load(tmp_path / "optimized.onnx").graph
+    constants = {t.name for t in session.initializer}
+    assert not [n.op_type for n in session.node if n.op_type in ("Pad", "Expand", "Cast", "Transpose")
+                and set(n.input) <= constants]
+    assert len([n for n in session.node if n.op_type == "MatMulNBits"]) == len(blocks)
+    ids = np.random.default_rng(0).integers(0, 60, (6, 3))
+    for got, want in zip(steps(OnnxRuntime(path), ids, 3), steps(TorchRuntime(model), ids, 3)):
+        np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
