@@ -244,9 +244,13 @@ def _int8_products_in_blocks(graph, block_size: int = INT8_BLOCK) -> bool:
         if (weight is None or weight.data_type != TensorProto.INT8 or len(weight.dims) != 2
                 or weight.dims[0] < block_size or zero not in inits or numpy_helper.to_array(inits[zero]).any()):
             continue
-        (cast,) = readers(product.output[0])
-        (rescale,) = readers(cast.output[0])
-        scales = producer[rescale.input[1]]  # the input's scale times the weight's
+        # the quantizer's pattern: Mul(Cast(MatMulInteger(...)), Mul(the input's scale, the weight's))
+        cast = readers(product.output[0])
+        rescale = readers(cast[0].output[0]) if len(cast) == 1 and cast[0].op_type == "Cast" else []
+        scales = producer.get(rescale[0].input[1]) if len(rescale) == 1 and rescale[0].op_type == "Mul" else None
+        if scales is None or scales.op_type != "Mul" or scales.input[1] not in inits:
+            continue
+        (cast,), (rescale,) = cast, rescale
         q = numpy_helper.to_array(weight)
         k, n = q.shape
         blocks = -(-k // block_size)
