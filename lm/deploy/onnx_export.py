@@ -220,10 +220,10 @@ def _int8_products_in_blocks(graph, block_size: int = INT8_BLOCK) -> bool:
     inner dimension K is at least ``block_size``, becomes onnxruntime's ``MatMulNBits`` at 8 bits with
     ``accuracy_level`` 4. The weight keeps its codes and scales (per tensor, or per column for a tied
     softmax); the input is quantized to int8 per block of ``block_size`` numbers (symmetric) instead of
-    once per step (asymmetric uint8), and the product runs on onnxruntime's block kernels, faster at batch 1
-    than its ``DynamicQuantizeMatMul`` on the medium-size maps (``python -m lm.benchmarks.latency_floor``
-    times the teacher's step). Smaller products, which a block would pad, and products by weights built at
-    load stay as the quantizer wrote them.
+    once per step (asymmetric uint8), and the product runs on onnxruntime's block kernels: at batch 1 as fast
+    as its ``DynamicQuantizeMatMul`` while the weights stay in cache, faster on the medium-size maps when a
+    step reads them from memory (a step between other work). Smaller products, which a block would pad, and
+    products by weights built at load stay as the quantizer wrote them.
 
     The file holds each weight's codes once, as rows (N, K) of uint8 (code + 128: ``MatMulNBits``' default
     zero point) with a float32 scale per row. The blocks ``MatMulNBits`` reads (each row padded to whole
