@@ -491,9 +491,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format")
     weights = x.add_mutually_exclusive_group()
     weights.add_argument("--weights", choices=["float32", "int8", "nbits"], default="float32",
-                         help="float32; int8 (onnxruntime's dynamic quantizer, the products of 128 inputs or more "
-                              "on its 8-bit MatMulNBits); or nbits: a 2-, 3- or 4-bit artifact's own weights as "
-                              "their codes (onnxruntime's MatMulNBits)")
+                         help="float32; int8 (onnxruntime's dynamic quantizer); or nbits: a 2-, 3- or 4-bit "
+                              "artifact's own weights as their codes (onnxruntime's MatMulNBits)")
     weights.add_argument("--int8", dest="weights", action="store_const", const="int8", help="same as --weights int8")
     x.add_argument("--container", type=int, choices=[4, 2],
                    help="with --weights nbits: the bits each code is packed in (default 4: onnxruntime's fast CPU "

@@ -22,8 +22,6 @@ embedding, TT cores' slices) reads int8 rows. ``Gemm`` nodes, which that quantiz
 skips, are first rewritten as ``MatMul`` + ``Add``. A softmax tied to the embedding, which the
 exporter writes as two constants (the table and its transpose), is then stored once: the
 softmax's int8 weight, quantized per word, from which the lookup gathers the word's column.
-Every product with an inner dimension of 128 or more then runs on onnxruntime's ``MatMulNBits``
-at 8 bits (the same codes, the input quantized to int8 per block of 128: ``_int8_products_in_blocks``).
 
 ``weights="nbits"`` keeps a 2-, 3- or 4-bit model's weights as their codes instead, packed in 4 bits
 a number (or 2, ``container=2``, for 2-bit weights: a smaller file, a slower kernel;
@@ -211,95 +209,6 @@ def _transpose_at_load(graph, table: str, copy: str) -> None:
     graph.node.insert(0, helper.make_node("Transpose", [table], [copy], perm=[1, 0], name=copy + "_at_load"))
 
 
-INT8_BLOCK = 128  # the inner-dimension block of the int8 products run as MatMulNBits (a power of 2, at least 16)
-
-
-def _int8_products_in_blocks(graph, block_size: int = INT8_BLOCK) -> bool:
-    """After ``quantize_dynamic`` (and ``_share_int8_table``): every int8 product by stored codes, a
-    ``MatMulInteger`` of the dynamically quantized input by a constant symmetric int8 weight (K, N) whose
-    inner dimension K is at least ``block_size``, becomes onnxruntime's ``MatMulNBits`` at 8 bits with
-    ``accuracy_level`` 4. The weight keeps its codes and scales (per tensor, or per column for a tied
-    softmax); the input is quantized to int8 per block of ``block_size`` numbers (symmetric) instead of
-    once per step (asymmetric uint8), and the product runs on onnxruntime's block kernels: at batch 1 as fast
-    as its ``DynamicQuantizeMatMul`` while the weights stay in cache, faster on the medium-size maps when a
-    step reads them from memory (a step between other work). Smaller products, which a block would pad, and
-    products by weights built at load stay as the quantizer wrote them.
-
-    The file holds each weight's codes once, as rows (N, K) of uint8 (code + 128: ``MatMulNBits``' default
-    zero point) with a float32 scale per row. The blocks ``MatMulNBits`` reads (each row padded to whole
-    blocks with zeros, a scale per block) are built when the runtime opens the file (constant folding), as is
-    the (K, N) int8 table of any other reader of the codes (the lookup of a tied embedding). Returns whether
-    any product was rewritten (the graph then needs the ``com.microsoft`` opset).
-    """
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers = lambda name: [n for n in graph.node if name in n.input]  # noqa: E731
-    replaced, dropped, at_load, consts = {}, [], [], []
-    for product in [n for n in graph.node if n.op_type == "MatMulInteger"]:
-        x_codes, codes, _, zero = product.input
-        weight = inits.get(codes)
-        if (weight is None or weight.data_type != TensorProto.INT8 or len(weight.dims) != 2
-                or weight.dims[0] < block_size or zero not in inits or numpy_helper.to_array(inits[zero]).any()):
-            continue
-        # the quantizer's pattern: Mul(Cast(MatMulInteger(...)), Mul(the input's scale, the weight's))
-        cast = readers(product.output[0])
-        rescale = readers(cast[0].output[0]) if len(cast) == 1 and cast[0].op_type == "Cast" else []
-        scales = producer.get(rescale[0].input[1]) if len(rescale) == 1 and rescale[0].op_type == "Mul" else None
-        if scales is None or scales.op_type != "Mul" or scales.input[1] not in inits:
-            continue
-        (cast,), (rescale,) = cast, rescale
-        q = numpy_helper.to_array(weight)
-        k, n = q.shape
-        blocks = -(-k // block_size)
-        rows, name = codes + "_rows", codes + "_blocks"
-        scale = inits[scales.input[1]]  # per column already (a tied softmax's, which its lookup reads too), or one
-        if tuple(scale.dims) != (n,):
-            value = np.broadcast_to(numpy_helper.to_array(scale), (n,)).astype(np.float32)
-            scale = numpy_helper.from_array(value.copy(), rows + "_scales")
-            consts.append(scale)
-        consts += [numpy_helper.from_array((q.T.astype(np.int16) + 128).astype(np.uint8), rows),
-                   numpy_helper.from_array(np.array([0, 0, 0, blocks * block_size - k], np.int64), name + "_pads"),
-                   numpy_helper.from_array(np.array(128, np.uint8), name + "_zero"),
-                   numpy_helper.from_array(np.array([n, blocks, block_size], np.int64), name + "_shape"),
-                   numpy_helper.from_array(np.array([n, 1], np.int64), name + "_column"),
-                   numpy_helper.from_array(np.array([n * blocks], np.int64), name + "_count"),
-                   numpy_helper.from_array(np.array([n, blocks], np.int64), name + "_grid")]
-        at_load += [
-            helper.make_node("Pad", [rows, name + "_pads", name + "_zero"], [name + "_padded"], name=name + "_pad"),
-            helper.make_node("Reshape", [name + "_padded", name + "_shape"], [name], name=name),
-            helper.make_node("Reshape", [scale.name, name + "_column"], [name + "_column_scales"],
-                             name=name + "_column_scales"),
-            helper.make_node("Expand", [name + "_column_scales", name + "_grid"], [name + "_grid_scales"],
-                             name=name + "_grid_scales"),
-            helper.make_node("Reshape", [name + "_grid_scales", name + "_count"], [name + "_scales"],
-                             name=name + "_scales")]
-        if [r for r in readers(codes) if r is not product]:  # the lookup of a tied table: its (K, N) codes
-            consts.append(numpy_helper.from_array(np.array(128, np.int32), codes + "_offset"))
-            at_load += [
-                helper.make_node("Cast", [rows], [codes + "_wide"], to=TensorProto.INT32, name=codes + "_wide"),
-                helper.make_node("Sub", [codes + "_wide", codes + "_offset"], [codes + "_signed"], name=codes + "_signed"),
-                helper.make_node("Cast", [codes + "_signed"], [codes + "_int8"], to=TensorProto.INT8, name=codes + "_int8"),
-                helper.make_node("Transpose", [codes + "_int8"], [codes], perm=[1, 0], name=codes)]
-        replaced[id(product)] = helper.make_node(
-            "MatMulNBits", [producer[x_codes].input[0], name, name + "_scales"], [rescale.output[0]], name=name + "_matmul",
-            domain="com.microsoft", K=k, N=n, bits=8, block_size=block_size, accuracy_level=4)
-        dropped += [cast, rescale, scales]
-        graph.initializer.remove(weight)
-    if not replaced:
-        return False
-    nodes = at_load + [replaced.get(id(n), n) for n in graph.node if all(n is not d for d in dropped)]
-    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if n.op_type != "DynamicQuantizeLinear" or set(n.output) & used]  # inputs no longer read
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(consts)
-    _drop_unused(graph)
-    return True
-
-
 def _gemm_to_matmul(graph) -> None:
     """Rewrite ``Gemm(x, W, b)`` with constant W as ``MatMul(x, W')`` (+ ``Add(b)``), W' = W or W.T
     (alpha = beta = 1, transA = 0), so that the dynamic quantizer sees the product."""
@@ -465,8 +374,6 @@ def export_onnx(model: LanguageModel, path: str | os.PathLike, *, weights: str =
         for table, (copy, weight) in tied.items():
             _share_int8_table(proto.graph, table, copy, weight)
         quantize_at_load(proto.graph, found)
-        if _int8_products_in_blocks(proto.graph):
-            proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     else:
         for table, copy in _tied_tables(proto.graph).items():
             _transpose_at_load(proto.graph, table, copy)

@@ -65,7 +65,7 @@ class OnnxRuntime:
     file.
 
     ``avoid_saturation``: on x86 CPUs without VNNI (AVX2 only), onnxruntime's int8 products
-    (``MatMulInteger``: an int8 export's products of fewer than 128 inputs) add pairs of uint8 x int8 products in int16, which saturates when
+    (``MatMulInteger`` of an int8 export) add pairs of uint8 x int8 products in int16, which saturates when
     activations and weights are both near the ends of their ranges; ``True`` has them computed in int16
     (onnxruntime's ``session.x64quantprecision``), the graph's exact integer products, at some speed. Trained
     models rarely saturate (``python -m lm.benchmarks.activations`` does not use it); random weights spread

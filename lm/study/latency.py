@@ -4,7 +4,7 @@
 that every ratio against the dense baseline is taken under the same machine load;
 each model is timed eager (float32) and int8 (``torch.ao`` dynamic quantization), and
 with ``onnx=True`` also exported (``lm.deploy.onnx_export``) and run by onnxruntime, float32
-and int8 (``weights="int8"``: its dynamic quantizer's codes, the wide products on 8-bit blocks).
+and int8 (its own dynamic quantizer).
 """
 
 from __future__ import annotations
