@@ -281,12 +281,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
-    from .study.ship import ship
+    from .study.ship import MODELS, ship, write_readme
 
     run_dirs = dict(args.run_dir) or {p: f"runs/study_{p}" for p in PRESETS}
     manifest = ship(json.loads(Path(args.front).read_text()), run_dirs, args.out, max_mb=args.max_mb)
     for e in manifest["models"]:
         print(f"{e['name']}: {e['file'] or e['note']}")
+    if Path(args.out).resolve() == MODELS.resolve():  # the repository's models: its README lists them
+        write_readme(manifest)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -478,7 +480,8 @@ def parser() -> argparse.ArgumentParser:
                    help="confirm that OLD is a legacy torch.save file to convert (required)")
     v.set_defaults(func=cmd_convert)
 
-    h = command("ship", "copy the study front's compact artifacts into models/ and write its manifest.json")
+    h = command("ship", "copy the study front's compact artifacts into models/ and write its manifest.json (and, "
+                        "into this repository's models/, the README's table of them)")
     h.add_argument("--front", type=Path, default=Path("results/study_front.json"), help="the front's results JSON")
     h.add_argument("--run-dir", type=preset_dir, action="append", default=[], metavar="PRESET=DIR",
                    help="a preset's study run directory, repeatable (default: runs/study_<preset> for each)")

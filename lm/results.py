@@ -105,16 +105,22 @@ def lm_table() -> str:
     return "\n".join(lines)
 
 
+def write_block(doc: Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in ``doc`` by ``text``
+    (ValueError when ``doc`` lacks the markers)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    page = doc.read_text()
+    if begin not in page or end not in page:
+        raise ValueError(f"{doc} has no {begin} ... {end} markers")
+    head, rest = page.split(begin, 1)
+    doc.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main() -> None:
     """Rewrite the ``lm_results`` table between its markers in docs/lm.md and README.md."""
     table = lm_table()
-    begin, end = "<!-- BEGIN lm_results -->", "<!-- END lm_results -->"
     for doc in (ROOT / "docs" / "lm.md", ROOT / "README.md"):
-        page = doc.read_text()
-        if begin not in page or end not in page:
-            raise ValueError(f"{doc} has no {begin} ... {end} markers")
-        head, rest = page.split(begin, 1)
-        doc.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
+        write_block(doc, "lm_results", table)
     print(table)
 
 

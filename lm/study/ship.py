@@ -13,7 +13,8 @@ whose run directory no longer holds its artifact keeps the entry and file it was
 (a new machine has the repository's ``models/`` but not the runs), checked by its sha256; one
 shipped nowhere is listed with ``"file": null`` and a note, to be shipped when the study next
 produces it. Files of models that left the front are removed from ``models/``.
-``verify`` is what ``tests/project/test_models.py`` runs on every shipped entry.
+``verify`` is what ``tests/project/test_models.py`` runs on every shipped entry. ``models_table`` is the
+README's table of the shipped models, which ``python -m lm ship`` rewrites when it ships into ``models/``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..checkpoint import ARTIFACT_FILE, load
 from ..data import Corpus
 from ..evaluate import perplexity
 from ..modelfile import sha256
-from ..results import ROOT
+from ..results import ROOT, write_block
 from .methods import load_methods
 from .report import MB, pareto_front
 
@@ -103,6 +104,26 @@ def ship(front: dict, run_dirs: dict[str, str | os.PathLike], out: str | os.Path
         if old.name not in kept:
             old.unlink()
     return manifest
+
+
+def models_table(manifest: dict) -> str:
+    """The shipped models as a markdown table (model, file, MB, valid and test PPL, method), with a command
+    that runs the first one."""
+    lines = ["| model | file | MB | valid PPL | test PPL | method |", "|---|---|---|---|---|---|"]
+    for e in manifest["models"]:
+        where = f"`models/{e['file']}`" if e["file"] else e["note"]
+        size = (e["size_bytes"] or e["study_size_bytes"]) / MB
+        lines.append(f"| {e['name']} | {where} | {size:.3f} | {e['valid_ppl']:.2f} | {e['test_ppl']:.2f} | "
+                     f"{e['recipe'][0]['description']} |")
+    first = next((e["file"] for e in manifest["models"] if e["file"]), None)
+    if first:
+        lines += ["", "```bash", f'python -m lm predict models/{first} "the stock market" --top 5', "```"]
+    return "\n".join(lines)
+
+
+def write_readme(manifest: dict, readme: str | os.PathLike = ROOT / "README.md") -> None:
+    """Rewrite the README's ``shipped_models`` table from ``manifest``."""
+    write_block(Path(readme), "shipped_models", models_table(manifest))
 
 
 def _manifest(out: Path) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 from lm.checkpoint import load
 from lm.evaluate import perplexity
-from lm.study.ship import MODELS, NOT_ON_DISK, front_models, verify
+from lm.study.ship import MODELS, NOT_ON_DISK, front_models, models_table, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = json.loads((MODELS / "manifest.json").read_text())
@@ -19,6 +19,12 @@ def test_the_manifest_lists_the_front():
     assert [e["name"] for e in MANIFEST["models"]] == [r["name"] for r in front_models(front)]
     for e in MANIFEST["models"]:
         assert e["file"] or e["note"] == NOT_ON_DISK
+
+
+def test_the_readme_lists_the_shipped_models():
+    # `lm ship` rewrites it; a manifest edited or shipped elsewhere leaves it behind
+    assert f"<!-- BEGIN shipped_models -->\n{models_table(MANIFEST)}\n<!-- END shipped_models -->" in (
+        ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("entry", MANIFEST["models"], ids=[e["name"] for e in MANIFEST["models"]])

@@ -9,7 +9,7 @@ from lm.checkpoint import ARTIFACT_FILE, load
 from lm.compression.export import export
 from lm.config import preset
 from lm.modelfile import ModelFileError
-from lm.study.ship import NOT_ON_DISK, ship, verify
+from lm.study.ship import NOT_ON_DISK, models_table, ship, verify, write_readme
 from lm.train import train
 
 
@@ -32,6 +32,15 @@ def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus, short_corpus):  #
     assert shipped["file"] == "small_q8.safetensors" and shipped["commit"] == "abc1234"
     assert shipped["size_bytes"] == info.bytes and shipped["test_ppl"] == 800.0
     verify(shipped, tmp_path / "models", corpus)
+    # the README's table: every entry, shipped or not, and a command that runs the first shipped file
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN shipped_models -->\nold\n<!-- END shipped_models -->\nafter\n")
+    write_readme(manifest, readme)
+    table = models_table(manifest)
+    assert readme.read_text() == f"intro\n<!-- BEGIN shipped_models -->\n{table}\n<!-- END shipped_models -->\nafter\n"
+    assert table.splitlines()[2].startswith(f"| small:lr_all_ft_q8 | {NOT_ON_DISK} | {info.bytes / 1e6:.3f} | 900.00 | 900.00 |")
+    assert table.splitlines()[3].startswith("| small:q8 | `models/small_q8.safetensors` | ")
+    assert 'python -m lm predict models/small_q8.safetensors "the stock market"' in table
     # a wrong perplexity, or a damaged file, fails the check
     with pytest.raises(AssertionError, match="perplexity"):
         verify({**shipped, "check": {**shipped["check"], "ppl": shipped["check"]["ppl"] * 1.01}},
