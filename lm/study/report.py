@@ -307,6 +307,7 @@ def markdown(payload: dict) -> str:
     lines += ["", "## Pareto front (size, test PPL)", ""]
     lines += [f"- {r['label']}: {r['size_mb']:.3f} MB, {r['test_ppl']:.2f} PPL" for r in pareto_front(rows)]
     lines += ["", f"![size vs perplexity]({payload['plot']})"]
+    lines += _storage_section(payload)
     lines += _curves_section(rows, payload.get("curves"))
     lines += ["", "## Methods", ""]
     lines += [f"- `{r['name']}`: {r['description']}" for r in rows]
@@ -332,6 +333,52 @@ def _curves_section(rows: list[dict], image: str | None) -> list[str]:
                      f"| {valid[-1]:.2f} | {change} |")
     if image:
         lines += ["", f"![training curves]({image})"]
+    return lines
+
+
+def storage(rows: list[dict], methods: dict[str, Method]) -> dict:
+    """Each model the study stores more than one way, by storage: ``{"columns": [...], "models": {model:
+    {column: row name}}}``. A model's columns are ``float32`` (its own row), each plain store of it (a method
+    with ``quant`` and nothing else: no compression, pruning or training; ``q8``, ``q4``, ...) and each
+    quantization-aware fine-tune of it (``qat_bits``: ``QAT 4-bit``, ...); a method without a base stores the
+    dense model. Empty (no columns) when no row is such a store."""
+    models: dict[str, dict[str, str]] = {}
+    for r in rows:
+        m = methods.get(r["name"])
+        if m is None:
+            continue
+        if m.qat_bits:
+            column = f"QAT {m.qat_bits}-bit"
+        elif m.quant and m.train == "none" and not m.compress and m.prune is None:
+            column = m.quant
+        else:
+            continue
+        models.setdefault(m.base or "dense", {})[column] = r["name"]
+    names = {r["name"] for r in rows}
+    for model, cells in models.items():
+        if model in names:
+            cells["float32"] = model
+    used = {c for cells in models.values() for c in cells}
+    bits = lambda c: int("".join(filter(str.isdigit, c)))  # noqa: E731
+    order = sorted(used - {"float32"}, key=lambda c: (c.startswith("QAT"), -bits(c), c))  # stores, then QAT; wide first
+    return {"columns": ["float32", *order] if models else [], "models": models}
+
+
+def _storage_section(payload: dict) -> list[str]:
+    """The storage table (``storage``): each cell the row's test PPL and MB."""
+    table = payload.get("storage") or {}
+    if not table.get("columns"):
+        return []
+    rows = {r["name"]: r for r in payload["rows"]}
+    columns = table["columns"]
+    lines = ["", "## Storage", "",
+             "Each model stored more than one way: its test PPL (and MB) in float32, in each plain store of its "
+             "weights (no retraining) and after each quantization-aware fine-tune to that many bits per weight.", "",
+             "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for model, cells in table["models"].items():
+        text = [f"{rows[n]['test_ppl']:.2f} ({rows[n]['size_mb']:.2f} MB)" if (n := cells.get(c)) in rows else ""
+                for c in columns]
+        lines.append(f"| {model} | " + " | ".join(text) + " |")
     return lines
 
 
@@ -473,12 +520,12 @@ def render(payload: dict, report_dir: str | Path) -> dict:
     out, preset = Path(report_dir), payload["preset"]
     name = f"study_{preset}"
     image = plot(payload["rows"], out / f"{name}.png", f"PTB, preset {preset}: size vs test perplexity")
-    curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves",
-                         {m.name: m for m in load_methods(preset)})
+    methods = {m.name: m for m in load_methods(preset)}
+    curves = plot_curves(payload["rows"], out / f"{name}_curves.png", f"PTB, preset {preset}: training curves", methods)
     if curves is None:  # no row has a history now: a plot of earlier rows' curves would mislead
         (out / f"{name}_curves.png").unlink(missing_ok=True)
     payload = {**payload, "plot": image.name, **({"curves": curves.name} if curves else {}), "paper": PAPER,
-               "targets": targets(payload["rows"], preset)}
+               "targets": targets(payload["rows"], preset), "storage": storage(payload["rows"], methods)}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown(payload))
     if preset in FRONT_PRESETS:
