@@ -252,6 +252,11 @@ def cmd_study(args: argparse.Namespace) -> None:
                          finetune={k: v for k, v in (("epochs", args.finetune_epochs), ("lr", args.finetune_lr))
                                    if v is not None} or None,
                          **({"report_dir": args.report_dir} if args.report_dir else {}))
+    if args.status:
+        from .study import Study
+
+        print("\n".join(Study(config).status()))
+        return
     if args.report_only:
         from .study.report import rerender
 
@@ -457,6 +462,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true",
                    help="rewrite the report (and the front) from the rows stored in <report-dir>/study_<preset>.json, "
                         "with the current published points and targets; nothing trained or scored")
+    s.add_argument("--status", action="store_true",
+                   help="say where each method stands (its row, or its training's epochs so far and last save), "
+                        "from <run-dir>, while a study runs or after; nothing run")
     s.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="time the finished methods and write the report (--no-report: run the methods only, on "
                         "another machine's GPU say, to be reported by a later study run on the CPU)")
@@ -539,6 +547,8 @@ def _check(args: argparse.Namespace) -> None:
         args.parser.error(f"argument --jobs: methods run side by side on the CPU only, not on {args.device}")
     if args.command == "study" and args.retime and not args.report_only:
         args.parser.error("argument --retime: only with --report-only (a study run times its models anyway)")
+    if args.command == "study" and args.status and args.report_only:
+        args.parser.error("argument --status: not with --report-only")
     if args.command == "study" and args.report_only and not args.report:
         args.parser.error("argument --no-report: not with --report-only, which writes only the report")
     runs = args.command in ("eval", "predict", "score")  # the commands with --runtime

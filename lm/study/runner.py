@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, load
+from ..checkpoint import ARTIFACT_FILE, MODEL_FILE, TRAIN_STATE_FILE, load, load_train_state
 from ..compression.export import load_artifact
 from ..compression.surgery import compress_model
 from ..curves import read_history
@@ -366,6 +366,32 @@ class Study:
                                  f"test {row['test_ppl']:.2f}")
         if failed is not None:
             raise failed
+
+    def status(self) -> list[str]:
+        """What a study run would find, a line per selected method, nothing run or trained: its row, when
+        finished with its current recipe; else its training so far (the validation perplexity of each epoch
+        its run recorded, and how far into the next epoch its last save got, and when), or that it is still
+        to run; and whether a row of another recipe stands in its place, to be run again."""
+        lines = []
+        for m in self.methods:
+            if (row := self.cached(m)) is not None:
+                lines.append(f"{m.name}: done, {row['size_mb']:.3f} MB, valid {row['valid_ppl']:.2f}, "
+                             f"test {row['test_ppl']:.2f}")
+                continue
+            state = self.run_dir / m.name / "train" / TRAIN_STATE_FILE
+            other = " (its row of another recipe will be replaced)" if (self.run_dir / m.name / "result.json").is_file() else ""
+            if not state.is_file():
+                lines.append(f"{m.name}: to run{other}")
+                continue
+            saved = load_train_state(state)
+            valid = ", ".join(f"{h['valid_ppl']:.2f}" for h in saved["history"]) or "none yet"
+            partial = saved.get("partial")
+            within = f"; epoch {partial['epoch'] + 1} saved at step {partial['step']}" if partial else ""
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.stat().st_mtime))
+            epochs = self.cfg.epochs if m.name == "dense" else self.epochs(m)  # the dense model's own training
+            lines.append(f"{m.name}: training, {len(saved['history'])} of at most {epochs} epochs "
+                         f"(valid PPL {valid}){within}; state saved {when}{other}")
+        return lines
 
     def needs(self, m: Method) -> str | None:
         """The row that method ``m``'s process waits for: its base, else the dense row, which a study of any

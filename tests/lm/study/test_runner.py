@@ -514,3 +514,30 @@ def test_methods_run_in_processes_start_once_the_row_they_need_is_done(tmp_path,
     monkeypatch.setattr(study, "wait", wait)
     s.run_in_processes(s.methods)
     assert batches == [["dense"], ["groupreduce_ft", "q8"], ["groupreduce_ft_q8"]]
+
+
+def test_status_says_where_each_method_stands_without_running_anything(tmp_path, short_corpus, monkeypatch, capsys):
+    # dense and q4 finished; lr_tied_kd training (one epoch, a save within its second); its QAT rows to run, one of
+    # them over a row of another recipe
+    base = ["study", "--preset", "tiny_awd", "--set", "hidden_size=32", "--set", "epochs=1", "--eval-tokens", "300",
+            "--run-dir", str(tmp_path), "--quiet"]
+    main([*base, "--methods", "q4", "--no-onnx", "--no-report"])
+    capsys.readouterr()
+    (tmp_path / "lr_tied_kd" / "train").mkdir(parents=True)
+    (tmp_path / "lr_tied_kd" / "train" / study.TRAIN_STATE_FILE).write_bytes(b"")
+    (tmp_path / "lr_tied_kd_qat2").mkdir()
+    (tmp_path / "lr_tied_kd_qat2" / "result.json").write_text("{}")
+    saved = {"history": [{"valid_ppl": 300.0}], "partial": {"epoch": 1, "step": 7}}
+    monkeypatch.setattr(study, "load_train_state", lambda path: saved)
+    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("--status trains nothing"))
+    main([*base, "--methods", "q4", "lr_tied_kd_qat4", "lr_tied_kd_qat2", "--status"])
+    lines = capsys.readouterr().out.splitlines()
+    q4 = json.loads((tmp_path / "q4" / "result.json").read_text())
+    assert lines[0].startswith("dense: done, ") and lines[1] == (
+        f"q4: done, {q4['size_mb']:.3f} MB, valid {q4['valid_ppl']:.2f}, test {q4['test_ppl']:.2f}")
+    assert lines[2].startswith("lr_tied_kd: training, 1 of at most 2 epochs (valid PPL 300.00); epoch 2 saved at step "
+                               "7; state saved 20")
+    assert lines[3:] == ["lr_tied_kd_qat4: to run",
+                         "lr_tied_kd_qat2: to run (its row of another recipe will be replaced)"]
+    with pytest.raises(SystemExit):
+        main([*base, "--status", "--report-only"])
