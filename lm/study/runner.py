@@ -371,7 +371,8 @@ class Study:
         """What a study run would find, a line per selected method, nothing run or trained: its row, when
         finished with its current recipe; else its training so far (the validation perplexity of each epoch
         its run recorded, and how far into the next epoch its last save got, and when), or that it is still
-        to run; and whether a row of another recipe stands in its place, to be run again."""
+        to run; and whether a row that does not count stands in its place (of another recipe, or without its
+        artifact), to be replaced."""
         lines = []
         for m in self.methods:
             if (row := self.cached(m)) is not None:
@@ -379,7 +380,8 @@ class Study:
                              f"test {row['test_ppl']:.2f}")
                 continue
             state = self.run_dir / m.name / "train" / TRAIN_STATE_FILE
-            other = " (its row of another recipe will be replaced)" if (self.run_dir / m.name / "result.json").is_file() else ""
+            stale = (self.run_dir / m.name / "result.json").is_file()  # of another recipe, or without its artifact
+            other = " (the row there, of another recipe or without its artifact, will be replaced)" if stale else ""
             if not state.is_file():
                 lines.append(f"{m.name}: to run{other}")
                 continue

@@ -538,6 +538,7 @@ def test_status_says_where_each_method_stands_without_running_anything(tmp_path,
     assert lines[2].startswith("lr_tied_kd: training, 1 of at most 2 epochs (valid PPL 300.00); epoch 2 saved at step "
                                "7; state saved 20")
     assert lines[3:] == ["lr_tied_kd_qat4: to run",
-                         "lr_tied_kd_qat2: to run (its row of another recipe will be replaced)"]
+                         "lr_tied_kd_qat2: to run (the row there, of another recipe or without its artifact, will be "
+                         "replaced)"]
     with pytest.raises(SystemExit):
         main([*base, "--status", "--report-only"])
