@@ -343,14 +343,15 @@ def storage(rows: list[dict], methods: dict[str, Method]) -> dict:
     quantization-aware fine-tune of it (``qat_bits``: ``QAT 4-bit``, ...); a method without a base stores the
     dense model. Empty (no columns) when no row is such a store."""
     models: dict[str, dict[str, str]] = {}
+    order: dict[str, tuple] = {}  # column -> its place: the stores, then the QAT widths, each widest first
     for r in rows:
         m = methods.get(r["name"])
         if m is None:
             continue
         if m.qat_bits:
-            column = f"QAT {m.qat_bits}-bit"
+            column, order[f"QAT {m.qat_bits}-bit"] = f"QAT {m.qat_bits}-bit", (1, -m.qat_bits, "")
         elif m.quant and m.train == "none" and not m.compress and m.prune is None:
-            column = m.quant
+            column, order[m.quant] = m.quant, (0, -int(m.quant[1]), m.quant)  # q8, q8c, q4, ...: "q<bits>..."
         else:
             continue
         models.setdefault(m.base or "dense", {})[column] = r["name"]
@@ -358,10 +359,7 @@ def storage(rows: list[dict], methods: dict[str, Method]) -> dict:
     for model, cells in models.items():
         if model in names:
             cells["float32"] = model
-    used = {c for cells in models.values() for c in cells}
-    bits = lambda c: int("".join(filter(str.isdigit, c)))  # noqa: E731
-    order = sorted(used - {"float32"}, key=lambda c: (c.startswith("QAT"), -bits(c), c))  # stores, then QAT; wide first
-    return {"columns": ["float32", *order] if models else [], "models": models}
+    return {"columns": ["float32", *sorted(order, key=order.get)] if models else [], "models": models}
 
 
 def _storage_section(payload: dict) -> list[str]:

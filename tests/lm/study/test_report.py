@@ -268,16 +268,18 @@ def test_the_storage_table_sets_each_model_beside_its_stores_and_quantization_aw
     from lm.study.report import _storage_section, storage
 
     methods = {m.name: m for m in [
-        Method("dense", "dense", "d"), Method("q8", "quantized", "d", quant="q8"), Method("q4", "quantized", "d", quant="q4"),
+        Method("dense", "dense", "d"), Method("q8", "quantized", "d", quant="q8"),
+        Method("q4", "quantized", "d", quant="q4"),
         Method("kd", "LR-LSTM", "d", train="finetune", compress={"lstm": {"type": "lr_lstm", "rank": 4}}),
         Method("kd_q4", "LR-LSTM+quantized", "d", base="kd", quant="q4"),
         *(Method(f"kd_qat{b}", "LR-LSTM+QAT", "d", train="finetune", base="kd", quant=f"q{b}", qat_bits=b)
           for b in (2, 4)),
         Method("kd_ft_q8", "LR-LSTM", "d", train="finetune", base="kd", quant="q8"),  # trained: not a store of kd
         Method("gone_q8", "LR-LSTM", "d", base="gone", quant="q8")]}  # its float row is not in the report
-    rows = [row(n, s, p) for n, s, p in [("dense", 53.0, 65.0), ("q8", 13.0, 65.1), ("q4", 6.8, 66.0), ("kd", 11.0, 72.6),
-                                          ("kd_q4", 1.6, 76.0), ("kd_qat4", 1.6, 72.3), ("kd_qat2", 0.9, 85.9),
-                                          ("kd_ft_q8", 2.8, 70.0), ("gone_q8", 1.0, 99.0), ("other", 2.0, 80.0)]]
+    rows = [row(n, s, p) for n, s, p in [("dense", 53.0, 65.0), ("q8", 13.0, 65.1), ("q4", 6.8, 66.0),
+                                          ("kd", 11.0, 72.6), ("kd_q4", 1.6, 76.0), ("kd_qat4", 1.6, 72.3),
+                                          ("kd_qat2", 0.9, 85.9), ("kd_ft_q8", 2.8, 70.0), ("gone_q8", 1.0, 99.0),
+                                          ("other", 2.0, 80.0)]]
     table = storage(rows, methods)
     assert table == {"columns": ["float32", "q8", "q4", "QAT 4-bit", "QAT 2-bit"],
                      "models": {"dense": {"q8": "q8", "q4": "q4", "float32": "dense"},

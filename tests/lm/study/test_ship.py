@@ -38,7 +38,8 @@ def test_shipping_round_trip_on_a_tiny_model(tmp_path, corpus, short_corpus):  #
     write_readme(manifest, readme)
     table = models_table(manifest)
     assert readme.read_text() == f"intro\n<!-- BEGIN shipped_models -->\n{table}\n<!-- END shipped_models -->\nafter\n"
-    assert table.splitlines()[2].startswith(f"| small:lr_all_ft_q8 | {NOT_ON_DISK} | {info.bytes / 1e6:.3f} | 900.00 | 900.00 |")
+    assert table.splitlines()[2].startswith(
+        f"| small:lr_all_ft_q8 | {NOT_ON_DISK} | {info.bytes / 1e6:.3f} | 900.00 | 900.00 |")
     assert table.splitlines()[3].startswith("| small:q8 | `models/small_q8.safetensors` | ")
     assert 'python -m lm predict models/small_q8.safetensors "the stock market"' in table
     # a wrong perplexity, or a damaged file, fails the check
