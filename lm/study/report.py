@@ -349,11 +349,12 @@ def storage(rows: list[dict], methods: dict[str, Method]) -> dict:
         if m is None:
             continue
         if m.qat_bits:
-            column, order[f"QAT {m.qat_bits}-bit"] = f"QAT {m.qat_bits}-bit", (1, -m.qat_bits, "")
+            column, place = f"QAT {m.qat_bits}-bit", (1, -m.qat_bits, "")
         elif m.quant and m.train == "none" and not m.compress and m.prune is None:
-            column, order[m.quant] = m.quant, (0, -int(m.quant[1]), m.quant)  # q8, q8c, q4, ...: "q<bits>..."
+            column, place = m.quant, (0, -int(m.quant[1]), m.quant)  # q8, q8c, q4, ...: "q<bits>..."
         else:
             continue
+        order[column] = place
         models.setdefault(m.base or "dense", {})[column] = r["name"]
     names = {r["name"] for r in rows}
     for model, cells in models.items():
